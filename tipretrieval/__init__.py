@@ -1,0 +1,1 @@
+"""tipretrieval: Tip-Adapter few-shot CLIP classification at production scale."""
