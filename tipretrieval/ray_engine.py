@@ -1,0 +1,110 @@
+"""Ray Data engine for `classify`: part ranges as rows, an actor pool holding the cache.
+
+The driver plans the same row-id parts as the local engine and lists the uncommitted ones as a
+Ray dataset. Each actor receives the cache the driver loaded (so the whole job sees one cache
+generation), opens the query store once, and for every part reads its rows from the shards,
+classifies them and writes the part file durably; the driver commits each finished part to the
+journal. The part files are the local engine's, byte for byte.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+from .classify import (
+    JobSpec,
+    Journal,
+    PartRecord,
+    classify_rows,
+    part_ranges,
+    query_rows,
+    read_part,
+    write_part,
+)
+from .errors import BadInput
+from .progress import progress
+
+log = logging.getLogger(__name__)
+_FIELDS = [f.name for f in fields(PartRecord)]
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to the cluster at `address`, or start a small local Ray (unless one is up)."""
+    try:
+        import ray
+    except ImportError:
+        raise BadInput("--engine ray needs Ray: pip install 'tipretrieval[ray]'") from None
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
+class PartClassifier:
+    """A Ray actor: classifies parts of the query store with the cache it was given."""
+
+    def __init__(self, cache, store_path: str, out: str, spec: dict) -> None:
+        from .store import Store
+
+        self.cache = cache
+        self.store = Store.open(store_path)
+        self.out = Path(out)
+        self.spec = JobSpec.from_json(spec)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        done: dict[str, list] = {k: [] for k in _FIELDS}
+        options = self.spec.options
+        for index, start, stop in zip(batch["index"], batch["start"], batch["stop"], strict=True):
+            rows = read_part(self.store, int(start), int(stop), options.split)
+            if not len(rows):
+                continue
+            record = write_part(self.out, self.spec, int(index), int(start), int(stop),
+                                classify_rows(self.cache, rows, options))
+            for key in done:
+                done[key].append(getattr(record, key))
+        return {k: np.asarray(v) for k, v in done.items()}
+
+
+def _resources() -> tuple[int, float]:
+    """(actors, GPUs per actor): one actor per GPU when the cluster has GPUs, else per CPU."""
+    import ray
+
+    total = ray.cluster_resources()
+    gpus = int(total.get("GPU", 0))
+    if gpus:
+        return gpus, 1.0
+    return max(1, int(total.get("CPU", 1)) - 1), 0.0
+
+
+def run_ray(cache, store, out: Path, journal: Journal, *, address: str | None = None,
+            show_progress: bool = True, concurrency: int | None = None) -> None:
+    """Classify the parts `journal` lacks on Ray, committing each as it finishes."""
+    import ray
+
+    init_ray(address)
+    spec = journal.spec
+    todo = [{"index": i, "start": s, "stop": e}
+            for i, s, e in part_ranges(journal.store_rows, spec.options.batch_size)
+            if i not in journal.parts]
+    if not todo:
+        return
+    actors, gpus = _resources()
+    actors = min(concurrency or actors, len(todo))
+    log.info("ray: %d parts on %d actors (%g GPU each)", len(todo), actors, gpus)
+    results = ray.data.from_items(todo).map_batches(
+        PartClassifier, batch_size=1, concurrency=actors, num_cpus=1, num_gpus=gpus,
+        fn_constructor_args=(ray.put(cache), str(store.path), str(out), spec.to_json()),
+    )
+    with progress(query_rows(store, spec.options.split), "classify (ray)",
+                  disable=not show_progress) as bar:
+        bar.update(sum(p.rows for p in journal.parts.values()))
+        for row in results.iter_rows():
+            record = PartRecord(**{k: row[k].item() for k in _FIELDS})
+            journal.commit(out, record)
+            bar.update(record.rows)
