@@ -1,0 +1,149 @@
+"""`TipAdapter`: text classifier + cache keys + alpha/beta -> logits, in every method and mode.
+
+Methods: "zero-shot" = 100 * x W^T; "cache" = alpha * A(x); "tip" = their sum, added in the
+official float32 order `clip_logits + cache_logits * alpha`. Modes: "exact" sums A(x) over all
+keys; "retrieval" uses each query's top-k keys from a `KeyIndex` plus the mean-field tail
+(see `affinity`). Keys are held sorted by class; `keys`, `labels` and `row_ids` are exposed in
+that order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import affinity
+from .errors import BadInput, TipError
+from .index import KeyIndex
+
+METHODS = ("tip", "zero-shot", "cache")
+MODES = ("exact", "retrieval")
+
+
+@dataclass
+class Predictions:
+    """Top-k classes per query, best first, with their softmax probabilities."""
+
+    classes: np.ndarray  # (B, k) int64
+    probs: np.ndarray    # (B, k) float32
+
+
+def top_k(logits: np.ndarray, k: int) -> Predictions:
+    """The k highest-scoring classes (ties to the lowest index) with softmax probabilities."""
+    logits = np.asarray(logits, dtype=np.float32)
+    k = min(int(k), logits.shape[1])
+    if k < 1:
+        raise BadInput(f"top-k is {k}: ask for at least one class")
+    classes = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)
+    probs /= probs.sum(axis=1, keepdims=True)
+    return Predictions(classes.astype(np.int64), np.take_along_axis(probs, classes, axis=1))
+
+
+class TipAdapter:
+    """Tip-Adapter over keys (M, D) with labels (M,) in [0, num_classes) and text (C, D)."""
+
+    def __init__(self, keys: np.ndarray, labels: np.ndarray, num_classes: int,
+                 text: np.ndarray | None = None, alpha: float = 1.0, beta: float = 1.0,
+                 index: KeyIndex | None = None, row_ids: np.ndarray | None = None):
+        self._sk = affinity.SortedKeys.build(keys, labels, num_classes)
+        self.dim = self._sk.keys.shape[1]
+        if text is not None:
+            text = np.ascontiguousarray(text, dtype=np.float32)
+            if text.shape != (num_classes, self.dim):
+                raise BadInput(f"text classifier has shape {text.shape}, expected "
+                               f"({num_classes}, {self.dim}): one row per class")
+        self.text = text
+        self.num_classes = num_classes
+        self.alpha, self.beta = float(alpha), float(beta)
+        n = len(self._sk.keys)
+        ids = np.arange(n, dtype=np.int64) if row_ids is None else np.asarray(row_ids, np.int64)
+        if ids.shape != (n,):
+            raise BadInput(f"{ids.shape[0]} row ids for {n} keys: give one row id per key")
+        self.row_ids = ids[self._sk.order]
+        self._id_order = np.argsort(self.row_ids, kind="stable")
+        self._index = index
+
+    @property
+    def keys(self) -> np.ndarray:
+        """(M, D) float32 keys, sorted by class."""
+        return self._sk.keys
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(M,) int64 key labels, non-decreasing."""
+        return self._sk.labels
+
+    @property
+    def sorted_keys(self) -> affinity.SortedKeys:
+        """The class-sorted key structure the math runs on."""
+        return self._sk
+
+    @property
+    def index(self) -> KeyIndex:
+        """The key index for retrieval mode; an exact flat index is built on first use."""
+        if self._index is None:
+            self._index = KeyIndex.build(self.keys, self.row_ids)
+        return self._index
+
+    def logits(self, x: np.ndarray, *, method: str = "tip", mode: str = "exact",
+               k: int = 64) -> np.ndarray:
+        """(B, C) float32 logits of queries x (B, D) for `method` in `mode` (top `k` keys)."""
+        if method not in METHODS:
+            raise BadInput(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+        if mode not in MODES:
+            raise BadInput(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        x = self._queries(x)
+        if method == "zero-shot":
+            return self.text_logits(x)
+        cache = self.cache_term(x, mode=mode, k=k)
+        cache *= np.float32(self.alpha)
+        if method == "cache":
+            return cache
+        return self.text_logits(x) + cache
+
+    def classify(self, x: np.ndarray, top: int = 5, **how) -> Predictions:
+        """Top-`top` classes and probabilities; `how` is passed to `logits`."""
+        return top_k(self.logits(x, **how), top)
+
+    def text_logits(self, x: np.ndarray) -> np.ndarray:
+        """100 * x W^T (B, C) float32; needs a text classifier."""
+        if self.text is None:
+            raise BadInput("this cache has no text classifier: use method 'cache' or give "
+                           "a text classifier (--text FILE or --templates NAME)")
+        q = torch.from_numpy(self._queries(x))
+        return (torch.mm(q, torch.from_numpy(self.text).t()) * 100.0).numpy()
+
+    def cache_term(self, x: np.ndarray, *, mode: str = "exact", k: int = 64,
+                   tail: bool = True) -> np.ndarray:
+        """A(x) (B, C) float32 at this adapter's beta; retrieval mode uses the top `k` keys."""
+        x = self._queries(x)
+        if mode == "exact":
+            return affinity.exact(x, self._sk, self.beta)
+        if k < 1:
+            raise BadInput(f"k is {k}: retrieve at least one key per query")
+        _, ids = self.index.search(x, min(int(k), max(1, self.index.ntotal)))
+        pos = self._positions(ids)
+        sims = affinity.retrieved_sims(x, self._sk, pos)
+        return affinity.retrieval(x, self._sk, self.beta, pos, sims, tail=tail)
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        """Sorted-key positions of index row ids (-1 stays -1); unknown ids are an error."""
+        valid = ids >= 0
+        slot = np.searchsorted(self.row_ids, ids, sorter=self._id_order)
+        slot = np.minimum(slot, len(self.row_ids) - 1)
+        pos = self._id_order[slot]
+        if np.any(valid & (self.row_ids[pos] != ids)):
+            raise TipError("the key index holds row ids this cache does not have: "
+                           "rebuild the index from the cache keys")
+        return np.where(valid, pos, -1)
+
+    def _queries(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise BadInput(f"queries have shape {x.shape}, expected (n, {self.dim}): "
+                           "pass features from the cache's encoder")
+        return np.ascontiguousarray(x)

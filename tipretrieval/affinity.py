@@ -1,0 +1,181 @@
+"""The cache term A(x)_c = sum over class-c keys j of exp(-beta * (1 - x . K_j)).
+
+Keys are held sorted by class (`SortedKeys`), so each class is a contiguous run and the
+per-class sum is a segment reduction; no M x C one-hot is ever built.
+
+Exact mode (`exact`) walks the keys in blocks of about `block_bytes` per (query block x key
+block) product: torch matmul, in-place `exp(beta * s - beta)` (bitwise equal to the official
+`((-1) * (beta - beta * s)).exp()`, since float subtraction is antisymmetric), and a segment
+sum, so memory stays bounded and the affinity is nearly free next to the matmul.
+
+Retrieval mode (`retrieval`) sums the exact terms of each query's top-k keys and replaces the
+keys not retrieved with a mean-field tail. For class c with n_c keys of which r_c were
+retrieved, the total similarity x . S_c (S_c = sum of class-c keys, precomputed) is exact, so
+the m_c = n_c - r_c unretrieved keys have mean similarity mu_c = (x . S_c - retrieved sims)/m_c,
+and they contribute m_c * exp(-beta * (1 - mu_c)). Since exp is convex this is a lower bound
+on their true contribution (Jensen), and it is exact when their similarities are equal, which is
+where truncation fails worst (small beta). With k >= M nothing is left and the result is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import BadInput
+
+BLOCK_BYTES = 4 << 20
+QUERY_BLOCK = 256
+
+
+@dataclass(frozen=True)
+class SortedKeys:
+    """Keys sorted by class (stable), with class offsets and per-class key sums."""
+
+    keys: np.ndarray        # (M, D) float32, sorted by label
+    labels: np.ndarray      # (M,) int64, non-decreasing
+    offsets: np.ndarray     # (C + 1,) int64: class c owns keys[offsets[c]:offsets[c + 1]]
+    class_sums: np.ndarray  # (C, D) float32, sum of each class's keys (accumulated in float64)
+    order: np.ndarray       # (M,) int64: sorted position i holds input key order[i]
+
+    @property
+    def num_classes(self) -> int:
+        """C, the number of classes (some may have no keys)."""
+        return len(self.offsets) - 1
+
+    @property
+    def counts(self) -> np.ndarray:
+        """(C,) number of keys of each class."""
+        return np.diff(self.offsets)
+
+    @classmethod
+    def build(cls, keys: np.ndarray, labels: np.ndarray, num_classes: int) -> SortedKeys:
+        """Sort `keys` (M, D) by `labels` (M,) in [0, num_classes); validates shapes and range."""
+        keys = np.asarray(keys, dtype=np.float32)
+        labels = np.asarray(labels).reshape(-1)
+        if keys.ndim != 2:
+            raise BadInput(f"keys must be a 2-D (keys, dim) array, got shape {keys.shape}")
+        if labels.shape[0] != keys.shape[0]:
+            raise BadInput(
+                f"{labels.shape[0]} labels for {keys.shape[0]} keys: give one label per key")
+        if num_classes < 1:
+            raise BadInput(f"num_classes is {num_classes}: give at least one class")
+        labels = labels.astype(np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise BadInput(
+                f"key labels must lie in [0, {num_classes}), got [{labels.min()}, "
+                f"{labels.max()}]: fix the labels or raise num_classes")
+        order = np.argsort(labels, kind="stable")
+        if not np.array_equal(order, np.arange(len(order))):
+            keys, labels = keys[order], labels[order]
+        keys = np.ascontiguousarray(keys)
+        offsets = np.searchsorted(labels, np.arange(num_classes + 1), side="left")
+        sums = np.zeros((num_classes, keys.shape[1]), dtype=np.float32)
+        present = np.flatnonzero(np.diff(offsets))
+        if present.size:
+            sums[present] = np.add.reduceat(keys, offsets[present], axis=0, dtype=np.float64)
+        return cls(keys, labels, offsets.astype(np.int64), sums, order)
+
+
+@dataclass(frozen=True)
+class _Block:
+    """A run of sorted keys [start, stop) and the segments (classes) it covers."""
+
+    start: int
+    stop: int
+    starts: np.ndarray   # local start of each segment within the block
+    classes: np.ndarray  # class of each segment (unique within the block)
+
+
+def _blocks(sk: SortedKeys, size: int) -> list[_Block]:
+    """Split the sorted keys into blocks of `size` keys; a class may span blocks."""
+    inner = sk.offsets[1:-1]
+    blocks = []
+    for start in range(0, len(sk.keys), size):
+        stop = min(start + size, len(sk.keys))
+        cuts = inner[(inner > start) & (inner < stop)]
+        starts = np.unique(np.concatenate([[start], cuts])) - start
+        blocks.append(_Block(start, stop, starts, sk.labels[start + starts]))
+    return blocks
+
+
+def exp_affinity_(sims: torch.Tensor, beta: float) -> torch.Tensor:
+    """In place: sims -> exp(-beta * (1 - sims)), in the official float32 operation order."""
+    return sims.mul_(beta).sub_(beta).exp_()
+
+
+def exact(x: np.ndarray, sk: SortedKeys, beta: float, *, block_bytes: int = BLOCK_BYTES,
+          sims: np.ndarray | None = None) -> np.ndarray:
+    """A(x) (B, C) float32 over all keys, in query x key blocks of about `block_bytes`.
+
+    `sims` (B, M), when given, are precomputed similarities x . keys (sorted order) and
+    are used instead of a matmul (tuning reuses them across betas); they are not modified.
+    """
+    n = x.shape[0] if sims is None else sims.shape[0]
+    out = np.zeros((n, sk.num_classes), dtype=np.float32)
+    if len(sk.keys) == 0 or n == 0:
+        return out
+    qb = min(QUERY_BLOCK, n)
+    kb = max(1, block_bytes // (4 * qb))
+    blocks = _blocks(sk, kb)
+    keys = torch.from_numpy(sk.keys)
+    query = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) if sims is None else sims)
+    buf = torch.empty(qb * min(kb, len(sk.keys)), dtype=torch.float32)
+    for b0 in range(0, n, qb):
+        b1 = min(b0 + qb, n)
+        for blk in blocks:
+            tile = buf[: (b1 - b0) * (blk.stop - blk.start)].view(b1 - b0, blk.stop - blk.start)
+            if sims is None:
+                torch.mm(query[b0:b1], keys[blk.start:blk.stop].t(), out=tile)
+            else:
+                tile.copy_(query[b0:b1, blk.start:blk.stop])
+            exp_affinity_(tile, beta)
+            out[b0:b1, blk.classes] += np.add.reduceat(tile.numpy(), blk.starts, axis=1)
+    return out
+
+
+def similarities(x: np.ndarray, sk: SortedKeys) -> np.ndarray:
+    """x . keys (B, M) float32 in sorted key order; for callers that reuse them (tuning)."""
+    q = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return torch.mm(q, torch.from_numpy(sk.keys).t()).numpy()
+
+
+def retrieved_sims(x: np.ndarray, sk: SortedKeys, pos: np.ndarray) -> np.ndarray:
+    """Exact x . keys[pos] (B, k) float32 (pos -1 -> 0), re-scoring an approximate index."""
+    q = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    keys = torch.from_numpy(sk.keys)
+    p = torch.from_numpy(np.where(pos < 0, 0, pos))
+    out = torch.empty(pos.shape, dtype=torch.float32)
+    step = max(1, (BLOCK_BYTES * 4) // (4 * max(1, pos.shape[1]) * keys.shape[1]))
+    for b0 in range(0, len(p), step):
+        gathered = keys[p[b0:b0 + step]]
+        out[b0:b0 + step] = torch.bmm(gathered, q[b0:b0 + step, :, None])[..., 0]
+    return out.numpy()
+
+
+def retrieval(x: np.ndarray, sk: SortedKeys, beta: float, pos: np.ndarray,
+              sims: np.ndarray, *, tail: bool = True) -> np.ndarray:
+    """A(x) (B, C) float32 from retrieved keys `pos` (B, k) (sorted positions, -1 = none).
+
+    `sims` are x . keys[pos]. With `tail`, classes' unretrieved keys add the mean-field term
+    (module docstring); without it this is plain top-k truncation.
+    """
+    b, c = pos.shape[0], sk.num_classes
+    valid = pos >= 0
+    rows = np.broadcast_to(np.arange(b)[:, None], pos.shape)[valid]
+    flat = rows * c + sk.labels[pos[valid]]
+    s = np.asarray(sims, dtype=np.float32)[valid]
+    terms = exp_affinity_(torch.from_numpy(s.copy()), beta).numpy()
+    out = np.bincount(flat, weights=terms, minlength=b * c).reshape(b, c)
+    if tail:
+        got = np.bincount(flat, minlength=b * c).reshape(b, c)
+        sim_sum = np.bincount(flat, weights=s, minlength=b * c).reshape(b, c)
+        total = torch.mm(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                         torch.from_numpy(sk.class_sums).t()).numpy()
+        left = sk.counts[None, :] - got
+        has = left > 0
+        mean = np.clip((total[has] - sim_sum[has]) / left[has], -1.0, 1.0).astype(np.float32)
+        out[has] += left[has] * exp_affinity_(torch.from_numpy(mean), beta).numpy()
+    return out.astype(np.float32)
