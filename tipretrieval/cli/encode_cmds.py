@@ -1,3 +1,125 @@
-"""CLI commands (placeholder until implemented)."""
+"""`tipretrieval extract` (images -> store) and `tipretrieval text` (prompts -> classifier)."""
 
-commands: list = []
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import BadInput
+from ..provenance import Provenance
+
+
+def model_options(f):
+    """--model/--pretrained/--checkpoint/--device, shared by both commands."""
+    f = click.option("--device", default="auto", show_default=True,
+                     help="cpu, cuda, cuda:N, or auto (CUDA when available).")(f)
+    f = click.option("--checkpoint", type=click.Path(dir_okay=False),
+                     help="Local weights file (state_dict, wrapped state_dict or .safetensors).")(f)
+    f = click.option("--pretrained", help="open_clip pretrained tag, e.g. openai.")(f)
+    f = click.option("--model", help="open_clip model name or model-config .json "
+                     "(default: the store's encoder).")(f)
+    return f
+
+
+def _store_provenance(store_dir: Path) -> Provenance | None:
+    from ..manifest import MANIFEST_NAME
+    from ..store import Store
+
+    return Store.open(store_dir).provenance if (store_dir / MANIFEST_NAME).exists() else None
+
+
+def load_cli_encoder(model, pretrained, checkpoint, device, store_prov: Provenance | None):
+    """The encoder the options name, defaulting to (and checked against) the store's encoder."""
+    from ..encode.model import RANDOM_WEIGHTS, load_encoder
+
+    if store_prov is not None and model is None:
+        model = store_prov.encoder
+    if store_prov is not None and not (pretrained or checkpoint):
+        if store_prov.weights.startswith("sha256:") or store_prov.weights == RANDOM_WEIGHTS:
+            raise BadInput(
+                f"the store's weights are {store_prov.weights}, not a pretrained tag: "
+                "pass the checkpoint file it was encoded with as --checkpoint FILE"
+            )
+        pretrained = store_prov.weights
+    if model is None or not (pretrained or checkpoint):
+        raise BadInput("no encoder given: pass --model NAME with --pretrained TAG or --checkpoint "
+                       "FILE")
+    encoder = load_encoder(model, pretrained=pretrained, checkpoint=checkpoint, device=device)
+    if store_prov is not None:
+        store_prov.check_compatible(encoder.provenance, "features of the requested encoder")
+    return encoder
+
+
+@click.command("extract")
+@click.argument("source")
+@click.option("--store", "store_dir", required=True, type=click.Path(file_okay=False),
+              help="Store directory (created when missing).")
+@click.option("--split", default="train", show_default=True,
+              help="Split name: train, val, test, query or your own.")
+@click.option("--views", default=10, show_default=True,
+              help="Augmented views per labelled train image (0: eval transform only).")
+@model_options
+@click.option("--batch-size", default=256, show_default=True, help="Images per model batch.")
+@click.option("--workers", type=int, default=None,
+              help="Decoding worker processes [default: CPU cores - 1, at most 16].")
+@click.option("--seed", default=0, show_default=True, help="Seed of the augmented views.")
+@click.option("--chunk", default=4096, show_default=True,
+              help="Images per store append (work lost to a kill is at most one chunk).")
+@click.option("--unlabelled", is_flag=True, help="Ignore class folders / CSV labels.")
+@click.option("--id-prefix", default="", help="Prefix for row ids (default: path in the source).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="Bad-file report [default: STORE/extract-report-SPLIT.json].")
+def extract_cmd(source, store_dir, split, views, model, pretrained, checkpoint, device,
+                batch_size, workers, seed, chunk, unlabelled, id_prefix, report_path):
+    """Encode the images of SOURCE into the store.
+
+    SOURCE is a folder of class sub-folders, a plain folder, a glob, or a CSV/TSV of
+    path[,label]. Row ids are image paths relative to the source root. Rerunning skips ids
+    already stored; unreadable files are skipped and listed in the report.
+    """
+    from ..encode.extract import ExtractOptions, default_workers, extract
+    from ..encode.sources import scan_source
+
+    store_path = Path(store_dir)
+    src = scan_source(source, unlabelled=unlabelled)
+    encoder = load_cli_encoder(model, pretrained, checkpoint, device,
+                               _store_provenance(store_path))
+    options = ExtractOptions(
+        split=split, views=views, batch_size=batch_size, seed=seed, chunk=chunk,
+        workers=default_workers() if workers is None else workers,
+    )
+    report_file = Path(report_path) if report_path else store_path / f"extract-report-{split}.json"
+    report = extract(src, store_path, encoder, options, report_file, id_prefix=id_prefix)
+    click.echo(f"encoded {report.encoded}, already stored {report.already_stored}, "
+               f"skipped {len(report.bad)} bad files (report: {report_file})")
+
+
+@click.command("text")
+@click.option("--classes", "classes_file", type=click.Path(dir_okay=False),
+              help="Class names, one per line ('_' reads as a space).")
+@click.option("--store", "store_dir", type=click.Path(file_okay=False),
+              help="Take class names (unless --classes) and the encoder from this store.")
+@click.option("--templates", required=True,
+              help="Template set (clip_imagenet, tip_imagenet, a dataset name) or a file.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Output .npz (weights, classes, provenance).")
+@model_options
+def text_cmd(classes_file, store_dir, templates, out, model, pretrained, checkpoint, device):
+    """Build the CLIP text classifier: one prompt-ensembled, L2-normalised row per class."""
+    from ..encode.text import build_text_classifier, read_classnames
+    from ..store import Store
+
+    if not (classes_file or store_dir):
+        raise BadInput("no class names: pass --classes FILE or --store DIR")
+    store = Store.open(Path(store_dir)) if store_dir else None
+    names = read_classnames(classes_file) if classes_file else list(store.classes)
+    if not names:
+        raise BadInput(f"store {store_dir} has no classes yet: pass --classes FILE")
+    encoder = load_cli_encoder(model, pretrained, checkpoint, device,
+                               store.provenance if store else None)
+    build_text_classifier(encoder, names, templates).save(out)
+    click.echo(f"text classifier: {len(names)} classes x {templates} -> {out}")
+
+
+commands = [extract_cmd, text_cmd]

@@ -1,0 +1,215 @@
+"""Images -> CLIP features in the store, resumably, with a report of the files that failed.
+
+Worker processes decode and preprocess; the model runs on large batches in the main process.
+Encoded rows are appended in chunks (each append is atomic), so a crash or kill loses at most
+the chunk in flight, and a rerun skips the ids already stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..atomic import write_json
+from ..errors import BadInput
+from ..manifest import MANIFEST_NAME
+from ..progress import progress
+from ..rows import Rows
+from ..store import Store
+from .model import Encoder
+from .sources import ImageItem, Source
+from .transforms import decode_image, image_seed, make_views, view_transform
+
+log = logging.getLogger(__name__)
+
+VIEW_SPLIT = "train"
+
+
+def default_workers() -> int:
+    """Decoding workers: all cores but one, at most 16."""
+    return max(0, min(16, (os.cpu_count() or 1) - 1))
+
+
+@dataclass
+class ExtractOptions:
+    """How to encode one source: its split, augmented views, batching and seed."""
+
+    split: str = "train"
+    views: int = 10
+    batch_size: int = 256
+    workers: int = field(default_factory=default_workers)
+    seed: int = 0
+    chunk: int = 4096
+    progress: bool = True
+
+
+@dataclass
+class BadFile:
+    """A file that could not be decoded, and why."""
+
+    id: str
+    path: str
+    error: str
+
+
+@dataclass
+class ExtractReport:
+    """What one `extract` run did: counts and every file it had to skip."""
+
+    source: str
+    split: str
+    total: int
+    already_stored: int = 0
+    encoded: int = 0
+    bad: list[BadFile] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        write_json(path, asdict(self) | {"bad_count": len(self.bad)})
+
+
+class _ImageDataset(Dataset):
+    """Decodes and preprocesses one image; a failure is returned, never raised."""
+
+    def __init__(self, items: list[ImageItem], transform, n_views: int, seed: int):
+        self.items, self.transform, self.n_views, self.seed = items, transform, n_views, seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
+        try:
+            img = decode_image(item.path)
+            if self.n_views:
+                return i, make_views(img, self.transform, self.n_views,
+                                     image_seed(self.seed, item.id)), None
+            return i, self.transform(img), None
+        except Exception as exc:  # any undecodable file is reported, not fatal
+            return i, None, f"{type(exc).__name__}: {exc}"
+
+
+def _collate(batch):
+    good = [(i, x) for i, x, err in batch if err is None]
+    bad = [(i, err) for i, _, err in batch if err is not None]
+    tensor = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], tensor, bad
+
+
+def open_or_create(path: Path, encoder: Encoder, classes: list[str]) -> Store:
+    """Open the store at `path` (checking its encoder) or create it for this encoder."""
+    if not (path / MANIFEST_NAME).exists():
+        return Store.create(path, dim=encoder.dim, provenance=encoder.provenance, classes=classes)
+    store = Store.open(path)
+    store.provenance.check_compatible(encoder.provenance, "these images' features")
+    return store
+
+
+def _label_ids(store: Store, source: Source) -> dict[str, int]:
+    """Class name -> store class index, adding the source's new classes to the vocabulary."""
+    missing = [c for c in source.classes if c not in store.classes]
+    if missing:
+        store.add_classes(missing)
+        store = store.refresh()
+    return {name: i for i, name in enumerate(store.classes)}
+
+
+def _pending(store: Store, items: list[ImageItem], split: str) -> list[ImageItem]:
+    """Items not yet stored; refuses ids already stored under another split."""
+    ids = np.array([it.id for it in items], dtype=object)
+    exists = store.existing_ids(ids)
+    if exists.any():
+        stored = store.select(ids=ids[exists])
+        clash = sorted({s for s in stored.splits if s != split})
+        if clash:
+            raise BadInput(
+                f"{int(exists.sum())} image ids of this source are already stored under split "
+                f"{clash[0]!r}, not {split!r}: use --id-prefix to give this source distinct ids"
+            )
+    return [it for it, done in zip(items, exists, strict=True) if not done]
+
+
+class _Writer:
+    """Buffers encoded rows and appends them to the store in chunks."""
+
+    def __init__(self, store: Store, report: ExtractReport, report_path: Path | None, chunk: int):
+        self.store, self.report, self.report_path, self.chunk = store, report, report_path, chunk
+        self.parts: list[Rows] = []
+
+    def add(self, rows: Rows) -> None:
+        self.parts.append(rows)
+        if sum(len(p) for p in self.parts) >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            rows = Rows.concat(self.parts)
+            self.store.append(rows)
+            self.report.encoded += len(rows)
+            self.parts = []
+        if self.report_path is not None:
+            self.report.save(self.report_path)
+
+
+def _encode(encoder: Encoder, batch: torch.Tensor, n_views: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features (B, D) and views (B, V, D) or None; a key is the renormalised mean of views."""
+    if not n_views:
+        return encoder.encode_images(batch), None
+    b, v = batch.shape[:2]
+    views = encoder.encode_images(batch.flatten(0, 1)).reshape(b, v, -1)
+    keys = views.mean(axis=1)
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    return keys, views
+
+
+def extract(
+    source: Source,
+    store_path: Path | str,
+    encoder: Encoder,
+    options: ExtractOptions | None = None,
+    report_path: Path | str | None = None,
+    id_prefix: str = "",
+) -> ExtractReport:
+    """Encode every image of `source` not yet in the store; bad files go to the report."""
+    opts = options or ExtractOptions()
+    if opts.views < 0 or opts.batch_size < 1 or opts.workers < 0:
+        raise BadInput("--views and --workers must be >= 0 and --batch-size >= 1")
+    store_path = Path(store_path)
+    items = [ImageItem(id_prefix + it.id, it.path, it.label) for it in source.items]
+    store = open_or_create(store_path, encoder, source.classes)
+    labels = _label_ids(store, source)
+    todo = _pending(store, items, opts.split)
+    report = ExtractReport(str(source.root), opts.split, len(items), len(items) - len(todo))
+    n_views = opts.views if opts.split == VIEW_SPLIT and source.labelled else 0
+    transform = view_transform(encoder.preprocess_cfg) if n_views else encoder.preprocess
+    loader = DataLoader(
+        _ImageDataset(todo, transform, n_views, opts.seed),
+        batch_size=max(1, opts.batch_size // max(1, n_views)),
+        num_workers=opts.workers,
+        collate_fn=_collate,
+        pin_memory=encoder.device.type == "cuda",
+        prefetch_factor=4 if opts.workers else None,
+    )
+    writer = _Writer(store, report, None if report_path is None else Path(report_path), opts.chunk)
+    log.info("%d images, %d already stored, %d to encode (%s, %d views)",
+             len(items), report.already_stored, len(todo), opts.split, n_views)
+    with progress(len(todo), "extract", unit="img", disable=not opts.progress) as bar:
+        for idx, batch, bad in loader:
+            for i, err in bad:
+                report.bad.append(BadFile(todo[i].id, str(todo[i].path), err))
+                log.warning("skipping %s: %s", todo[i].path, err)
+            if batch is not None:
+                feats, views = _encode(encoder, batch, n_views)
+                writer.add(Rows.make(
+                    ids=[todo[i].id for i in idx], features=feats,
+                    labels=[labels.get(todo[i].label, -1) for i in idx], splits=opts.split,
+                    sources=[str(todo[i].path) for i in idx], views=views,
+                ))
+            bar.update(len(idx) + len(bad))
+    writer.flush()
+    return report
