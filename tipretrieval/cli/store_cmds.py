@@ -1,3 +1,145 @@
-"""CLI commands (placeholder until implemented)."""
+"""`tipretrieval import` and `tipretrieval info`: fill a feature store and describe it."""
 
-commands: list = []
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import BadInput
+from ..ingest import FIELDS, ImportOptions, import_features
+from ..manifest import DTYPES
+from ..store import Store
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _lines(path: Path | None) -> list[str] | None:
+    """The non-blank lines of a text file, stripped."""
+    if path is None:
+        return None
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+
+
+def _keys(pairs: tuple[str, ...]) -> dict[str, str]:
+    keys = {}
+    for pair in pairs:
+        field, sep, name = pair.partition("=")
+        if not sep or field not in FIELDS or not name:
+            raise BadInput(f"--key {pair!r} is not FIELD=NAME with FIELD one of "
+                           f"{', '.join(FIELDS)}: e.g. --key features=embeddings")
+        keys[field] = name
+    return keys
+
+
+@click.command("import")
+@click.argument("source", type=_FILE)
+@click.option("--store", "store_path", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Store directory; created when it does not exist.")
+@click.option("--split", help="Split tag for every row [default: the source's 'split', else "
+                              "train].")
+@click.option("--classes", "classes_file", type=_FILE,
+              help="Class names in label order, one per line (must extend the store's).")
+@click.option("--ids", "ids_file", type=_FILE,
+              help="Row ids, one per line [default: the source's 'ids', else SOURCE:ROW].")
+@click.option("--labels", "labels_file", type=_FILE,
+              help="Labels (class indices or names), one per line [default: the source's].")
+@click.option("--key", "keys", multiple=True, metavar="FIELD=NAME",
+              help=f"Read FIELD from array NAME of the source; fields: {', '.join(FIELDS)}.")
+@click.option("--encoder", help="Model that produced the features [new store: external].")
+@click.option("--weights", help="Its pretrained tag or sha256:<hex> of its checkpoint.")
+@click.option("--dtype", type=click.Choice(DTYPES),
+              help="On-disk dtype of a new store [default: float16].")
+@click.option("--require-normalized", is_flag=True,
+              help="Refuse unnormalised features instead of L2-normalising them.")
+def import_cmd(source: Path, store_path: Path, split: str | None, classes_file: Path | None,
+               ids_file: Path | None, labels_file: Path | None, keys: tuple[str, ...],
+               encoder: str | None, weights: str | None, dtype: str | None,
+               require_normalized: bool) -> None:
+    """Import precomputed features from SOURCE (.npy, .npz, .pt or .h5) into a store.
+
+    .npz/.pt/.h5 sources hold arrays named features, labels (indices or class names), ids,
+    split, sources, views (N, V, D) and classes; a .npy holds features only.
+    """
+    opts = ImportOptions(
+        keys=_keys(keys), split=split, ids=_lines(ids_file), labels=_lines(labels_file),
+        classes=_lines(classes_file), encoder=encoder, weights=weights, dtype=dtype,
+        normalize=not require_normalized,
+    )
+    result = import_features(source, store_path, opts)
+    store, ids = result.store, result.row_ids
+    click.echo(f"imported {len(ids)} rows into {'new ' if result.created else ''}store "
+               f"{store.path} (row ids {ids[0]}..{ids[-1]}); it now holds {len(store)} rows, "
+               f"generation {store.generation}")
+
+
+def describe(store: Store) -> dict[str, Any]:
+    """Everything `info` reports, as JSON-ready data."""
+    m = store.manifest
+    counts = store.class_counts()
+    return {
+        "path": str(store.path), "store_id": m.store_id, "format_version": m.format_version,
+        "generation": m.generation, "rows": len(store), "dim": m.dim, "dtype": m.dtype,
+        "nbytes": store.nbytes, "provenance": m.provenance.to_json(),
+        "classes": [{"label": i, "name": c, "rows": counts[c]} for i, c in enumerate(m.classes)],
+        "unlabelled": len(store) - sum(counts.values()),
+        "splits": store.split_counts(),
+        "shards": [{"name": s.name, "rows": s.rows, "first_row_id": s.first_row_id,
+                    "nbytes": s.nbytes, "views": s.views, "sha256": s.sha256} for s in m.shards],
+    }
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 1e6:,.1f} MB"
+
+
+def _text(d: dict[str, Any]) -> str:
+    p = d["provenance"]
+    norm = "L2-normalised" if p["normalized"] else "not normalised"
+    lines = [
+        f"store       {d['path']}",
+        f"id          {d['store_id']} (format {d['format_version']}, generation "
+        f"{d['generation']})",
+        f"rows        {d['rows']:,} ({d['unlabelled']:,} unlabelled)",
+        f"features    dim {d['dim']}, {d['dtype']} on disk, {_mb(d['nbytes'])}",
+        f"encoder     {p['encoder']} ({p['weights']}), {norm}",
+    ]
+    if p["preprocess"]:
+        lines.append(f"preprocess  {json.dumps(p['preprocess'], sort_keys=True)}")
+    splits = ", ".join(f"{s} {n:,}" for s, n in d["splits"].items()) or "-"
+    lines.append(f"splits      {splits}")
+    lines.append(f"classes     {len(d['classes'])}")
+    width = max((len(c["name"]) for c in d["classes"]), default=0)
+    lines += [f"  {c['label']:>5}  {c['name']:<{width}}  {c['rows']:>10,}" for c in d["classes"]]
+    lines.append(f"shards      {len(d['shards'])}")
+    lines += [f"  {s['name']}  {s['rows']:>10,} rows  from row {s['first_row_id']:<10}  "
+              f"{_mb(s['nbytes']):>10}  views {s['views']}  sha256 {s['sha256'][:12]}"
+              for s in d["shards"]]
+    return "\n".join(lines)
+
+
+@click.command("info")
+@click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--verify", is_flag=True, help="Check every shard's sha256 first (reads all data).")
+def info_cmd(store_path: Path, as_json: bool, verify: bool) -> None:
+    """Describe a store: rows, dim, classes with counts, splits, provenance, shards, bytes."""
+    store = Store.open(store_path)
+    if verify:
+        store.verify()
+    d = describe(store)
+    if verify:
+        d["verified"] = True
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(_text(d))
+    if verify:
+        click.echo(f"verified    all {len(d['shards'])} shard checksums match")
+
+
+commands = [import_cmd, info_cmd]
