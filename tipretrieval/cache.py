@@ -279,6 +279,38 @@ class Cache:
             raise BadInput(f"queries must be (B, {self.provenance.dim}) features from "
                            f"{self.provenance.describe()}, got shape {np.shape(x)}")
 
+    # --- jobs -------------------------------------------------------------------------
+    def rows_of(self, store, split: str, *, with_views: bool = False) -> Rows:
+        """The labelled `split` rows of `store`, relabelled to this cache's class indices."""
+        from .evaluate import class_map
+
+        self.provenance.check_compatible(store.provenance, f"rows of store {store.path}")
+        rows = store.labelled(split=split, with_views=with_views)
+        if len(rows) == 0:
+            raise BadInput(f"store {store.path} has no labelled '{split}' rows: add some or "
+                           "choose another --split")
+        labels = class_map(self.classes, store.classes)[rows.labels]
+        if (labels < 0).any():
+            name = store.classes[int(rows.labels[labels < 0][0])]
+            raise BadInput(f"'{split}' rows of class {name!r}, which the cache lacks: add shots "
+                           "of it (tipretrieval add-shots) or use a store of the cache's classes")
+        return replace(rows, labels=labels)
+
+    def tune(self, val: Rows, *, scale: tuple[float, float] = (7.0, 3.0),
+             steps: tuple[int, int] = (200, 20)):
+        """Run the official alpha/beta search on `val` rows and adopt its choice."""
+        from .tune import search
+
+        if self.text is None:
+            raise BadInput("tuning needs a text classifier: rebuild with --text or --templates")
+        result = search(val.features, val.labels, self.keys, self.labels, self.text,
+                        scale=scale, steps=steps)
+        self.set_params(result.alpha, result.beta, {
+            "job": "tune", "alpha": result.alpha, "beta": result.beta,
+            "val_acc": result.val_acc, "n_val": result.n_val, "scale": list(scale),
+            "steps": list(steps)})
+        return result
+
     # --- changes ----------------------------------------------------------------------
     def set_params(self, alpha: float, beta: float, record: dict[str, Any] | None = None) -> None:
         """Set alpha and beta (after a search); `record` is kept in the cache's history."""
@@ -541,7 +573,8 @@ def _encode_text(provenance: Provenance, classes: list[str], templates: str, enc
     from .encode.text import load_templates, text_classifier
 
     if encoder is None:
-        if provenance.weights.startswith("sha256:") or provenance.encoder == "external":
+        if provenance.weights.startswith("sha256:") or provenance.weights == "random" \
+                or provenance.encoder in ("external", "synthetic"):
             raise BadInput(f"features come from {provenance.describe()}, which cannot be loaded "
                            "by name: pass the checkpoint (--checkpoint FILE) or a text-classifier"
                            " file (--text FILE)")
