@@ -146,6 +146,10 @@ class Cache:
         self._adapter = None
         self._joined: _Segment | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the FAISS index and adapter (Ray workers reload them lazily)."""
+        return {**self.__dict__, "_index": None, "_adapter": None}
+
     # --- construction -----------------------------------------------------------------
     @classmethod
     def from_rows(cls, rows: Rows, classes: Sequence[str], provenance: Provenance, *,
@@ -282,19 +286,15 @@ class Cache:
     # --- jobs -------------------------------------------------------------------------
     def rows_of(self, store, split: str, *, with_views: bool = False) -> Rows:
         """The labelled `split` rows of `store`, relabelled to this cache's class indices."""
-        from .evaluate import class_map
+        from .evaluate import class_map, relabel
 
         self.provenance.check_compatible(store.provenance, f"rows of store {store.path}")
         rows = store.labelled(split=split, with_views=with_views)
         if len(rows) == 0:
             raise BadInput(f"store {store.path} has no labelled '{split}' rows: add some or "
                            "choose another --split")
-        labels = class_map(self.classes, store.classes)[rows.labels]
-        if (labels < 0).any():
-            name = store.classes[int(rows.labels[labels < 0][0])]
-            raise BadInput(f"'{split}' rows of class {name!r}, which the cache lacks: add shots "
-                           "of it (tipretrieval add-shots) or use a store of the cache's classes")
-        return replace(rows, labels=labels)
+        mapping = class_map(self.classes, store.classes)
+        return replace(rows, labels=relabel(mapping, rows.labels, store.classes, split))
 
     def tune(self, val: Rows, *, scale: tuple[float, float] = (7.0, 3.0),
              steps: tuple[int, int] = (200, 20)):
@@ -310,6 +310,71 @@ class Cache:
             "val_acc": result.val_acc, "n_val": result.n_val, "scale": list(scale),
             "steps": list(steps)})
         return result
+
+    def finetune(self, store, val: Rows, *, epochs: int = 20, seed: int = 0,
+                 device: str | None = None, scale: tuple[float, float] = (7.0, 3.0),
+                 steps: tuple[int, int] = (200, 20)):
+        """Tip-Adapter-F on the stored views of this cache's shots; best epoch on `val`."""
+        from .finetune import finetune
+
+        if self.text is None:
+            raise BadInput("fine-tuning needs a text classifier: rebuild with --text/--templates")
+        views = self.shot_views(store)
+        result = finetune(self.keys, self.labels, self.text, views, self.labels, val.features,
+                          val.labels, self.alpha, self.beta, epochs=epochs, seed=seed,
+                          device=device, scale=scale, steps=steps)
+        self.set_keys(result.keys, method="tip-f")
+        self.set_params(result.tuned.alpha, result.tuned.beta, {
+            "job": "finetune", "epochs": epochs, "seed": seed, "n_val": len(val),
+            "initial_alpha": self.alpha, "initial_beta": self.beta, **result.to_json()})
+        return result
+
+    def shot_views(self, store) -> np.ndarray:
+        """(M, V, D) stored augmented views of the shots, in key order, from their store."""
+        _, views = self._shot_features(store, with_views=True)
+        return views
+
+    def training_free(self, store) -> Cache:
+        """For a fine-tuned cache: the Tip-Adapter it started from (store features, alpha/beta
+        before fine-tuning), read from the cache's store."""
+        if self.method != "tip-f":
+            return self
+        start = next(r for r in reversed(self.info.history) if r.get("job") == "finetune")
+        features, _ = self._shot_features(store, with_views=False)
+        info = replace(self.info, method="tip", alpha=start["initial_alpha"],
+                       beta=start["initial_beta"], history=[])
+        return Cache(features, self.labels, self.row_ids, info, self.text)
+
+    def _shot_features(self, store, with_views: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Stored features (M, D) and views (M, V, D) or None of the shots, in key order."""
+        if self.store_id is not None and store.store_id != self.store_id:
+            raise BadInput(f"store {store.path} is not the store this cache was built from "
+                           f"(id {self.store_id}): pass that store")
+        wanted = self.row_ids
+        features = np.zeros((len(wanted), self.provenance.dim), dtype=np.float32)
+        views: np.ndarray | None = None
+        found = np.zeros(len(wanted), dtype=bool)
+        for batch in store.iter_rows(8192, with_views=with_views):
+            hit = np.isin(batch.row_ids, wanted)
+            if not hit.any() or (with_views and batch.views is None):
+                continue
+            pos = _positions(wanted, batch.row_ids[hit])
+            features[pos] = batch.features[hit]
+            found[pos] = True
+            if with_views:
+                if views is None:
+                    views = np.zeros((len(wanted), *batch.views.shape[1:]), dtype=np.float32)
+                if batch.views.shape[1:] != views.shape[1:]:
+                    raise BadInput(f"shots have different numbers of views ({views.shape[1]}, "
+                                   f"{batch.views.shape[1]}): extract them with the same --views")
+                views[pos] = batch.views[hit]
+        if not found.all():
+            what = "augmented views" if with_views else "rows"
+            fix = ("extract the training images with --views V (e.g. 10) to fine-tune"
+                   if with_views else "the store lost rows: rebuild the cache")
+            raise BadInput(f"{int((~found).sum())} of {len(wanted)} shots have no stored {what}"
+                           f" in {store.path}: {fix}")
+        return features, views
 
     # --- changes ----------------------------------------------------------------------
     def set_params(self, alpha: float, beta: float, record: dict[str, Any] | None = None) -> None:
@@ -498,6 +563,12 @@ class Cache:
         if not (path / cache._index_file).exists():
             raise FileNotFoundError(path / cache._index_file)
         return cache
+
+
+def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Positions in `ids` (unique) of the values `wanted` (all present)."""
+    order = np.argsort(ids, kind="stable")
+    return order[np.searchsorted(ids, wanted, sorter=order)]
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

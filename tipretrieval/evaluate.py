@@ -57,6 +57,17 @@ def class_map(cache_classes: Sequence[str], store_classes: Sequence[str]) -> np.
     return np.array([where.get(name, -1) for name in store_classes], dtype=np.int64)
 
 
+def relabel(mapping: np.ndarray, labels: np.ndarray, store_classes: Sequence[str],
+            split: str) -> np.ndarray:
+    """Store labels -> cache class indices via `class_map`; BadInput for a class not cached."""
+    out = mapping[labels]
+    if (out < 0).any():
+        name = store_classes[int(labels[out < 0][0])]
+        raise BadInput(f"'{split}' rows of class {name!r}, which the cache lacks: add shots of "
+                       "it (tipretrieval add-shots) or use rows of the cache's classes")
+    return out
+
+
 def topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """(B,) bool: whether each row's label is among its k largest logits."""
     k = min(k, logits.shape[1])
@@ -71,9 +82,17 @@ def _unavailable(cache, method: str) -> str | None:
         return "cache is not fine-tuned: run `tipretrieval finetune` first"
     if method in ("zero-shot", "tip", "tip-f") and cache.text is None:
         return "cache has no text classifier"
-    if method == "tip" and cache.method == "tip-f":
-        return "keys are fine-tuned: see tip-f (evaluate the cache saved before finetune)"
     return None
+
+
+def _training_free(cache, store, notes: dict[str, str | None]):
+    """The un-fine-tuned cache for the 'tip' row of a fine-tuned one, when `store` has it."""
+    if cache.method != "tip-f":
+        return cache
+    if store.store_id != cache.store_id:
+        notes["tip"] = "keys are fine-tuned; evaluate on the cache's own store to see tip"
+        return cache
+    return cache.training_free(store)
 
 
 def evaluate(cache, store, *, split: str = "test", methods: Sequence[str] = METHODS,
@@ -81,6 +100,7 @@ def evaluate(cache, store, *, split: str = "test", methods: Sequence[str] = METH
     """Top-1/top-5 accuracy (percent) of `methods` on the labelled `split` rows of `store`."""
     cache.provenance.check_compatible(store.provenance, f"rows of store {store.path}")
     notes = {m: _unavailable(cache, m) for m in methods}
+    base = _training_free(cache, store, notes) if "tip" in methods else cache
     active = [m for m in methods if notes[m] is None]
     mapping = class_map(cache.classes, store.classes)
     hits = {m: np.zeros(2, dtype=np.int64) for m in active}
@@ -90,13 +110,10 @@ def evaluate(cache, store, *, split: str = "test", methods: Sequence[str] = METH
             batch = batch.take(batch.labels >= 0)
             if not len(batch):
                 continue
-            labels = mapping[batch.labels]
-            if (labels < 0).any():
-                name = store.classes[int(batch.labels[labels < 0][0])]
-                raise BadInput(f"'{split}' rows of class {name!r}, which the cache lacks: add "
-                               "shots of it (tipretrieval add-shots) or evaluate other rows")
+            labels = relabel(mapping, batch.labels, store.classes, split)
             for m in active:
-                logits = cache.logits(batch.features, method=m, mode=mode, k=k)
+                source = base if m == "tip" else cache
+                logits = source.logits(batch.features, method=m, mode=mode, k=k)
                 hits[m] += [topk_hits(logits, labels, 1).sum(), topk_hits(logits, labels, 5).sum()]
             total += len(batch)
             bar.update(len(batch))

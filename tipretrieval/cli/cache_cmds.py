@@ -117,8 +117,9 @@ def finetune_cmd(cache_dir, train_dir, val_dir, split, epochs, seed):
     result = cache.finetune(_store(train_dir), cache.rows_of(_store(val_dir), split),
                             epochs=epochs, seed=seed)
     cache.save()
-    click.echo(f"tip-f: best epoch {result.best_epoch} (val top-1 {result.best_val_acc:.2f}%); "
-               f"alpha {cache.alpha:.4g}  beta {cache.beta:.4g}")
+    click.echo(f"tip-f: best epoch {result.best_epoch + 1} of {epochs} (val top-1 "
+               f"{result.val_acc[result.best_epoch]:.2f}%); searched alpha {cache.alpha:.4g}  "
+               f"beta {cache.beta:.4g}  val top-1 {result.tuned.val_acc:.2f}%")
 
 
 @click.command("eval")
