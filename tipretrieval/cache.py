@@ -311,6 +311,12 @@ class Cache:
             "steps": list(steps)})
         return result
 
+    def evaluate(self, store, *, split: str = "test", **options: Any):
+        """Top-1/top-5 table of each method on the labelled `split` rows of `store`."""
+        from .evaluate import evaluate
+
+        return evaluate(self, store, split=split, **options)
+
     def finetune(self, store, val: Rows, *, epochs: int = 20, seed: int = 0,
                  device: str | None = None, scale: tuple[float, float] = (7.0, 3.0),
                  steps: tuple[int, int] = (200, 20)):
