@@ -38,3 +38,27 @@ def tiny_checkpoint(tiny_encoder, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_ckpt") / "tiny_clip.pt"
     torch.save(tiny_encoder.model.state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def image_folder():
+    """A factory `make(root, per_class=3)`: class folders "cat" and "dog_breed" of small random
+    images (img0.png, img1.jpg, ...) plus cat/broken.jpg (truncated JPEG) and
+    dog_breed/notes.txt (not an image); returns root."""
+    import numpy as np
+    from PIL import Image
+
+    def make(root: Path, per_class: int = 3, seed: int = 0) -> Path:
+        rng = np.random.default_rng(seed)
+        for c in ("cat", "dog_breed"):
+            (root / c).mkdir(parents=True)
+            for i in range(per_class):
+                w, h = rng.integers(30, 60, size=2)
+                pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / c / f"img{i}.{'jpg' if i % 2 else 'png'}")
+        whole = (root / "cat" / "img1.jpg").read_bytes()
+        (root / "cat" / "broken.jpg").write_bytes(whole[: len(whole) // 2])
+        (root / "dog_breed" / "notes.txt").write_text("not an image")
+        return root
+
+    return make
