@@ -49,10 +49,12 @@ def init_ray(address: str | None = None) -> None:
 class PartClassifier:
     """A Ray actor: classifies parts of the query store with the cache it was given."""
 
-    def __init__(self, cache, store_path: str, out: str, spec: dict) -> None:
+    def __init__(self, cache_ref, store_path: str, out: str, spec: dict) -> None:
+        import ray
+
         from .store import Store
 
-        self.cache = cache
+        self.cache = ray.get(cache_ref)
         self.store = Store.open(store_path)
         self.out = Path(out)
         self.spec = JobSpec.from_json(spec)
@@ -98,13 +100,15 @@ def run_ray(cache, store, out: Path, journal: Journal, *, address: str | None = 
     actors = min(concurrency or actors, len(todo))
     log.info("ray: %d parts on %d actors (%g GPU each)", len(todo), actors, gpus)
     results = ray.data.from_items(todo).map_batches(
-        PartClassifier, batch_size=1, concurrency=actors, num_cpus=1, num_gpus=gpus,
+        PartClassifier, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=1, num_gpus=gpus,
         fn_constructor_args=(ray.put(cache), str(store.path), str(out), spec.to_json()),
     )
     with progress(query_rows(store, spec.options.split), "classify (ray)",
                   disable=not show_progress) as bar:
         bar.update(sum(p.rows for p in journal.parts.values()))
         for row in results.iter_rows():
-            record = PartRecord(**{k: row[k].item() for k in _FIELDS})
+            record = PartRecord(**{k: str(v) if k == "file" else int(v)
+                                   for k, v in row.items() if k in _FIELDS})
             journal.commit(out, record)
             bar.update(record.rows)
