@@ -1,0 +1,267 @@
+"""Store round trips, batched and filtered reading, snapshots, corruption and validation."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from filelock import FileLock
+
+from tipretrieval.errors import BadInput, CorruptData, TipError
+from tipretrieval.provenance import Provenance
+from tipretrieval.rows import Rows
+from tipretrieval.store import Store
+
+DIM = 16
+CLASSES = ["ant", "bee", "cat", "dog"]
+PROV = Provenance("ViT-B-32", "openai", DIM)
+
+
+def unit(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    """Random L2-normalised float32 vectors along the last axis."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def make_rows(n: int, seed: int, prefix: str = "r", views: int = 0, sources: bool = False,
+              dim: int = DIM, classes: int = len(CLASSES)) -> Rows:
+    """Deterministic rows: ids `prefix<seed>-<i>`, labels in -1..classes-1, mixed splits."""
+    rng = np.random.default_rng(seed)
+    return Rows.make(
+        ids=[f"{prefix}{seed}-{i}" for i in range(n)], features=unit(rng, n, dim),
+        labels=rng.integers(-1, classes, n), splits=rng.choice(["train", "val", "query"], n),
+        sources=[f"/img/{seed}/{i}.jpg" for i in range(n)] if sources else None,
+        views=unit(rng, n, views, dim) if views else None,
+    )
+
+
+def on_disk(x: np.ndarray, dtype: str) -> np.ndarray:
+    """What a float32 array reads back as after storage in `dtype`."""
+    return x.astype(dtype).astype(np.float32)
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store.create(tmp_path / "store", dim=DIM, provenance=PROV, classes=CLASSES)
+
+
+def assert_rows_equal(got: Rows, want: Rows, dtype: str = "float16") -> None:
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_array_equal(got.splits, want.splits)
+    np.testing.assert_array_equal(got.features, on_disk(want.features, dtype))
+    assert got.features.dtype == np.float32
+    for name in ("sources", "views"):
+        g, w = getattr(got, name), getattr(want, name)
+        assert (g is None) == (w is None), name
+        if w is not None:
+            np.testing.assert_array_equal(g, w if name == "sources" else on_disk(w, dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_round_trip_every_field_over_several_appends(tmp_path, dtype):
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES, dtype=dtype)
+    parts = [make_rows(300, 1, views=3, sources=True), make_rows(50, 2), make_rows(7, 3, views=3)]
+    row_ids = [store.append(p) for p in parts]
+    np.testing.assert_array_equal(np.concatenate(row_ids), np.arange(357))
+    assert (len(store), store.generation, store.dim, store.classes) == (357, 3, DIM, CLASSES)
+    reopened = Store.open(store.path)
+    assert (reopened.store_id, reopened.provenance, len(reopened)) == \
+        (store.store_id, PROV, 357)
+    for part, ids in zip(parts, row_ids, strict=True):
+        got = reopened.select(ids=part.ids, with_views=True)
+        assert_rows_equal(got, part, dtype)
+        np.testing.assert_array_equal(got.row_ids, ids)
+    assert reopened.select(ids=parts[0].ids).views is None  # views only when asked for
+
+
+def test_float16_features_stay_close_to_input(store):
+    rows = make_rows(100, 5)
+    store.append(rows)
+    got = store.select()
+    assert np.abs(got.features - rows.features).max() < 1e-3
+
+
+def test_batches_equal_reading_all(store):
+    parts = [make_rows(5000, 1), make_rows(3000, 2, sources=True), make_rows(1234, 3)]
+    for p in parts:
+        store.append(p)
+    whole = Rows.concat([make_rows(5000, 1), make_rows(1234, 3)])  # no-sources parts
+    for batch_size in (1000, 4096, 5000, 20000):
+        batches = list(store.iter_rows(batch_size))
+        assert all(len(b) <= batch_size for b in batches)
+        joined = Rows.concat(batches)
+        np.testing.assert_array_equal(joined.row_ids, np.arange(len(store)))
+        np.testing.assert_array_equal(joined.ids, np.concatenate([p.ids for p in parts]))
+        np.testing.assert_array_equal(
+            joined.features, on_disk(np.concatenate([p.features for p in parts]), "float16"))
+    # full batches, except where rows with sources meet rows without (never mixed)
+    assert [len(b) for b in store.iter_rows(1000)] == [1000] * 9 + [234]
+    assert [len(b) for b in store.iter_rows(3000)] == [3000, 2000, 3000, 1234]
+    no_sources = store.select(ids=whole.ids)
+    assert_rows_equal(no_sources, whole)
+
+
+def test_filters_match_numpy_masks(store):
+    parts = [make_rows(4000, 1), make_rows(2500, 2)]
+    for p in parts:
+        store.append(p)
+    allrows = Rows.concat(parts)
+    cases = [
+        ({"split": "train"}, allrows.splits == "train"),
+        ({"split": ["val", "query"]}, allrows.splits != "train"),
+        ({"labels": 2}, allrows.labels == 2),
+        ({"labels": [0, 3], "split": "val"}, np.isin(allrows.labels, [0, 3]) &
+         (allrows.splits == "val")),
+        ({"ids": list(allrows.ids[::97]) + ["not-there"]}, np.arange(6500) % 97 == 0),
+    ]
+    for kwargs, mask in cases:
+        for batch_size in (333, 8192):
+            got = Rows.concat(list(store.iter_rows(batch_size, **kwargs)))
+            np.testing.assert_array_equal(got.row_ids, np.flatnonzero(mask), str(kwargs))
+            np.testing.assert_array_equal(got.features,
+                                          on_disk(allrows.features[mask], "float16"))
+    assert len(store.select(split="nonexistent")) == 0
+    labelled = store.labelled(split="train")
+    np.testing.assert_array_equal(labelled.row_ids,
+                                  np.flatnonzero((allrows.labels >= 0) &
+                                                 (allrows.splits == "train")))
+
+
+def test_class_counts_and_existing_ids(store):
+    rows = make_rows(3000, 1)
+    store.append(rows)
+    counts = np.bincount(rows.labels[rows.labels >= 0], minlength=len(CLASSES))
+    assert store.class_counts() == dict(zip(CLASSES, counts.tolist(), strict=True))
+    val = rows.labels[(rows.labels >= 0) & (rows.splits == "val")]
+    assert store.class_counts("val") == dict(
+        zip(CLASSES, np.bincount(val, minlength=4).tolist(), strict=True))
+    assert store.split_counts() == {s: int((rows.splits == s).sum()) for s in
+                                    ("query", "train", "val")}
+    np.testing.assert_array_equal(store.existing_ids([rows.ids[5], "nope", rows.ids[-1]]),
+                                  [True, False, True])
+
+
+def test_add_classes_and_append_with_new_vocabulary(store):
+    assert store.add_classes(["cat", "eel"]) == [2, 4]
+    assert Store.open(store.path).classes == CLASSES + ["eel"]
+    rows = make_rows(20, 1, classes=6)
+    store.append(rows, classes=CLASSES + ["eel", "fox"])
+    assert Store.open(store.path).classes == CLASSES + ["eel", "fox"]
+    with pytest.raises(BadInput, match="differs from the store's vocabulary at label 0"):
+        store.append(make_rows(5, 2), classes=["bee", "ant"])
+
+
+def test_snapshot_isolation_and_refresh(store):
+    store.append(make_rows(100, 1))
+    reader = Store.open(store.path)
+    store.append(make_rows(100, 2))
+    assert len(reader) == 100 and len(store) == 200
+    assert len(reader.select()) == 100
+    assert len(reader.refresh()) == 200 and reader.generation == store.generation
+
+
+def _shard_path(store: Store, i: int = 0):
+    return store.path / "shards" / store.manifest.shards[i].name
+
+
+def test_verify_names_a_corrupt_shard(store):
+    store.append(make_rows(100, 1))
+    store.append(make_rows(100, 2))
+    store.verify()
+    path = _shard_path(store, 1)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptData, match=f"shard {path.name} fails its sha256"):
+        store.verify()
+
+
+def test_truncated_or_missing_shard_is_named_on_read(store):
+    store.append(make_rows(5000, 1))
+    store.append(make_rows(100, 2))
+    path = _shard_path(store, 1)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    batches = store.iter_rows(1000)
+    assert len(next(batches)) == 1000  # streams: the first shard reads before the bad one
+    with pytest.raises(CorruptData, match=f"shard {path.name} is truncated"):
+        list(batches)
+    path.unlink()
+    with pytest.raises(CorruptData, match=f"shard {path.name} is missing"):
+        store.select()
+    with pytest.raises(CorruptData, match=path.name):
+        store.verify()
+
+
+def test_orphans_of_a_killed_writer_are_ignored_then_removed(store):
+    store.append(make_rows(10, 1))
+    orphans = [store.path / "shards" / ".000000000010-dead.h5.x.tmp",
+               store.path / "shards" / "000000000010-deadbeef.h5",
+               store.path / ".manifest.json.abc.tmp"]
+    for p in orphans:
+        p.write_bytes(b"half written")
+    reopened = Store.open(store.path)
+    assert len(reopened.select()) == 10
+    reopened.verify()
+    reopened.append(make_rows(10, 2))
+    assert not any(p.exists() for p in orphans)
+    assert len(Store.open(store.path).select()) == 20
+
+
+def test_second_writer_times_out_with_a_clear_error(store):
+    store.lock_timeout = 0.2
+    with FileLock(store.path / ".lock"):
+        with pytest.raises(TipError, match="locked by another writer"):
+            store.append(make_rows(5, 1))
+    assert len(Store.open(store.path)) == 0
+
+
+def test_not_a_store_and_newer_format(tmp_path, store):
+    with pytest.raises(BadInput, match="is not a tipretrieval store"):
+        Store.open(tmp_path)
+    manifest = store.path / "manifest.json"
+    obj = json.loads(manifest.read_text())
+    obj["format_version"] = 99
+    manifest.write_text(json.dumps(obj))
+    with pytest.raises(BadInput, match="format version 99, newer than"):
+        Store.open(store.path)
+    with pytest.raises(BadInput, match="already a store"):
+        Store.create(store.path, dim=DIM, provenance=PROV)
+
+
+def _bad_features(rows: Rows, value: float) -> Rows:
+    rows.features[3, 0] = value
+    return rows
+
+
+BAD_APPENDS = [
+    (lambda: make_rows(5, 1, dim=DIM + 1), {}, "features have shape .* holds dim 16"),
+    (lambda: _bad_features(make_rows(5, 1), np.nan), {}, "contain NaN or inf"),
+    (lambda: _bad_features(make_rows(5, 1), np.inf), {}, "contain NaN or inf"),
+    (lambda: _bad_features(make_rows(5, 1), 3.0), {}, "not L2-normalised"),
+    (lambda: make_rows(50, 1, classes=7), {}, "outside -1..3"),
+    (lambda: Rows.concat([make_rows(5, 1), make_rows(2, 1)]), {}, "more than once"),
+    (lambda: make_rows(5, 0), {}, "already exist in store"),
+    (lambda: make_rows(5, 1), {"provenance": Provenance("RN50", "openai", DIM)},
+     "come from encoder RN50"),
+]
+
+
+@pytest.mark.parametrize("build, kwargs, message", BAD_APPENDS)
+def test_bad_appends_are_refused_and_change_nothing(store, build, kwargs, message):
+    store.append(make_rows(5, 0))
+    before = sorted(os.listdir(store.path / "shards")), store.manifest.to_json()
+    with pytest.raises(BadInput, match=message):
+        store.append(build(), **kwargs)
+    after = Store.open(store.path)
+    assert (sorted(os.listdir(store.path / "shards")), after.manifest.to_json()) == before
+
+
+def test_bad_views_are_refused(store):
+    rows = make_rows(5, 1, views=2)
+    rows.views = rows.views[:, :, :-1]
+    with pytest.raises(BadInput, match="views have shape"):
+        store.append(rows)
