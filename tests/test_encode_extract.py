@@ -9,7 +9,7 @@ from PIL import Image
 
 from tipretrieval.encode.extract import ExtractOptions, extract
 from tipretrieval.encode.sources import scan_source
-from tipretrieval.encode.transforms import decode_image, image_seed, make_views, view_transform
+from tipretrieval.encode.transforms import decode_image, image_seed, make_views, view_pixels
 from tipretrieval.errors import BadInput
 from tipretrieval.store import Store
 
@@ -63,9 +63,13 @@ def test_extract_train_views_keys_labels_and_report(tiny_encoder, folder, tmp_pa
         < F16_TOL
     # the views are exactly the seeded augmentations of each image, encoded
     item = rows.ids[4]
-    views = make_views(decode_image(folder / item), view_transform(tiny_encoder.preprocess_cfg),
+    views = make_views(decode_image(folder / item), view_pixels(tiny_encoder.preprocess_cfg),
                        3, image_seed(0, item))
-    assert np.abs(rows.views[4] - tiny_encoder.encode_images(views)).max() < F16_TOL
+    assert views.dtype == torch.uint8
+    cfg = tiny_encoder.preprocess_cfg
+    mean, std = (torch.tensor(cfg[k]).view(3, 1, 1) for k in ("mean", "std"))
+    expected = tiny_encoder.encode_images((views.float() / 255 - mean) / std)
+    assert np.abs(rows.views[4] - expected).max() < F16_TOL
     assert np.abs(rows.views[4, 0] - rows.views[4, 1]).max() > 1e-2  # views differ
 
     again = extract(scan_source(folder), tmp_path / "store", tiny_encoder, _opts())

@@ -3,6 +3,7 @@
 import hashlib
 import time
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -113,3 +114,17 @@ def test_cached_tag_is_found_without_network(empty_cache, monkeypatch):
     resolved = weights_mod.resolve_tag("ViT-B-32", "laion2b_s34b_b79k")
     assert resolved.path == blob
     assert resolved.preprocess["interpolation"] == "bicubic"
+
+
+def test_uint8_pixel_path_equals_open_clip_preprocess(tiny_encoder):
+    from PIL import Image
+
+    from tipretrieval.encode.transforms import eval_pixels
+
+    rng = np.random.default_rng(3)
+    imgs = [Image.fromarray(rng.integers(0, 255, (41, 57, 3), dtype=np.uint8)) for _ in range(3)]
+    pixels = torch.stack([eval_pixels(tiny_encoder.preprocess)(im) for im in imgs])
+    floats = torch.stack([tiny_encoder.preprocess(im) for im in imgs])
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 3, 32, 32)
+    assert np.abs(tiny_encoder.encode_pixels(pixels) - tiny_encoder.encode_images(floats)).max() \
+        < 1e-6

@@ -24,7 +24,7 @@ from ..rows import Rows
 from ..store import Store
 from .model import Encoder
 from .sources import ImageItem, Source
-from .transforms import decode_image, image_seed, make_views, view_transform
+from .transforms import decode_image, eval_pixels, image_seed, make_views, view_pixels
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +159,9 @@ class _Writer:
 def _encode(encoder: Encoder, batch: torch.Tensor, n_views: int) -> tuple[np.ndarray, np.ndarray]:
     """Features (B, D) and views (B, V, D) or None; a key is the renormalised mean of views."""
     if not n_views:
-        return encoder.encode_images(batch), None
+        return encoder.encode_pixels(batch), None
     b, v = batch.shape[:2]
-    views = encoder.encode_images(batch.flatten(0, 1)).reshape(b, v, -1)
+    views = encoder.encode_pixels(batch.flatten(0, 1)).reshape(b, v, -1)
     keys = views.mean(axis=1)
     keys /= np.linalg.norm(keys, axis=1, keepdims=True)
     return keys, views
@@ -186,7 +186,7 @@ def extract(
     todo = _pending(store, items, opts.split)
     report = ExtractReport(str(source.root), opts.split, len(items), len(items) - len(todo))
     n_views = opts.views if opts.split == VIEW_SPLIT and source.labelled else 0
-    transform = view_transform(encoder.preprocess_cfg) if n_views else encoder.preprocess
+    transform = view_pixels(encoder.preprocess_cfg) if n_views else eval_pixels(encoder.preprocess)
     loader = DataLoader(
         _ImageDataset(todo, transform, n_views, opts.seed),
         batch_size=max(1, opts.batch_size // max(1, n_views)),

@@ -56,6 +56,14 @@ class Encoder:
         return _normalised(feats)
 
     @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Features of uint8 pixels (N, 3, H, W): /255 and CLIP-normalised on the device."""
+        x = pixels.to(self.device, non_blocking=True).float().div_(255)
+        mean = torch.tensor(self.preprocess_cfg["mean"], device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.preprocess_cfg["std"], device=self.device).view(1, -1, 1, 1)
+        return self.encode_images(x.sub_(mean).div_(std))
+
+    @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> np.ndarray:
         """L2-normalised float32 features (N, D) of prompts."""
         tokens = self.tokenizer(list(texts)).to(self.device)

@@ -1,6 +1,9 @@
 """Image decoding, CLIP's eval transform and Tip-Adapter's augmented training views.
 
-Views are seeded per image from (seed, image id), so they do not depend on worker count or order.
+Workers produce uint8 pixels (a quarter of float32's bytes through shared memory and PCIe);
+`Encoder.encode_pixels` converts and normalises them on the device, with the same arithmetic
+as ToTensor + Normalize. Views are seeded per image from (seed, image id), so they do not depend
+on worker count or order.
 """
 
 from __future__ import annotations
@@ -29,14 +32,26 @@ def _size(pp_cfg: dict[str, Any]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def view_transform(pp_cfg: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
-    """Tip-Adapter's cache augmentation: random resized crop (bicubic), hflip, CLIP normalise."""
+def eval_pixels(preprocess: T.Compose) -> Callable[[Image.Image], torch.Tensor]:
+    """open_clip's eval transform up to (not including) ToTensor + Normalize, giving uint8."""
+    steps = list(preprocess.transforms)
+    names = [type(t).__name__ for t in steps]
+    cut = next(i for i, n in enumerate(names) if n in ("ToTensor", "MaybeToTensor"))
+    if names[cut + 1:] != ["Normalize"]:
+        raise ValueError(f"unexpected eval transform tail {names[cut:]}")
+    return T.Compose([*steps[:cut], T.PILToTensor()])
+
+
+def view_pixels(pp_cfg: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
+    """Tip-Adapter's cache augmentation (random resized crop, bicubic; hflip) as uint8 pixels.
+
+    With CLIP normalisation (done on the device) this is Tip-Adapter's training transform.
+    """
     return T.Compose([
         T.RandomResizedCrop(_size(pp_cfg), scale=VIEW_SCALE,
                             interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(p=VIEW_FLIP_P),
-        T.ToTensor(),
-        T.Normalize(mean=pp_cfg["mean"], std=pp_cfg["std"]),
+        T.PILToTensor(),
     ])
 
 
