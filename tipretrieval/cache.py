@@ -433,6 +433,7 @@ class Cache:
             extra = _check_text(_new_class_text(self.info, new, text, encoder), len(new),
                                 self.provenance.dim)
             self.text = np.concatenate([self.text, extra]).astype(np.float32)
+            self._text_file = None
         if new:
             self.info = replace(self.info, classes=self.classes + new)
             log.info("cache: new classes %s", ", ".join(new))

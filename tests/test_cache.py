@@ -1,0 +1,179 @@
+"""Cache: shot sampling, build from a store, persistence and generations, tune, eval."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from tipretrieval.cache import Cache, sample_shots
+from tipretrieval.encode.text import TextClassifier
+from tipretrieval.errors import BadInput, TipError
+from tipretrieval.evaluate import evaluate
+from tipretrieval.provenance import Provenance
+from tipretrieval.store import Store
+from tipretrieval.synthetic import SplitSizes, make_dataset, write_store
+from tipretrieval.tune import search
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_dataset(10, 64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def store(data, tmp_path_factory):
+    sizes = SplitSizes(train=8, val=6, test=8, query=2, views=3)
+    return write_store(tmp_path_factory.mktemp("s") / "store", data, sizes)
+
+
+def dense_logits(x, keys, labels, text, alpha, beta):
+    """Independent dense Tip-Adapter logits in float64."""
+    x, keys, text = (a.astype(np.float64) for a in (x, keys, text))
+    onehot = np.eye(text.shape[0])[labels]
+    return 100 * x @ text.T + alpha * np.exp(-beta * (1 - x @ keys.T)) @ onehot
+
+
+def test_sample_shots_counts_seed_and_order(caplog):
+    labels = np.repeat(np.arange(4), [10, 2, 5, 7])
+    row_ids = np.arange(len(labels)) * 3 + 100
+    with caplog.at_level(logging.WARNING):
+        picked = sample_shots(labels, row_ids, 4, 5, seed=1)
+    assert np.bincount(labels[picked], minlength=4).tolist() == [5, 2, 5, 5]
+    assert "fewer than 5" in caplog.text
+    assert (picked == sample_shots(labels, row_ids, 4, 5, seed=1)).all()
+    assert not (picked == sample_shots(labels, row_ids, 4, 5, seed=2)).all()
+    perm = np.random.default_rng(0).permutation(len(labels))  # row order does not matter
+    again = sample_shots(labels[perm], row_ids[perm], 4, 5, seed=1)
+    assert sorted(row_ids[perm][again]) == sorted(row_ids[picked])
+    assert len(sample_shots(labels, row_ids, 4, None)) == len(labels)
+    with pytest.raises(BadInput, match="positive"):
+        sample_shots(labels, row_ids, 4, 0)
+
+
+def test_build_takes_k_shots_with_store_features(store, data):
+    cache = Cache.build(store, 3, text=data.text, seed=5)
+    assert cache.class_counts().tolist() == [3] * 10
+    train = store.labelled("train")
+    pos = np.searchsorted(train.row_ids, cache.row_ids)
+    assert (train.row_ids[pos] == cache.row_ids).all()
+    assert (cache.keys == train.features[pos]).all() and (cache.labels == train.labels[pos]).all()
+    assert cache.store_id == store.store_id and cache.store_generation == store.generation
+    assert cache.provenance == store.provenance and cache.classes == store.classes
+    assert (Cache.build(store, 3, text=data.text, seed=5).row_ids == cache.row_ids).all()
+    assert len(Cache.build(store, None, text=data.text)) == 80
+
+
+def test_build_refuses_bad_input(store, data, tmp_path):
+    with pytest.raises(BadInput, match="positive"):
+        Cache.build(store, 0, text=data.text)
+    with pytest.raises(BadInput, match="no labelled rows in split 'nope'"):
+        Cache.build(store, 2, text=data.text, split="nope")
+    with pytest.raises(BadInput, match="needs a text classifier"):
+        Cache.build(store, 2)
+    other = Provenance("ViT-B-32", "openai", 64)
+    TextClassifier(data.text, data.classes, "x", other).save(tmp_path / "other.npz")
+    with pytest.raises(BadInput, match="encoder"):
+        Cache.build(store, 2, text=tmp_path / "other.npz")
+
+
+def test_text_file_rows_follow_class_names(store, data, tmp_path):
+    perm = np.random.default_rng(1).permutation(10)
+    shuffled = TextClassifier(data.text[perm], [data.classes[i] for i in perm], "mine",
+                              store.provenance)
+    shuffled.save(tmp_path / "t.npz")
+    cache = Cache.build(store, 2, text=tmp_path / "t.npz")
+    assert np.array_equal(cache.text, data.text)
+    assert cache.info.templates == "mine"
+
+
+def test_save_load_round_trip(store, data, tmp_path):
+    cache = Cache.build(store, 4, text=data.text, index_spec="Flat")
+    cache.set_params(1.7, 3.2)
+    cache.save(tmp_path / "c")
+    loaded = Cache.load(tmp_path / "c")
+    assert loaded.generation == 1 and loaded.info == cache.info
+    for name in ("keys", "labels", "row_ids", "text"):
+        assert np.array_equal(getattr(loaded, name), getattr(cache, name))
+    meta = json.loads((tmp_path / "c" / "cache.json").read_text())
+    assert meta["alpha"] == 1.7 and meta["store_id"] == store.store_id and meta["shots"] == 4
+    x = store.select(split="test").features
+    expected = dense_logits(x, cache.keys, cache.labels, data.text, 1.7, 3.2)
+    assert np.allclose(loaded.logits(x), expected, rtol=1e-4, atol=1e-3)
+    assert sorted(loaded.index.ids()) == sorted(cache.row_ids)
+    with pytest.raises(BadInput, match="not a cache"):
+        Cache.load(tmp_path / "nothing")
+
+
+def test_reader_keeps_its_generation_and_old_files_go(store, data, tmp_path):
+    writer = Cache.build(store, 2, text=data.text)
+    writer.save(tmp_path / "c")
+    reader = Cache.load(tmp_path / "c")
+    x = store.select(split="test").features
+    before = reader.logits(x, mode="retrieval", k=5)
+    g1_files = set(json.loads((tmp_path / "c" / "cache.json").read_text())["files"]["segments"])
+    extra = store.labelled("train")
+    extra = extra.take(~np.isin(extra.row_ids, writer.row_ids))
+    for gen in (2, 3):
+        writer.add_shots(extra.take(slice(10 * gen, 10 * gen + 10)))
+        writer.set_params(2.0 * gen, 1.0)
+        writer.save()
+        assert Cache.load(tmp_path / "c").generation == gen
+    assert np.array_equal(reader.logits(x, mode="retrieval", k=5), before)
+    names = {p.name for p in (tmp_path / "c").iterdir()}
+    assert not g1_files & names  # generation 1 was merged away and its files deleted
+    with pytest.raises(TipError, match="changed since it was loaded"):
+        reader.save()
+    assert Cache.load(tmp_path / "c").alpha == 6.0
+
+
+def test_tune_adopts_the_official_search(store, data, tmp_path):
+    cache = Cache.build(store, 4, text=data.text)
+    val = cache.rows_of(store, "val")
+    result = cache.tune(val, steps=(20, 10))
+    expected = search(val.features, val.labels, cache.keys, cache.labels, data.text,
+                      steps=(20, 10), show_progress=False)
+    assert (cache.alpha, cache.beta) == (expected.alpha, expected.beta) == (result.alpha,
+                                                                            result.beta)
+    cache.save(tmp_path / "c")
+    assert Cache.load(tmp_path / "c").beta == expected.beta
+
+
+def test_eval_matches_numpy(store, data):
+    cache = Cache.build(store, 4, text=data.text)
+    cache.set_params(2.5, 4.0)
+    report = evaluate(cache, store, split="test", methods=["zero-shot", "cache", "tip", "tip-f"])
+    test = store.labelled("test")
+    tip = dense_logits(test.features, cache.keys, cache.labels, data.text, 2.5, 4.0)
+    zs = 100 * test.features.astype(np.float64) @ data.text.T.astype(np.float64)
+    for score, logits in zip(report.scores, (zs, tip - zs, tip), strict=False):
+        top5 = np.argsort(-logits, axis=1)[:, :5]
+        assert score.top1 == pytest.approx(100 * np.mean(logits.argmax(1) == test.labels))
+        assert score.top5 == pytest.approx(100 * np.mean((top5 == test.labels[:, None]).any(1)))
+    assert report.rows == len(test)
+    assert report.scores[3].top1 is None and "not fine-tuned" in report.scores[3].note
+    retrieval = evaluate(cache, store, methods=["tip"], mode="retrieval", k=1000)
+    assert retrieval.scores[0].top1 == report.scores[2].top1
+
+
+def test_finetune_keeps_training_free_view(store, data, tmp_path):
+    cache = Cache.build(store, 4, text=data.text)
+    cache.tune(cache.rows_of(store, "val"), steps=(10, 5))
+    plain = evaluate(cache, store, methods=["tip"]).scores[0]
+    start_keys = cache.keys.copy()
+    result = cache.finetune(store, cache.rows_of(store, "val"), epochs=2, steps=(10, 5))
+    assert cache.method == "tip-f" and not np.array_equal(cache.keys, start_keys)
+    assert (cache.alpha, cache.beta) == (result.tuned.alpha, result.tuned.beta)
+    cache.save(tmp_path / "c")
+    report = evaluate(Cache.load(tmp_path / "c"), store, methods=["tip", "tip-f"])
+    assert report.scores[0] == plain and report.scores[1].top1 is not None
+
+
+def test_finetune_needs_views(data, tmp_path):
+    plain = Store.create(tmp_path / "s", dim=64, provenance=data.provenance(),
+                         classes=data.classes)
+    plain.append(data.split("train", 3))
+    plain = plain.refresh()
+    cache = Cache.build(plain, 2, text=data.text)
+    with pytest.raises(BadInput, match="no stored augmented views"):
+        cache.finetune(plain, cache.rows_of(plain, "train"), epochs=1)
