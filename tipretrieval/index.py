@@ -130,17 +130,25 @@ class KeyIndex:
     def remove(self, ids: np.ndarray) -> int:
         """Remove keys by row id; returns how many were removed; the GPU copy is rebuilt."""
         ids = np.ascontiguousarray(np.asarray(ids).reshape(-1), dtype=np.int64)
-        try:
+        if isinstance(faiss.downcast_index(self._cpu.index), faiss.IndexFlatCodes):
             removed = int(self._cpu.remove_ids(faiss.IDSelectorBatch(ids)))
-        except RuntimeError:
+        else:
             removed = self._rebuild_without(ids)
         self._sync_gpu()
         return removed
 
     def _rebuild_without(self, ids: np.ndarray) -> int:
-        """For indices without remove_ids (HNSW): re-add the reconstructed remaining keys."""
+        """Removal for IVF/HNSW (whose inner ids do not compact): re-add the remaining keys.
+
+        Keys are reconstructed from the index: exact for flat storage, decoded for quantised.
+        """
         all_ids = self.ids()
         keep = ~np.isin(all_ids, ids)
+        if keep.all():
+            return 0
+        ivf = faiss.try_extract_index_ivf(self._cpu.index)
+        if ivf is not None:
+            ivf.make_direct_map()
         keys = self._cpu.index.reconstruct_n(0, self.ntotal)[keep]
         inner = faiss.clone_index(self._cpu.index)
         inner.reset()

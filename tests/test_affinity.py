@@ -1,0 +1,109 @@
+"""Exact and retrieval cache terms against independent dense numpy computations."""
+
+import numpy as np
+import pytest
+
+from tipretrieval.adapter import TipAdapter, top_k
+from tipretrieval.errors import BadInput
+
+
+def unit(a):
+    return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def dense_logits(x, keys, labels, text, alpha, beta, c):
+    """The official dense formulation in float64 numpy."""
+    x, keys = x.astype(np.float64), keys.astype(np.float64)
+    onehot = np.eye(c)[labels]
+    cache = np.exp(-beta * (1 - x @ keys.T)) @ onehot
+    return 100 * x @ text.astype(np.float64).T + alpha * cache, cache
+
+
+def clustered(rng, c=12, per=(1, 9), d=32, spread=0.35, n_query=300):
+    """Unit keys in class clusters with unequal class sizes (one class empty), unsorted."""
+    centres = unit(rng.standard_normal((c, d)))
+    counts = rng.integers(per[0], per[1] + 1, size=c)
+    counts[3] = 0
+    labels = np.repeat(np.arange(c), counts)
+    rng.shuffle(labels)
+    keys = unit(centres[labels] + spread * rng.standard_normal((len(labels), d)))
+    q_lab = rng.integers(0, c, size=n_query)
+    x = unit(centres[q_lab] + spread * rng.standard_normal((n_query, d)))
+    text = unit(centres + 0.5 * rng.standard_normal((c, d)))
+    return x, keys, labels, text
+
+
+@pytest.mark.parametrize("beta", [0.27, 5.5])
+def test_exact_matches_dense(beta):
+    rng = np.random.default_rng(1)
+    x, keys, labels, text = clustered(rng)
+    ad = TipAdapter(keys, labels, 12, text, alpha=1.7, beta=beta)
+    want, want_cache = dense_logits(x, keys, labels, text, 1.7, beta, 12)
+    scale = np.abs(want).max()  # 1e-4 relative to the logits' scale (some logits cross 0)
+    np.testing.assert_allclose(ad.logits(x), want, rtol=1e-4, atol=1e-6 * scale)
+    np.testing.assert_allclose(ad.logits(x, method="cache"), 1.7 * want_cache, rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(ad.logits(x, method="zero-shot"), 100 * x @ text.T, rtol=1e-4,
+                               atol=1e-6 * scale)
+    assert np.all(ad.logits(x, method="cache")[:, 3] == 0)
+
+
+def test_exact_small_blocks_equal_large_blocks():
+    from tipretrieval import affinity
+
+    rng = np.random.default_rng(2)
+    x, keys, labels, _ = clustered(rng, per=(20, 60), n_query=700)
+    sk = affinity.SortedKeys.build(keys, labels, 12)
+    big = affinity.exact(x, sk, 3.0)
+    tiny = affinity.exact(x, sk, 3.0, block_bytes=4 * 256 * 7)  # 7-key blocks split classes
+    np.testing.assert_allclose(tiny, big, rtol=1e-5)
+    np.testing.assert_allclose(big, dense_logits(x, keys, labels, np.zeros((12, 32)), 1, 3.0,
+                                                 12)[1], rtol=1e-4)
+
+
+@pytest.mark.parametrize("tail", [True, False])
+def test_retrieval_with_all_keys_is_exact(tail):
+    rng = np.random.default_rng(3)
+    x, keys, labels, text = clustered(rng)
+    ad = TipAdapter(keys, labels, 12, text, alpha=2.0, beta=1.3,
+                    row_ids=rng.permutation(1000)[: len(keys)] + 50)
+    exact = ad.cache_term(x)
+    got = ad.cache_term(x, mode="retrieval", k=len(keys) + 5, tail=tail)
+    np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ad.logits(x, mode="retrieval", k=len(keys)), ad.logits(x),
+                               rtol=1e-5)
+
+
+def test_tail_correction_beats_truncation():
+    rng = np.random.default_rng(4)
+    x, keys, labels, _ = clustered(rng, c=20, per=(30, 30), d=24, spread=0.8, n_query=400)
+    labels_ok = labels.copy()
+    ad = TipAdapter(keys, labels_ok, 20, beta=0.5)
+    exact = ad.cache_term(x).argmax(1)
+    trunc = ad.cache_term(x, mode="retrieval", k=8, tail=False).argmax(1)
+    tail = ad.cache_term(x, mode="retrieval", k=8).argmax(1)
+    assert np.mean(tail == exact) > np.mean(trunc == exact) + 0.1
+    assert np.mean(tail == exact) > 0.95
+
+
+def test_top_k_ties_and_probabilities():
+    logits = np.array([[1.0, 3.0, 3.0, 2.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    p = top_k(logits, 3)
+    assert p.classes.tolist() == [[1, 2, 3], [0, 1, 2]]
+    e = np.exp(logits[0] - 3)
+    np.testing.assert_allclose(p.probs[0], (e / e.sum())[[1, 2, 3]], rtol=1e-6)
+    np.testing.assert_allclose(p.probs[1], 0.25)
+
+
+def test_bad_inputs_name_the_fix():
+    rng = np.random.default_rng(5)
+    x, keys, labels, text = clustered(rng)
+    with pytest.raises(BadInput, match="labels must lie"):
+        TipAdapter(keys, labels + 20, 12)
+    ad = TipAdapter(keys, labels, 12)
+    with pytest.raises(BadInput, match="no text classifier"):
+        ad.logits(x)
+    with pytest.raises(BadInput, match="expected"):
+        ad.logits(x[:, :5], method="cache")
+    with pytest.raises(BadInput, match="unknown mode"):
+        ad.logits(x, method="cache", mode="approx")
