@@ -2,6 +2,7 @@
 
 import json
 import logging
+import pickle
 
 import numpy as np
 import pytest
@@ -177,3 +178,13 @@ def test_finetune_needs_views(data, tmp_path):
     cache = Cache.build(plain, 2, text=data.text)
     with pytest.raises(BadInput, match="no stored augmented views"):
         cache.finetune(plain, cache.rows_of(plain, "train"), epochs=1)
+
+
+def test_pickled_cache_reloads_its_index(store, data, tmp_path):
+    cache = Cache.build(store, 3, text=data.text)
+    cache.save(tmp_path / "c")
+    loaded = Cache.load(tmp_path / "c")
+    x = store.select(split="test").features
+    expected = loaded.logits(x, mode="retrieval", k=4)  # loads the FAISS index
+    copy = pickle.loads(pickle.dumps(loaded))
+    assert np.array_equal(copy.logits(x, mode="retrieval", k=4), expected)

@@ -144,7 +144,7 @@ class Cache:
         self._index_file: str | None = None
         self._index_segments = 0  # how many leading segments `_index_file` holds
         self._adapter = None
-        self._joined: _Segment | None = None
+        self._joined: dict[str, np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the FAISS index and adapter (Ray workers reload them lazily)."""
@@ -190,26 +190,30 @@ class Cache:
         return cache
 
     # --- views ------------------------------------------------------------------------
+    def _column(self, name: str) -> np.ndarray:
+        """One column over all segments, joined once and kept until the segments change."""
+        if name not in self._joined:
+            parts = [getattr(s, name) for s in self._segments]
+            self._joined[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return self._joined[name]
+
     def _all(self) -> _Segment:
-        if self._joined is None:
-            if len(self._segments) == 1:
-                self._joined = self._segments[0]
-            else:
-                self._joined = _Segment(*(np.concatenate([getattr(s, a) for s in self._segments])
-                                          for a in ("keys", "labels", "row_ids")))
-        return self._joined
+        return _Segment(self.keys, self.labels, self.row_ids)
 
     @property
     def keys(self) -> np.ndarray:
-        return self._all().keys
+        """(M, D) float32 keys, in insertion order (base build sorted by class, then adds)."""
+        return self._column("keys")
 
     @property
     def labels(self) -> np.ndarray:
-        return self._all().labels
+        """(M,) int64 class index of each key."""
+        return self._column("labels")
 
     @property
     def row_ids(self) -> np.ndarray:
-        return self._all().row_ids
+        """(M,) int64 store row id of each key (the FAISS ids)."""
+        return self._column("row_ids")
 
     def __len__(self) -> int:
         return sum(len(s.labels) for s in self._segments)
@@ -441,7 +445,7 @@ class Cache:
         seg = _Segment(np.ascontiguousarray(rows.features[order], dtype=np.float32),
                        rows.labels[order].astype(np.int64), rows.row_ids[order].astype(np.int64))
         self._segments.append(seg)
-        self._joined = None
+        self._joined = {}
         self._adapter = None
         if self._index is not None:
             self._index.add(seg.keys, seg.row_ids)
@@ -470,7 +474,7 @@ class Cache:
         self._index_file = None
         self._index_segments = 0
         self._adapter = None
-        self._joined = None
+        self._joined = {}
 
     # --- persistence ------------------------------------------------------------------
     def save(self, path: Path | str | None = None) -> Path:
@@ -513,7 +517,7 @@ class Cache:
             self._segments = [replace(self._all(), file=None)]
             self._index_file = None
             self._index_segments = 0
-        self._joined = None
+        self._joined = {}
         for i, seg in enumerate(self._segments):
             if seg.file is None:
                 name = f"keys-g{gen}-{i}.npz"
@@ -561,7 +565,7 @@ class Cache:
                                     if k not in ("format", "version", "generation", "files")})
         cache = cls(segments[0].keys, segments[0].labels, segments[0].row_ids, info, text)
         cache._segments = segments
-        cache._joined = None
+        cache._joined = {}
         if len(segments) > 1 and len(np.unique(cache.row_ids)) != len(cache):
             raise CorruptData(f"cache {path} holds repeated row ids: rebuild it")
         cache.path, cache.generation = path, int(meta["generation"])
