@@ -12,6 +12,7 @@ from filelock import FileLock
 from tipretrieval.errors import BadInput, CorruptData, TipError
 from tipretrieval.provenance import Provenance
 from tipretrieval.rows import Rows
+from tipretrieval.shard import as_float32
 from tipretrieval.store import Store
 
 DIM = 16
@@ -265,3 +266,11 @@ def test_bad_views_are_refused(store):
     rows.views = rows.views[:, :, :-1]
     with pytest.raises(BadInput, match="views have shape"):
         store.append(rows)
+
+
+def test_float16_to_float32_conversion_is_exact_for_every_finite_value():
+    halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    halves = halves[np.isfinite(halves)].reshape(-1, 2)
+    got = as_float32(halves)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.uint32), halves.astype(np.float32).view(np.uint32))

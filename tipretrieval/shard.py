@@ -31,7 +31,28 @@ def _encode(strings: np.ndarray) -> np.ndarray:
 
 
 def _decode(raw: np.ndarray) -> np.ndarray:
-    return np.array([b.decode("utf-8") for b in raw], dtype=object)
+    return np.array([b.decode("utf-8") for b in raw.tolist()], dtype=object)
+
+
+_F16_MASK = np.int32(-0x70002000)  # 0x8FFFE000: float32 sign, 5 exponent and 10 mantissa bits
+_F16_SCALE = np.float32(2.0**112)  # float16 -> float32 exponent bias difference (127 - 15)
+
+
+def as_float32(x: np.ndarray) -> np.ndarray:
+    """`x` as float32; float16 goes through a bit trick about twice as fast as numpy's cast.
+
+    The float16 bits are placed in float32's sign/exponent/mantissa positions and the result
+    scaled by 2**112, which is exact for every finite float16 (subnormals included); the
+    store only ever holds finite values.
+    """
+    if x.dtype != np.float16:
+        return x.astype(np.float32)
+    bits = x.view(np.int16).astype(np.int32)
+    bits <<= 13
+    bits &= _F16_MASK
+    out = bits.view(np.float32)
+    out *= _F16_SCALE
+    return out
 
 
 def _chunk_rows(row_bytes: int, n: int) -> int:
@@ -103,10 +124,10 @@ class Block:
         views = pick(self.views)
         sources = pick(self.sources)
         return Rows(
-            ids=_decode(pick(self.ids)), features=pick(self.features).astype(np.float32),
+            ids=_decode(pick(self.ids)), features=as_float32(pick(self.features)),
             labels=pick(self.labels), splits=pick(self.splits),
             sources=None if sources is None else _decode(sources),
-            views=None if views is None else views.astype(np.float32),
+            views=None if views is None else as_float32(views),
             row_ids=pick(self.row_ids),
         )
 

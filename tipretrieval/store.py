@@ -8,8 +8,6 @@ see a half-written shard and a killed writer leaves the old contents intact.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -84,42 +82,6 @@ def _as_set(value, kind) -> set | None:
     if isinstance(value, (str, int, np.integer)):
         value = [value]
     return {kind(v) for v in value}
-
-
-def _prefetch(blocks: Iterator[Block], depth: int = 2) -> Iterator[Block]:
-    """Run `blocks` in a background thread so disk reads overlap with decoding."""
-    q: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for block in blocks:
-                if not put(block):
-                    return
-            put(done)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            put(exc)
-        finally:
-            blocks.close()
-
-    threading.Thread(target=work, daemon=True, name="store-prefetch").start()
-    try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
 
 
 def _rebatch(parts: Iterator[tuple[tuple, Rows]], batch_size: int) -> Iterator[Rows]:
@@ -387,7 +349,7 @@ class Store:
         block_rows = -(-batch_size // CHUNK_ROWS) * CHUNK_ROWS
 
         def parts() -> Iterator[tuple[tuple, Rows]]:
-            for block in _prefetch(self._blocks(shards, block_rows, with_views)):
+            for block in self._blocks(shards, block_rows, with_views):
                 mask = np.ones(len(block.labels), dtype=bool)
                 if splits is not None:
                     mask &= np.isin(block.splits, list(splits))

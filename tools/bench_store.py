@@ -1,0 +1,159 @@
+"""Benchmark the feature store: append N x D rows, then stream them back cold and warm.
+
+Each read runs in a fresh child process so its peak RSS (VmHWM) can be compared with the
+baseline of that process after imports and opening the store (the baseline). The store's `iter_rows`
+(decoded `Rows`: ids, labels, splits, float32 features) is compared with raw h5py reads of
+the same shards: the `features` dataset alone as stored (the I/O floor), and the same columns
+decoded by hand (features cast with numpy's astype). Cold reads drop the page cache first
+(posix_fadvise(DONTNEED) on every shard file, plus /proc/sys/vm/drop_caches when allowed).
+
+    python tools/bench_store.py [--rows 1000000] [--dim 512] [--dtype float16|float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tipretrieval.manifest import DTYPES
+from tipretrieval.progress import progress
+from tipretrieval.provenance import Provenance
+from tipretrieval.rows import Rows
+from tipretrieval.store import SHARD_DIR, Store
+
+APPEND_ROWS = 100_000
+KINDS = (("raw", "raw h5py, features only (as stored)"),
+         ("raw-same", "raw h5py, same columns, float32"),
+         ("store", "Store.iter_rows (Rows, float32)"))
+
+
+def _status_mb(field: str) -> float:
+    """A /proc/self/status memory field (VmRSS now, VmHWM peak of this process image) in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def child_read(kind: str, path: str, batch: int) -> dict:
+    """Stream the whole store once (in this fresh process); time it and measure peak RSS."""
+    import h5py
+
+    store = Store.open(path)
+    shards = [Path(path) / SHARD_DIR / s.name for s in store.manifest.shards]
+    baseline = _status_mb("VmRSS")
+    start, rows = time.perf_counter(), 0
+    if kind.startswith("raw"):
+        for shard in shards:
+            with h5py.File(shard, "r") as f:
+                ds = f["features"]
+                for s in range(0, ds.shape[0], batch):
+                    x = ds[s:s + batch]
+                    rows += len(x)
+                    if kind == "raw-same":  # what a hand-written reader of the same Rows does
+                        x.astype(np.float32)
+                        [b.decode() for b in f["ids"][s:s + batch]]
+                        f["labels"][s:s + batch]
+                        f["split_names"][()][f["splits"][s:s + batch]]
+    else:
+        for part in store.iter_rows(batch):
+            rows += len(part)
+    return {"seconds": time.perf_counter() - start, "rows": rows,
+            "peak_above_baseline_mb": _status_mb("VmHWM") - baseline, "baseline_mb": baseline}
+
+
+def drop_cache(files: list[Path]) -> str:
+    """Evict `files` from the page cache; returns the methods that worked."""
+    os.sync()
+    for p in files:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return "fadvise + drop_caches"
+    except OSError:
+        return "fadvise"
+
+
+def write(path: Path, n: int, dim: int, dtype: str) -> float:
+    """Append `n` random unit rows in parts of APPEND_ROWS; returns seconds spent appending."""
+    store = Store.create(path, dim=dim, provenance=Provenance("bench", "random", dim),
+                         dtype=dtype)
+    rng = np.random.default_rng(0)
+    spent = 0.0
+    with progress(n, "write") as bar:
+        for first in range(0, n, APPEND_ROWS):
+            m = min(APPEND_ROWS, n - first)
+            x = rng.standard_normal((m, dim), dtype=np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            rows = Rows.make([f"img/{i:09d}.jpg" for i in range(first, first + m)], x)
+            t = time.perf_counter()
+            store.append(rows)
+            spent += time.perf_counter() - t
+            bar.update(m)
+    return spent
+
+
+def run_child(kind: str, path: Path, batch: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--store", str(path), "--batch", str(batch)],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=8192)
+    ap.add_argument("--dtype", choices=DTYPES, default="float16", help="on-disk dtype")
+    ap.add_argument("--dir", type=Path, help="where to put the store [a temporary directory]")
+    ap.add_argument("--child", choices=[k for k, _ in KINDS], help=argparse.SUPPRESS)
+    ap.add_argument("--store", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child_read(args.child, args.store, args.batch)))
+        return
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        path = Path(tmp) / "store"
+        write_s = write(path, args.rows, args.dim, args.dtype)
+        store = Store.open(path)
+        shards = [path / SHARD_DIR / s.name for s in store.manifest.shards]
+        mb = args.rows * args.dim * np.dtype(args.dtype).itemsize / 1e6
+        table = [("write (Store.append)", args.rows, write_s, None)]
+        method = "warm"
+        for temp in ("cold", "warm"):
+            for kind, label in KINDS:
+                if temp == "cold":
+                    method = drop_cache(shards)
+                res = run_child(kind, path, args.batch)
+                assert res["rows"] == args.rows, res
+                table.append((f"{temp} read: {label}", res["rows"], res["seconds"],
+                              res["peak_above_baseline_mb"]))
+    print(f"{args.rows:,} rows x {args.dim} {args.dtype} ({mb:,.0f} MB of features), batch "
+          f"{args.batch}, {len(shards)} shards; cold = page cache dropped via {method}")
+    print("| phase | rows/s | MB/s | seconds | peak RSS above baseline |")
+    print("|---|---:|---:|---:|---:|")
+    for name, rows, secs, peak in table:
+        peak_s = "-" if peak is None else f"{peak:,.0f} MB"
+        print(f"| {name} | {rows / secs:,.0f} | {mb / secs:,.0f} | {secs:.2f} | {peak_s} |")
+    for i in (1, 1 + len(KINDS)):
+        raw, same, store_s = (table[j][2] for j in range(i, i + len(KINDS)))
+        print(f"{table[i][0].split(':')[0]}: Store.iter_rows at {raw / store_s:.2f}x raw h5py "
+              f"(features only), {same / store_s:.2f}x raw h5py (same columns)")
+
+if __name__ == "__main__":
+    main()
