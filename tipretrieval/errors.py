@@ -15,7 +15,5 @@ class BadInput(TipError):
     exit_code = 2
 
 
-class CorruptData(TipError):
-    """Stored data failed a check (missing or truncated shard, checksum mismatch)."""
-
-    exit_code = 1
+class CorruptData(BadInput):
+    """Stored data failed a check (missing, truncated or corrupt shard): exit code 2."""
