@@ -398,9 +398,11 @@ QUERY_STORE = "_query_store"
 
 
 def store_from_images(cache_path: str | Path, source: str | Path, out: str | Path, *,
-                      checkpoint: str | Path | None = None, device: str | None = None) -> Path:
+                      model: str | None = None, checkpoint: str | Path | None = None,
+                      device: str | None = None) -> Path:
     """Encode the images of `source` with the cache's encoder into `out/_query_store`.
 
+    `model` (default: the cache's encoder name) may be an open_clip model-config JSON.
     Extraction skips images already stored, so a killed job resumes here too.
     """
     from .cache import Cache
@@ -413,11 +415,11 @@ def store_from_images(cache_path: str | Path, source: str | Path, out: str | Pat
         raise BadInput(f"the cache was encoded with a checkpoint file ({prov.weights[:19]}...): "
                        "pass it with --checkpoint")
     pretrained = None if checkpoint or prov.weights == RANDOM_WEIGHTS else prov.weights
-    encoder = load_encoder(prov.encoder, pretrained=pretrained, checkpoint=checkpoint,
+    encoder = load_encoder(model or prov.encoder, pretrained=pretrained, checkpoint=checkpoint,
                            device=device)
-    prov.check_compatible(encoder.provenance, what=f"images encoded by {checkpoint}")
+    prov.check_compatible(encoder.provenance, what="the images' encoder")
     Path(out).mkdir(parents=True, exist_ok=True)
     path = Path(out) / QUERY_STORE
     extract(scan_source(source, unlabelled=True), path, encoder,
-            ExtractOptions(split="query", views=0))
+            ExtractOptions(split="query", views=0, progress=False))
     return path

@@ -18,8 +18,11 @@ from ..output import WRITERS
 @click.option("--split", default=None, help="Classify only this split of the query store.")
 @click.option("--images", default=None,
               help="Image folder, CSV or glob: encoded with the cache's encoder, then classified.")
+@click.option("--model", default=None,
+              help="With --images: open_clip name or config JSON (default: the cache's encoder).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="Weights file of the cache's encoder (with --images, when it used one).")
+              help="With --images: weights file of the cache's encoder, when it used one.")
+@click.option("--device", default=None, help="With --images: encoder device (cpu, cuda).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Output directory (parts + journal.json); rerun to resume.")
 @click.option("--top-k", default=5, show_default=True, help="Classes kept per row.")
@@ -38,16 +41,18 @@ from ..output import WRITERS
               help="Resume although the cache or query store changed since the job started.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def classify(cache: Path, store_path: Path | None, split: str | None, images: str | None,
-             checkpoint: Path | None, out: Path, top_k: int, mode: str, k: int, method: str,
-             fmt: str, batch_size: int, logits: bool, engine: str, ray_address: str | None,
-             overwrite: bool, accept_new_generation: bool, quiet: bool) -> None:
+             model: str | None, checkpoint: Path | None, device: str | None, out: Path,
+             top_k: int, mode: str, k: int, method: str, fmt: str, batch_size: int,
+             logits: bool, engine: str, ray_address: str | None, overwrite: bool,
+             accept_new_generation: bool, quiet: bool) -> None:
     """Classify every row of a query store (or image source) with CACHE into --out."""
     if (store_path is None) == (images is None):
         raise BadInput("give exactly one of --store QUERIES or --images SOURCE")
     options = ClassifyOptions(top_k=top_k, method=method, mode=mode, k=k, fmt=fmt,
                               batch_size=batch_size, logits=logits, split=split)
     if images is not None:
-        store_path = store_from_images(cache, images, out, checkpoint=checkpoint)
+        store_path = store_from_images(cache, images, out, model=model, checkpoint=checkpoint,
+                                       device=device)
     journal = classify_store(cache, store_path, out, options, overwrite=overwrite,
                              accept_new_generation=accept_new_generation, engine=engine,
                              ray_address=ray_address, show_progress=not quiet)
