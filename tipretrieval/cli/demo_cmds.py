@@ -1,3 +1,23 @@
-"""CLI commands (placeholder until implemented)."""
+"""`tipretrieval demo`: the whole pipeline on synthetic CLIP-like data."""
 
-commands: list = []
+from __future__ import annotations
+
+import logging
+
+import click
+
+
+@click.command("demo")
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
+              help="Output directory (replaced if it holds a previous demo).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic dataset.")
+@click.option("--quick", is_flag=True, help="A smaller dataset and fewer shots (seconds).")
+def demo_cmd(out: str, seed: int, quick: bool) -> None:
+    """Run store -> build -> tune -> finetune -> eval -> classify on synthetic data."""
+    from ..demo import QUICK, DemoConfig, run_demo, summary
+
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-variant probing noise
+    click.echo(summary(run_demo(out, seed=seed, config=QUICK if quick else DemoConfig())))
+
+
+commands = [demo_cmd]
