@@ -1,6 +1,7 @@
 """Images -> CLIP features in the store, resumably, with a report of the files that failed.
 
-Worker processes decode and preprocess; the model runs on large batches in the main process.
+Worker processes decode and preprocess into small uint8 batches; the main process gathers them
+on the device into large model batches.
 Encoded rows are appended in chunks (each append is atomic), so a crash or kill loses at most
 the chunk in flight, and a rerun skips the ids already stored.
 """
@@ -29,6 +30,7 @@ from .transforms import decode_image, eval_pixels, image_seed, make_views, view_
 log = logging.getLogger(__name__)
 
 VIEW_SPLIT = "train"
+WORKER_TENSORS = 32  # images (or views) per worker hand-over: keeps the pipeline's start short
 
 
 def default_workers() -> int:
@@ -187,9 +189,10 @@ def extract(
     report = ExtractReport(str(source.root), opts.split, len(items), len(items) - len(todo))
     n_views = opts.views if opts.split == VIEW_SPLIT and source.labelled else 0
     transform = view_pixels(encoder.preprocess_cfg) if n_views else eval_pixels(encoder.preprocess)
+    per_batch = max(1, opts.batch_size // max(1, n_views))  # images per model batch
     loader = DataLoader(
         _ImageDataset(todo, transform, n_views, opts.seed),
-        batch_size=max(1, opts.batch_size // max(1, n_views)),
+        batch_size=min(per_batch, max(1, WORKER_TENSORS // max(1, n_views))),
         num_workers=opts.workers,
         collate_fn=_collate,
         pin_memory=encoder.device.type == "cuda",
@@ -198,18 +201,29 @@ def extract(
     writer = _Writer(store, report, None if report_path is None else Path(report_path), opts.chunk)
     log.info("%d images, %d already stored, %d to encode (%s, %d views)",
              len(items), report.already_stored, len(todo), opts.split, n_views)
+    pending: list[tuple[list[int], torch.Tensor]] = []
+
+    def encode_pending() -> None:
+        idx = [i for part, _ in pending for i in part]
+        feats, views = _encode(encoder, torch.cat([x for _, x in pending]), n_views)
+        pending.clear()
+        writer.add(Rows.make(
+            ids=[todo[i].id for i in idx], features=feats,
+            labels=[labels.get(todo[i].label, -1) for i in idx], splits=opts.split,
+            sources=[str(todo[i].path) for i in idx], views=views,
+        ))
+
     with progress(len(todo), "extract", unit="img", disable=not opts.progress) as bar:
         for idx, batch, bad in loader:
             for i, err in bad:
                 report.bad.append(BadFile(todo[i].id, str(todo[i].path), err))
                 log.warning("skipping %s: %s", todo[i].path, err)
             if batch is not None:
-                feats, views = _encode(encoder, batch, n_views)
-                writer.add(Rows.make(
-                    ids=[todo[i].id for i in idx], features=feats,
-                    labels=[labels.get(todo[i].label, -1) for i in idx], splits=opts.split,
-                    sources=[str(todo[i].path) for i in idx], views=views,
-                ))
+                pending.append((idx, batch.to(encoder.device, non_blocking=True)))
+            if sum(len(part) for part, _ in pending) >= per_batch:
+                encode_pending()
             bar.update(len(idx) + len(bad))
+        if pending:
+            encode_pending()
     writer.flush()
     return report
