@@ -148,13 +148,17 @@ def test_new_cache_generation_needs_consent(tmp_path):
     (out / JOURNAL).write_text(json.dumps(journal))
     (out / SUCCESS).unlink()
     Cache.load(cache_path).save()  # another writer moves the cache to a new generation
-    with pytest.raises(BadInput, match="cache_generation 1 -> 2"):
+    with pytest.raises(BadInput, match="cache_generation: 1 -> 2"):
         classify_store(cache_path, store_path, out, options, show_progress=False)
     classify_store(cache_path, store_path, out, options, accept_new_generation=True,
                    show_progress=False)
     parts = json.loads((out / JOURNAL).read_text())["parts"]
     assert [p["cache_generation"] for p in parts if p["index"] == dropped["index"]] == [2]
     assert len(read_output(out)) == 100
+    Cache.load(cache_path).save()
+    with pytest.raises(BadInput, match="finished job over older inputs"):
+        classify_store(cache_path, store_path, out, options, accept_new_generation=True,
+                       show_progress=False)
 
 
 def _committed(out: Path) -> int:

@@ -13,14 +13,12 @@ import hashlib
 import json
 import logging
 import os
-import queue
-import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +36,6 @@ METHODS = ("tip", "zero-shot", "cache")
 MODES = ("exact", "retrieval")
 ENGINES = ("local", "ray")
 _FORMAT_VERSION = 1
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -210,18 +207,23 @@ def open_job(out: Path, spec: JobSpec, store_rows: int, *, overwrite: bool = Fal
     diffs = journal.spec.differences(spec)
     changed = {k: v for k, v in diffs.items() if not k.endswith("_generation")}
     if changed:
-        what = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
-        raise BadInput(f"{out} holds a classify job with other parameters ({what}): "
+        raise BadInput(f"{out} holds a classify job with other parameters ({_listed(changed)}): "
                        "use a new --out or pass --overwrite")
+    if diffs and journal.complete:
+        raise BadInput(f"{out} holds a finished job over older inputs ({_listed(diffs)}): "
+                       "use a new --out or pass --overwrite to classify the current data")
     if diffs and not accept_new_generation:
-        what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diffs.items())
-        raise BadInput(f"the inputs changed since this job started ({what}): pass "
+        raise BadInput(f"the inputs changed since this job started ({_listed(diffs)}): pass "
                        "--accept-new-generation to finish with the current data, or --overwrite")
     if diffs:
         journal = _adopt(journal, spec, store_rows)
         journal.save(out)
     _clear(out, keep={p.file for p in journal.parts.values()})
     return journal
+
+
+def _listed(diffs: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in diffs.items())
 
 
 def _adopt(journal: Journal, spec: JobSpec, store_rows: int) -> Journal:
@@ -250,39 +252,20 @@ def use_all_cores() -> None:
     faiss.omp_set_num_threads(cores)
 
 
-def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Iterate `items` in a background thread, at most `depth` ahead; errors re-raised here."""
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    end = object()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        buffer.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            buffer.put((end, None))
-        except BaseException as exc:  # handed to the consumer
-            buffer.put((end, exc))
-
-    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, exc = buffer.get()
-            if exc is not None:
-                raise exc
-            if item is end:
-                return
-            yield item
-    finally:
-        stop.set()
+def read_ahead(store, todo: list[tuple[int, int, int]], split: str | None,
+               depth: int = 2) -> Iterator[tuple[int, int, int, Rows]]:
+    """(index, start, stop, rows) of each part in `todo`, read up to `depth` parts ahead."""
+    with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader:
+        window: deque[tuple[int, int, int, Future]] = deque()
+        for index, start, stop in todo:
+            window.append((index, start, stop,
+                           reader.submit(read_part, store, start, stop, split)))
+            if len(window) > depth:
+                index, start, stop, rows = window.popleft()
+                yield index, start, stop, rows.result()
+        while window:
+            index, start, stop, rows = window.popleft()
+            yield index, start, stop, rows.result()
 
 
 def read_part(store, start: int, stop: int, split: str | None) -> Rows:
@@ -314,13 +297,12 @@ def run_local(cache, store, out: Path, journal: Journal, show_progress: bool = T
     options = journal.spec.options
     todo = [r for r in part_ranges(journal.store_rows, options.batch_size)
             if r[0] not in journal.parts]
-    reads = ((i, s, e, read_part(store, s, e, options.split)) for i, s, e in todo)
     pending: deque[Future] = deque()
     with progress(query_rows(store, options.split), "classify",
                   disable=not show_progress) as bar, \
             ThreadPoolExecutor(1, thread_name_prefix="writer") as writer:
         bar.update(sum(p.rows for p in journal.parts.values()))
-        for index, start, stop, rows in prefetch(reads):
+        for index, start, stop, rows in read_ahead(store, todo, options.split):
             if not len(rows):
                 continue
             results = classify_rows(cache, rows, options)
