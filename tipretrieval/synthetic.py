@@ -1,17 +1,22 @@
 """CLIP-like synthetic features for the demo, tests and benchmarks.
 
-The generative model mimics CLIP ViT-B/32 geometry (measured on real features):
+The generative model mimics CLIP ViT-B/32 geometry (measured on the real features in
+../shared/data/vitb32):
 
 - every image shares a common "image modality" direction, so image-image cosines are ~0.5-0.8;
-- each class has its own direction; an image is the common direction plus its class direction
-  (with a per-image strength) plus isotropic noise, then L2-normalised;
-- classes come in groups (super-classes) whose class directions are close: the confusable ones;
-- text embeddings mix a small share of the image direction, a large shared text-only offset (the
-  modality gap) and a class part that is only partly aligned with the image class direction and
-  pulled towards the group's other classes, so zero-shot cosines are ~0.2-0.35 and zero-shot is
-  imperfect in the way real CLIP is (it confuses members of a super-class);
-- training images carry augmented views: noisy copies of the image; the stored feature is the
-  L2-renormalised mean of the views, exactly like Tip-Adapter's cache keys.
+- an image is the common direction + its class direction (per-image strength) + one of a few
+  sub-cluster directions of its super-class (pose, background) + noise, then L2-normalised;
+  the noise is strong on the "image" coordinates and weak on the "text-only" coordinates;
+- classes come in super-classes whose class directions are close: the confusable ones;
+- text embeddings mix a little of the image direction, a large shared text-only offset (the
+  modality gap) and a class part only partly aligned with the image class direction, pulled
+  towards random super-class mates; so zero-shot cosines are ~0.2-0.35 and zero-shot confuses
+  members of a super-class, as real CLIP does;
+- training images carry augmented views (noisy copies); the stored feature is the
+  L2-renormalised mean of its views, exactly like Tip-Adapter's cache keys.
+
+Defaults (100 classes, 512-d): zero-shot ~62% top-1; Tip-Adapter (alpha 1) gains ~8-12 points
+at 16 shots and rises with shots.
 """
 
 from __future__ import annotations
