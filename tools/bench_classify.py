@@ -249,7 +249,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--query-batch", type=int, default=512, help="queries in (b) and (c)")
     p.add_argument("--ivf-keys", type=int, default=1_000_000)
     p.add_argument("--ivf-spec", default="IVF1024,SQ8")
-    p.add_argument("--nprobe", type=int, default=32)
+    p.add_argument("--nprobe", type=int, default=8)
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--ivf-queries", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
@@ -259,6 +259,7 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.queries, args.small_queries, args.keys, args.big_keys = 50_000, 5_000, 4000, 16_000
         args.ivf_keys, args.ivf_spec, args.ivf_queries = 100_000, "IVF256,SQ8", 500
+        args.nprobe = 2
         args.repeats = 1
     return args
 
