@@ -334,27 +334,22 @@ def classify_store(cache_path: str | Path, store_path: str | Path, out: str | Pa
     cache = Cache.load(cache_path)
     store = Store.open(store_path)
     cache.provenance.check_compatible(store.provenance, what=f"query store {store_path}")
-    spec = JobSpec(cache_id=_cache_id(cache, cache_path), cache_generation=cache.generation,
+    spec = JobSpec(cache_id=str(Path(cache_path).resolve()), cache_generation=cache.generation,
                    store_id=store.store_id, store_generation=store.generation, options=options)
     out = Path(out)
     journal = open_job(out, spec, store.manifest.next_row_id, overwrite=overwrite,
                        accept_new_generation=accept_new_generation)
     if journal.complete:
-        log.info("%s is already complete (%d rows)", out, journal.to_json()["rows"])
-        return journal
-    if engine == "ray":
+        log.info("%s was already complete", out)
+    elif engine == "ray":
         from .ray_engine import run_ray
 
         run_ray(cache, store, out, journal, address=ray_address, show_progress=show_progress)
     else:
         run_local(cache, store, out, journal, show_progress=show_progress)
-    journal.finish(out)
-    log.info("classified %d rows into %s", journal.to_json()["rows"], out)
+    journal.finish(out)  # again when complete: a kill may have come before `_SUCCESS`
+    log.info("%d rows classified into %s", journal.to_json()["rows"], out)
     return journal
-
-
-def _cache_id(cache, path: str | Path) -> str:
-    return str(Path(path).resolve())
 
 
 def iter_output(out: str | Path, *, allow_partial: bool = False) -> Iterator[Results]:
