@@ -32,7 +32,7 @@ from ..output import WRITERS
 @click.option("--format", "fmt", type=click.Choice(list(WRITERS)), default="parquet",
               show_default=True)
 @click.option("--batch-size", default=8192, show_default=True,
-              help="Rows per part; bounds memory.")
+              help="Store rows per part: bounds memory; parts are the resume unit.")
 @click.option("--logits", is_flag=True, help="Also write the full logits.")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True)
 @click.option("--ray-address", default=None, help="Existing Ray cluster (default: local Ray).")
