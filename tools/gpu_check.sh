@@ -18,11 +18,11 @@ python3 -c "import torch, faiss; print('torch', torch.__version__, 'cuda', torch
 
 status() { [ "$1" -eq 0 ] && echo ok || echo "FAIL ($1)"; }
 
-timeout 240 python3 -m pytest -q -p no:cacheprovider -rs \
+timeout 150 python3 -m pytest -q -p no:cacheprovider -rs \
   tests/test_encode_gpu.py tests/test_finetune.py tests/test_index.py tests/test_affinity.py \
   >"$logs/pytest.log" 2>&1
 tests_rc=$?
-timeout 240 python3 tools/bench_extract.py --device cuda --images 4096 --single 64 \
+timeout 100 python3 tools/bench_extract.py --device cuda --images 2048 --single 32 \
   --batch-size 512 --workers 12 >"$logs/bench_extract.txt" 2>"$logs/bench_extract.log"
 extract_rc=$?
 
