@@ -36,6 +36,7 @@ def main(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-variant probing noise
 
 
 for _module in (store_cmds, encode_cmds, cache_cmds, classify_cmds, demo_cmds):

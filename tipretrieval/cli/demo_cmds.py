@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 
@@ -16,7 +14,6 @@ def demo_cmd(out: str, seed: int, quick: bool) -> None:
     """Run store -> build -> tune -> finetune -> eval -> classify on synthetic data."""
     from ..demo import QUICK, DemoConfig, run_demo, summary
 
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-variant probing noise
     click.echo(summary(run_demo(out, seed=seed, config=QUICK if quick else DemoConfig())))
 
 
