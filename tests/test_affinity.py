@@ -55,7 +55,7 @@ def test_exact_small_blocks_equal_large_blocks():
     x, keys, labels, _ = clustered(rng, per=(20, 60), n_query=700)
     sk = affinity.SortedKeys.build(keys, labels, 12)
     big = affinity.exact(x, sk, 3.0)
-    tiny = affinity.exact(x, sk, 3.0, block_bytes=4 * 256 * 7)  # 7-key blocks split classes
+    tiny = affinity.exact(x, sk, 3.0, block_bytes=4 * 512 * 7)  # 7-key blocks split classes
     np.testing.assert_allclose(tiny, big, rtol=1e-5)
     np.testing.assert_allclose(big, dense_logits(x, keys, labels, np.zeros((12, 32)), 1, 3.0,
                                                  12)[1], rtol=1e-4)
@@ -71,7 +71,7 @@ def test_retrieval_with_all_keys_is_exact(tail):
     got = ad.cache_term(x, mode="retrieval", k=len(keys) + 5, tail=tail)
     np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ad.logits(x, mode="retrieval", k=len(keys)), ad.logits(x),
-                               rtol=1e-5)
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_tail_correction_beats_truncation():

@@ -4,9 +4,11 @@ Keys are held sorted by class (`SortedKeys`), so each class is a contiguous run 
 per-class sum is a segment reduction; no M x C one-hot is ever built.
 
 Exact mode (`exact`) walks the keys in blocks of about `block_bytes` per (query block x key
-block) product: torch matmul, in-place `exp(beta * s - beta)` (bitwise equal to the official
-`((-1) * (beta - beta * s)).exp()`, since float subtraction is antisymmetric), and a segment
-sum, so memory stays bounded and the affinity is nearly free next to the matmul.
+block) product: a multi-threaded torch matmul, then in-place numpy `exp(beta * s - beta)` (the
+official `((-1) * (beta - beta * s)).exp()` operation for operation in float32, since float
+subtraction is antisymmetric) and a numpy segment sum on the cache-resident tile. The numpy
+element-wise passes are single-threaded on purpose: they cost a few percent of the matmul,
+whereas OpenMP-parallel element-wise kernels stall badly when the cores are shared.
 
 Retrieval mode (`retrieval`) sums the exact terms of each query's top-k keys and replaces the
 keys not retrieved with a mean-field tail. For class c with n_c keys of which r_c were
@@ -26,8 +28,8 @@ import torch
 
 from .errors import BadInput
 
-BLOCK_BYTES = 4 << 20
-QUERY_BLOCK = 256
+BLOCK_BYTES = 16 << 20
+QUERY_BLOCK = 512
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,12 @@ class _Block:
     starts: np.ndarray   # local start of each segment within the block
     classes: np.ndarray  # class of each segment (unique within the block)
 
+    @property
+    def columns(self) -> slice | np.ndarray:
+        """Output columns of the segments: a slice when the classes are consecutive."""
+        c0, c1 = int(self.classes[0]), int(self.classes[-1]) + 1
+        return slice(c0, c1) if c1 - c0 == len(self.classes) else self.classes
+
 
 def _blocks(sk: SortedKeys, size: int) -> list[_Block]:
     """Split the sorted keys into blocks of `size` keys; a class may span blocks."""
@@ -101,12 +109,15 @@ def _blocks(sk: SortedKeys, size: int) -> list[_Block]:
     return blocks
 
 
-def exp_affinity_(sims: torch.Tensor, beta: float) -> torch.Tensor:
-    """In place: sims -> exp(-beta * (1 - sims)), in the official float32 operation order."""
-    return sims.mul_(beta).sub_(beta).exp_()
+def exp_affinity_(sims: np.ndarray, beta: float, src: np.ndarray | None = None) -> np.ndarray:
+    """In place: sims = exp(-beta * (1 - src)) (src defaults to sims), official float32 order."""
+    b = np.float32(beta)
+    np.multiply(sims if src is None else src, b, out=sims)
+    np.subtract(sims, b, out=sims)
+    return np.exp(sims, out=sims)
 
 
-def exact(x: np.ndarray, sk: SortedKeys, beta: float, *, block_bytes: int = BLOCK_BYTES,
+def exact(x: np.ndarray | None, sk: SortedKeys, beta: float, *, block_bytes: int = BLOCK_BYTES,
           sims: np.ndarray | None = None) -> np.ndarray:
     """A(x) (B, C) float32 over all keys, in query x key blocks of about `block_bytes`.
 
@@ -121,18 +132,19 @@ def exact(x: np.ndarray, sk: SortedKeys, beta: float, *, block_bytes: int = BLOC
     kb = max(1, block_bytes // (4 * qb))
     blocks = _blocks(sk, kb)
     keys = torch.from_numpy(sk.keys)
-    query = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) if sims is None else sims)
+    query = None if sims is not None else torch.from_numpy(
+        np.ascontiguousarray(x, dtype=np.float32))
     buf = torch.empty(qb * min(kb, len(sk.keys)), dtype=torch.float32)
     for b0 in range(0, n, qb):
         b1 = min(b0 + qb, n)
         for blk in blocks:
             tile = buf[: (b1 - b0) * (blk.stop - blk.start)].view(b1 - b0, blk.stop - blk.start)
-            if sims is None:
+            if query is not None:
                 torch.mm(query[b0:b1], keys[blk.start:blk.stop].t(), out=tile)
+                exp_affinity_(tile.numpy(), beta)
             else:
-                tile.copy_(query[b0:b1, blk.start:blk.stop])
-            exp_affinity_(tile, beta)
-            out[b0:b1, blk.classes] += np.add.reduceat(tile.numpy(), blk.starts, axis=1)
+                exp_affinity_(tile.numpy(), beta, src=sims[b0:b1, blk.start:blk.stop])
+            out[b0:b1, blk.columns] += np.add.reduceat(tile.numpy(), blk.starts, axis=1)
     return out
 
 
@@ -167,7 +179,7 @@ def retrieval(x: np.ndarray, sk: SortedKeys, beta: float, pos: np.ndarray,
     rows = np.broadcast_to(np.arange(b)[:, None], pos.shape)[valid]
     flat = rows * c + sk.labels[pos[valid]]
     s = np.asarray(sims, dtype=np.float32)[valid]
-    terms = exp_affinity_(torch.from_numpy(s.copy()), beta).numpy()
+    terms = exp_affinity_(s.copy(), beta)
     out = np.bincount(flat, weights=terms, minlength=b * c).reshape(b, c)
     if tail:
         got = np.bincount(flat, minlength=b * c).reshape(b, c)
@@ -177,5 +189,5 @@ def retrieval(x: np.ndarray, sk: SortedKeys, beta: float, pos: np.ndarray,
         left = sk.counts[None, :] - got
         has = left > 0
         mean = np.clip((total[has] - sim_sum[has]) / left[has], -1.0, 1.0).astype(np.float32)
-        out[has] += left[has] * exp_affinity_(torch.from_numpy(mean), beta).numpy()
+        out[has] += left[has] * exp_affinity_(mean, beta)
     return out.astype(np.float32)

@@ -109,9 +109,11 @@ def search(val_x: np.ndarray, val_y: np.ndarray, keys: np.ndarray, labels: np.nd
             x, y = val_x[r0:r0 + rows], torch.from_numpy(val_y[r0:r0 + rows])
             sims = affinity.similarities(x, sk)
             clip = torch.mm(torch.from_numpy(x), torch.from_numpy(text).t()) * 100.0
+            scores = torch.empty(len(alphas), *clip.shape)
             for i, beta in enumerate(betas):
                 cache = torch.from_numpy(affinity.exact(None, sk, beta, sims=sims))
-                pred = (cache[None] * alpha_t + clip[None]).argmax(dim=2)
+                torch.mul(cache[None], alpha_t, out=scores)
+                pred = scores.add_(clip[None]).argmax(dim=2)  # official order: clip + A * alpha
                 correct[i] += (pred == y[None]).sum(dim=1).numpy()
                 bar.update(1)
     best = int(np.argmax(correct.ravel()))
