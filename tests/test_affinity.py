@@ -107,3 +107,22 @@ def test_bad_inputs_name_the_fix():
         ad.logits(x[:, :5], method="cache")
     with pytest.raises(BadInput, match="unknown mode"):
         ad.logits(x, method="cache", mode="approx")
+
+
+def test_tail_is_a_lower_bound_and_rescoring_makes_the_top_classes_exact():
+    rng = np.random.default_rng(6)
+    x, keys, labels, text = clustered(rng, c=20, per=(10, 40), d=24, spread=0.7, n_query=300)
+    ad = TipAdapter(keys, labels, 20, text, alpha=3.0, beta=6.0)
+    exact = ad.cache_term(x)
+    tail = ad.cache_term(x, mode="retrieval", k=4)
+    assert np.all(tail <= exact * (1 + 1e-5) + 1e-6)
+    got = ad.logits(x, method="cache", mode="retrieval", k=4, rescore=5)
+    want = ad.logits(x, method="cache")
+    top = np.argsort(-got, axis=1, kind="stable")[:, :5]
+    np.testing.assert_allclose(np.take_along_axis(got, top, 1),
+                               np.take_along_axis(want, top, 1), rtol=1e-5)
+    plain = ad.logits(x, method="cache", mode="retrieval", k=4, rescore=0)
+    agree = np.mean(got.argmax(1) == want.argmax(1))
+    assert np.mean(plain.argmax(1) == want.argmax(1)) < 0.8 < 0.99 < agree
+    tip = ad.logits(x, mode="retrieval", k=4)
+    assert np.mean(tip.argmax(1) == ad.logits(x).argmax(1)) > 0.99

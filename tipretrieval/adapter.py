@@ -2,7 +2,8 @@
 
 Methods: "zero-shot" = 100 * x W^T; "cache" = alpha * A(x); "tip" = their sum, added in the
 official float32 order `clip_logits + cache_logits * alpha`. Modes: "exact" sums A(x) over all
-keys; "retrieval" uses each query's top-k keys from a `KeyIndex` plus the mean-field tail
+keys; "retrieval" uses each query's top-k keys from a `KeyIndex` plus the mean-field tail,
+then recomputes exactly the cache term of the `rescore` best classes of the resulting logits
 (see `affinity`). Keys are held sorted by class; `keys`, `labels` and `row_ids` are exposed in
 that order.
 """
@@ -20,6 +21,7 @@ from .index import KeyIndex
 
 METHODS = ("tip", "zero-shot", "cache")
 MODES = ("exact", "retrieval")
+RESCORE = 4
 
 
 @dataclass
@@ -90,8 +92,12 @@ class TipAdapter:
         return self._index
 
     def logits(self, x: np.ndarray, *, method: str = "tip", mode: str = "exact",
-               k: int = 64) -> np.ndarray:
-        """(B, C) float32 logits of queries x (B, D) for `method` in `mode` (top `k` keys)."""
+               k: int = 64, rescore: int = RESCORE) -> np.ndarray:
+        """(B, C) float32 logits of queries x (B, D) for `method` in `mode`.
+
+        Retrieval mode uses the top `k` keys and the tail estimate, then the exact cache term
+        for the `rescore` highest-scoring classes of each query (0 = estimate only).
+        """
         if method not in METHODS:
             raise BadInput(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
         if mode not in MODES:
@@ -99,11 +105,14 @@ class TipAdapter:
         x = self._queries(x)
         if method == "zero-shot":
             return self.text_logits(x)
+        text = self.text_logits(x) if method == "tip" else np.float32(0)
         cache = self.cache_term(x, mode=mode, k=k)
-        cache *= np.float32(self.alpha)
-        if method == "cache":
-            return cache
-        return self.text_logits(x) + cache
+        r = min(int(rescore), self.num_classes) if mode == "retrieval" else 0
+        if r > 0:
+            scores = text + cache * np.float32(self.alpha)
+            best = np.argpartition(-scores, r - 1, axis=1)[:, :r]
+            affinity.rescore_(x, self._sk, self.beta, cache, best)
+        return text + cache * np.float32(self.alpha)
 
     def classify(self, x: np.ndarray, top: int = 5, **how) -> Predictions:
         """Top-`top` classes and probabilities; `how` is passed to `logits`."""

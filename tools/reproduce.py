@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tipretrieval import tune
-from tipretrieval.adapter import TipAdapter
+from tipretrieval.adapter import RESCORE, TipAdapter
 from tipretrieval.finetune import finetune
 
 log = logging.getLogger("reproduce")
@@ -142,12 +142,15 @@ def searched(task: Task) -> tuple[tune.TuneResult, TipAdapter]:
 
 def retrieval_rows(rep: Report, what: str, ad: TipAdapter, x: np.ndarray, y: np.ndarray,
                    method: str, ks=(16, 64)) -> None:
-    """Retrieval-mode accuracy and agreement with exact at each k."""
+    """Retrieval-mode accuracy and agreement with exact at each k, tail only and rescored."""
     exact = ad.logits(x, method=method)
     for k in ks:
-        got = ad.logits(x, method=method, mode="retrieval", k=k)
-        rep.info(f"{what}, retrieval k={k}: test / agreement with exact",
-                 f"{acc(got, y):.2f} / {agree(got, exact):.1f}%")
+        cells = []
+        for rescore in (0, RESCORE):
+            got = ad.logits(x, method=method, mode="retrieval", k=k, rescore=rescore)
+            cells.append(f"{acc(got, y):.2f} / {agree(got, exact):.1f}%")
+        rep.info(f"{what}, retrieval k={k}: test / agreement with exact (exact: "
+                 f"{acc(exact, y):.2f}); tail only; tail + rescore {RESCORE}", "; ".join(cells))
 
 
 def tip_f(rep: Report, what: str, task: Task) -> None:
@@ -270,10 +273,11 @@ def run_truncation(rep: Report, data: Path) -> None:
                     rep.info(what, f"{agree(trunc, exact):.1f}")
                 else:
                     rep.check(what, want[i], agree(trunc, exact), 0.05 + 1e-9)
-                tail = ad.cache_term(task.test.x, mode="retrieval", k=k)
-                tails.append(f"k={k}: {agree(tail, exact):.1f}")
-            rep.info(f"{name} K=16 cache-only beta={beta}, tail-corrected agreement",
-                     ", ".join(tails))
+                tail, rescored = (ad.logits(task.test.x, method="cache", mode="retrieval",
+                                            k=k, rescore=r) for r in (0, RESCORE))
+                tails.append(f"k={k}: {agree(tail, exact):.1f} / {agree(rescored, exact):.1f}")
+            rep.info(f"{name} K=16 cache-only beta={beta}, agreement: tail only / tail + "
+                     f"rescore {RESCORE}", ", ".join(tails))
 
 
 def main(argv: list[str] | None = None) -> int:
