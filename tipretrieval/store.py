@@ -8,9 +8,10 @@ see a half-written shard and a killed writer leaves the old contents intact.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,27 @@ from .manifest import DTYPES, MANIFEST_NAME, Manifest, ShardInfo
 from .progress import progress
 from .provenance import Provenance
 from .rows import Rows
-from .shard import CHUNK_ROWS, Block, ShardReader, verify_shard, write_shard
+from .shard import (
+    CHUNK_ROWS,
+    ShardReader,
+    convert,
+    decode,
+    encode,
+    id_hashes,
+    verify_shard,
+    write_shard,
+)
 
 log = logging.getLogger(__name__)
 
 NORM_TOLERANCE = 2e-3
 SHARD_DIR = "shards"
 LOCK_NAME = ".lock"
+COLUMNS = ("ids", "features", "labels", "splits", "sources", "row_ids")
+SCAN_ROWS = 16 * CHUNK_ROWS  # rows per filter step: the filtered columns of a step are read
+STAGE_BYTES = 16 << 20  # features/views read per step when they are converted or masked
+_RUN_ROWS = 64  # masked reads go run by run when runs average more rows apart than this
+_WRITER_FILE = re.compile(r"\.?\d{12}-[0-9a-f]+\.h5(\..+\.tmp)?")  # shards and their temps
 
 
 def _first_bad(mask: np.ndarray, ids: np.ndarray) -> str:
@@ -84,29 +99,183 @@ def _as_set(value, kind) -> set | None:
     return {kind(v) for v in value}
 
 
-def _rebatch(parts: Iterator[tuple[tuple, Rows]], batch_size: int) -> Iterator[Rows]:
-    """Regroup row parts into batches of exactly `batch_size` (the last may be smaller).
+def _encode_ids(ids: Iterable) -> np.ndarray:
+    return encode(np.array([str(i) for i in ids], dtype=object))
 
-    Parts with different keys (view count, sources present) are never mixed in one batch.
+
+def _matching(info: ShardInfo, splits: set | None, label_set: set | None) -> int:
+    """How many rows of a shard pass the split and label filters (from its counts)."""
+    return sum(n for s, by_label in info.counts.items() if splits is None or s in splits
+               for label, n in by_label.items() if label_set is None or label in label_set)
+
+
+def _keep(shard: ShardReader, start: int, stop: int, splits: set | None,
+          label_set: set | None, rows: np.ndarray | None) -> np.ndarray:
+    """Which of the local rows `start:stop` pass the filters (`rows`: sorted wanted rows)."""
+    if rows is None:
+        keep = np.ones(stop - start, dtype=bool)
+    else:
+        keep = np.zeros(stop - start, dtype=bool)
+        keep[rows[np.searchsorted(rows, start):np.searchsorted(rows, stop)] - start] = True
+    if splits is not None and keep.any():
+        codes = [i for i, name in enumerate(shard.split_names) if name in splits]
+        keep &= np.isin(shard.column("splits", start, stop), codes)
+    if label_set is not None and keep.any():
+        keep &= np.isin(shard.column("labels", start, stop), list(label_set))
+    return keep
+
+
+def _runs(keep: np.ndarray) -> np.ndarray:
+    """(start, stop) of every run of True in a bool mask, as a (runs, 2) array."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], keep.view(np.int8), [0]))))
+    return edges.reshape(-1, 2)
+
+
+def _column(shard: ShardReader, piece: _Piece, name: str) -> np.ndarray:
+    """A small column (ids, labels, splits, sources) of the rows of `piece`."""
+    values = shard.column(name, piece.start, piece.stop)
+    return values if piece.keep is None else values[piece.keep]
+
+
+@dataclass
+class _Piece:
+    """Rows of one shard bound for one batch: local rows `start:stop` where `keep` (None: all)."""
+
+    shard: ShardInfo
+    start: int
+    stop: int
+    keep: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.stop - self.start if self.keep is None else int(np.count_nonzero(self.keep))
+
+    def cut(self, n: int) -> tuple[_Piece, _Piece]:
+        """The first `n` rows of this piece and the rest."""
+        if self.keep is None:
+            at = self.start + n
+            return _Piece(self.shard, self.start, at), _Piece(self.shard, at, self.stop)
+        at = int(np.flatnonzero(self.keep)[n - 1]) + 1
+        return (_Piece(self.shard, self.start, self.start + at, self.keep[:at]),
+                _Piece(self.shard, self.start + at, self.stop, self.keep[at:]))
+
+
+def _batches(pieces: Iterable[_Piece], size: int,
+             key: Callable[[ShardInfo], tuple]) -> Iterator[list[_Piece]]:
+    """Group pieces into batches of exactly `size` rows (the last may be smaller), cutting
+    pieces at batch boundaries; pieces whose shards differ in `key` never share a batch."""
+    batch: list[_Piece] = []
+    count = 0
+    for piece in pieces:
+        if batch and key(piece.shard) != key(batch[0].shard):
+            yield batch
+            batch, count = [], 0
+        while count + len(piece) >= size:
+            head, piece = piece.cut(size - count)
+            yield batch + [head]
+            batch, count = [], 0
+        if len(piece):
+            batch.append(piece)
+            count += len(piece)
+    if batch:
+        yield batch
+
+
+class _BatchReader:
+    """Fills batches of pieces into new `Rows`, keeping the current shard open.
+
+    Features and views are read straight into the batch's arrays when no conversion or mask is
+    needed, otherwise through one reused staging buffer, so no batch is copied twice.
     """
-    pending: list[Rows] = []
-    count, key = 0, None
-    for part_key, part in parts:
-        if not len(part):
-            continue
-        if pending and part_key != key:
-            yield Rows.concat(pending)
-            pending, count = [], 0
-        key = part_key
-        pending.append(part)
-        count += len(part)
-        while count >= batch_size:
-            joined = pending[0] if len(pending) == 1 else Rows.concat(pending)
-            yield joined.take(slice(0, batch_size))
-            rest = joined.take(slice(batch_size, None))
-            pending, count = ([rest] if len(rest) else []), len(rest)
-    if pending:
-        yield Rows.concat(pending)
+
+    def __init__(self, shard_dir: Path, manifest: Manifest, columns: frozenset[str],
+                 dtype: np.dtype, with_views: bool):
+        self._dir, self._dim, self._stored = shard_dir, manifest.dim, np.dtype(manifest.dtype)
+        self.columns, self._dtype, self._with_views = columns, dtype, with_views
+        self._reader: ShardReader | None = None
+        self._stage = np.empty(0, dtype=np.uint8)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def _open(self, info: ShardInfo) -> ShardReader:
+        if self._reader is None or self._reader.info.name != info.name:
+            self.close()
+            self._reader = ShardReader(self._dir, info)
+        return self._reader
+
+    def batch(self, pieces: list[_Piece]) -> Rows:
+        """The rows of `pieces` (one batch, in order) as new arrays."""
+        want = self.columns
+        n = sum(len(p) for p in pieces)
+        views = pieces[0].shard.views if pieces and self._with_views else 0
+        sources = bool(pieces) and pieces[0].shard.has_sources and "sources" in want
+
+        def new(name: str, shape: tuple = (), dtype=object) -> np.ndarray | None:
+            return np.empty((n, *shape), dtype=dtype) if name in want else None
+        out = Rows(
+            ids=new("ids"), features=np.empty((n, self._dim), dtype=self._dtype),
+            labels=new("labels", dtype=np.int64), splits=new("splits"),
+            sources=new("sources") if sources else None,
+            views=np.empty((n, views, self._dim), dtype=self._dtype) if views else None,
+            row_ids=new("row_ids", dtype=np.int64),
+        )
+        pos = 0
+        for piece in pieces:
+            self._fill(piece, out, slice(pos, pos + len(piece)))
+            pos += len(piece)
+        return out
+
+    def _fill(self, piece: _Piece, out: Rows, at: slice) -> None:
+        """Read `piece` into rows `at` of the batch `out`."""
+        shard = self._open(piece.shard)
+        self._array(shard, "features", piece, out.features[at])
+        if out.views is not None:
+            self._array(shard, "views", piece, out.views[at])
+        if out.ids is not None:
+            out.ids[at] = decode(_column(shard, piece, "ids"))
+        if out.labels is not None:
+            out.labels[at] = _column(shard, piece, "labels")
+        if out.splits is not None:
+            out.splits[at] = shard.split_names[_column(shard, piece, "splits")]
+        if out.sources is not None:
+            out.sources[at] = decode(_column(shard, piece, "sources"))
+        if out.row_ids is not None:
+            local = np.arange(piece.start, piece.stop, dtype=np.int64)
+            out.row_ids[at] = piece.shard.first_row_id + \
+                (local if piece.keep is None else local[piece.keep])
+
+    def _array(self, shard: ShardReader, name: str, piece: _Piece, out: np.ndarray) -> None:
+        """Dataset `name` (features or views) of `piece` into `out`, converting its dtype."""
+        if piece.keep is None and out.dtype == self._stored:
+            shard.column_into(name, piece.start, piece.stop, out)
+            return
+        if piece.keep is not None:
+            runs = _runs(piece.keep)
+            if len(runs) * _RUN_ROWS < len(piece.keep):  # sparse: read only the kept runs
+                pos = 0
+                for a, b in runs:
+                    run = _Piece(piece.shard, piece.start + a, piece.start + b)
+                    self._array(shard, name, run, out[pos:pos + b - a])
+                    pos += b - a
+                return
+        row_shape = out.shape[1:]
+        row_bytes = int(np.prod(row_shape)) * self._stored.itemsize
+        step = max(1, STAGE_BYTES // row_bytes)
+        need = min(step, piece.stop - piece.start) * row_bytes
+        if self._stage.nbytes < need:
+            self._stage = np.empty(need, dtype=np.uint8)
+        pos = 0
+        for start in range(piece.start, piece.stop, step):
+            stop = min(start + step, piece.stop)
+            stage = self._stage[:(stop - start) * row_bytes].view(self._stored)
+            stage = stage.reshape((stop - start, *row_shape))
+            shard.column_into(name, start, stop, stage)
+            if piece.keep is not None:
+                stage = stage[piece.keep[start - piece.start:stop - piece.start]]
+            convert(stage, out[pos:pos + len(stage)])
+            pos += len(stage)
 
 
 class Store:
@@ -294,9 +463,13 @@ class Store:
             )
 
     def _remove_orphans(self, manifest: Manifest) -> None:
-        """Delete files a killed writer left behind (only ever called under the lock)."""
+        """Delete files a killed writer left behind (only ever called under the lock).
+
+        Only names a writer makes are touched; other files in the store are left alone.
+        """
         known = {s.name for s in manifest.shards}
-        orphans = [p for p in (self._path / SHARD_DIR).iterdir() if p.name not in known]
+        orphans = [p for p in (self._path / SHARD_DIR).iterdir()
+                   if _WRITER_FILE.fullmatch(p.name) and p.name not in known]
         orphans += list(self._path.glob(f".{MANIFEST_NAME}.*.tmp"))
         for p in orphans:
             log.info("removing %s left by an interrupted write", p)
@@ -304,75 +477,105 @@ class Store:
 
     # -- reading ----------------------------------------------------------------------------
     def _existing(self, manifest: Manifest, ids: Iterable[str]) -> np.ndarray:
-        ids = np.asarray(list(ids), dtype=object)
-        wanted = {str(i).encode("utf-8") for i in ids}
-        found: set[bytes] = set()
+        encoded = _encode_ids(ids)
+        hashes = id_hashes(encoded)
+        found = np.zeros(len(encoded), dtype=bool)
         for info in manifest.shards:
-            if len(found) == len(wanted):
+            todo = np.flatnonzero(~found)
+            if not len(todo):
                 break
             with ShardReader(self._path / SHARD_DIR, info) as shard:
-                for start in range(0, info.rows, 16 * CHUNK_ROWS):
-                    chunk = shard.read_ids(start, start + 16 * CHUNK_ROWS)
-                    found.update(b for b in chunk.tolist() if b in wanted)
-        return np.array([str(i).encode("utf-8") in found for i in ids], dtype=bool)
+                found[todo] = shard.locate(encoded[todo], hashes[todo]) >= 0
+        return found
 
     def existing_ids(self, ids: Iterable[str]) -> np.ndarray:
         """A bool per id: True when the id is already in this snapshot."""
         return self._existing(self._manifest, ids)
 
-    def _blocks(self, shards: list[ShardInfo], block_rows: int,
-                with_views: bool) -> Iterator[Block]:
+    def _pieces(self, shards: list[ShardInfo], splits: set | None, label_set: set | None,
+                ids: list | None) -> Iterator[_Piece]:
+        """The matching rows of `shards` in store order: whole shards when nothing filters,
+        else pieces of at most SCAN_ROWS rows (only the filtered columns are read)."""
+        encoded = None if ids is None else _encode_ids(ids)
+        hashes = None if encoded is None else id_hashes(encoded)
         for info in shards:
+            if splits is None and label_set is None and encoded is None:
+                yield _Piece(info, 0, info.rows)
+                continue
             with ShardReader(self._path / SHARD_DIR, info) as shard:
-                for start in range(0, info.rows, block_rows):
-                    yield shard.read(start, min(start + block_rows, info.rows), with_views)
+                rows = None
+                if encoded is not None:
+                    located = shard.locate(encoded, hashes)
+                    rows = np.unique(located[located >= 0])
+                    if not len(rows):
+                        continue
+                lo, hi = (0, info.rows) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
+                for start in range(lo, hi, SCAN_ROWS):
+                    stop = min(start + SCAN_ROWS, hi)
+                    keep = _keep(shard, start, stop, splits, label_set, rows)
+                    if keep.all():
+                        yield _Piece(info, start, stop)
+                    elif keep.any():
+                        yield _Piece(info, start, stop, keep)
+
+    def _reader(self, columns: Iterable[str], features_dtype: str | None,
+                with_views: bool) -> _BatchReader:
+        want = frozenset([columns] if isinstance(columns, str) else columns)
+        if want - set(COLUMNS) or "features" not in want:
+            raise BadInput(
+                f"columns {sorted(want)} are not a choice of {COLUMNS} that includes "
+                "'features': name only those (views come with with_views=True)"
+            )
+        if features_dtype not in (None, *DTYPES):
+            raise BadInput(f"features_dtype {features_dtype!r} is not supported: use one of "
+                           f"{DTYPES} or None (as stored)")
+        dtype = np.dtype(features_dtype or self._manifest.dtype)
+        return _BatchReader(self._path / SHARD_DIR, self._manifest, want, dtype, with_views)
 
     def iter_rows(self, batch_size: int = 8192, *, split=None, labels=None, ids=None,
-                  with_views: bool = False) -> Iterator[Rows]:
+                  with_views: bool = False, columns: Iterable[str] = COLUMNS,
+                  features_dtype: str | None = "float32") -> Iterator[Rows]:
         """Stream rows in store order, in batches of `batch_size`, with bounded memory.
 
         `split` (a name or names), `labels` (an index or indices) and `ids` (string ids)
-        filter the rows; `with_views` also reads the stored views. Batches never mix rows
-        with and without views or sources. The snapshot is fixed when this is called.
+        filter the rows; `with_views` also reads the stored views. `columns` names the
+        fields to read (always 'features'); the others are None. `features_dtype` is the
+        dtype of features and views: float32 (default), float16, or None for the on-disk
+        dtype (no conversion; fastest). Batches never mix rows with and without views (or
+        sources, when read). The snapshot is fixed when this is called.
         """
         if batch_size < 1:
             raise BadInput(f"batch size {batch_size} is not positive: give a size >= 1")
+        reader = self._reader(columns, features_dtype, with_views)
         splits, label_set = _as_set(split, str), _as_set(labels, int)
-        wanted = None if ids is None else {str(i).encode("utf-8") for i in ids}
+        shards = [s for s in self._manifest.shards if _matching(s, splits, label_set)]
+        pieces = self._pieces(shards, splits, label_set, None if ids is None else list(ids))
+        sources = "sources" in reader.columns
 
-        def may_match(info: ShardInfo) -> bool:
-            return any((splits is None or s in splits) and
-                       (label_set is None or any(lab in label_set for lab in c))
-                       for s, c in info.counts.items())
+        def key(info: ShardInfo) -> tuple:
+            return (info.views if with_views else 0, info.has_sources and sources)
 
-        shards = [s for s in self._manifest.shards if may_match(s)]
-        block_rows = -(-batch_size // CHUNK_ROWS) * CHUNK_ROWS
+        def batches() -> Iterator[Rows]:
+            try:
+                for batch in _batches(pieces, batch_size, key):
+                    yield reader.batch(batch)
+            finally:
+                reader.close()
+        return batches()
 
-        def parts() -> Iterator[tuple[tuple, Rows]]:
-            for block in self._blocks(shards, block_rows, with_views):
-                mask = np.ones(len(block.labels), dtype=bool)
-                if splits is not None:
-                    mask &= np.isin(block.splits, list(splits))
-                if label_set is not None:
-                    mask &= np.isin(block.labels, list(label_set))
-                if wanted is not None:
-                    mask &= np.fromiter((b in wanted for b in block.ids.tolist()), bool,
-                                        len(block.ids))
-                key = (0 if block.views is None else block.views.shape[1],
-                       block.sources is not None)
-                yield key, block.to_rows(None if mask.all() else mask)
-
-        return _rebatch(parts(), batch_size)
-
-    def select(self, *, split=None, labels=None, ids=None, with_views: bool = False) -> Rows:
+    def select(self, *, split=None, labels=None, ids=None, with_views: bool = False,
+               columns: Iterable[str] = COLUMNS, features_dtype: str | None = "float32") -> Rows:
         """All matching rows as one `Rows` (store order); loads them, so filter first."""
-        parts = list(self.iter_rows(1 << 16, split=split, labels=labels, ids=ids,
-                                    with_views=with_views))
+        splits, label_set = _as_set(split, str), _as_set(labels, int)
+        most = sum(_matching(s, splits, label_set) for s in self._manifest.shards)
+        if ids is not None:
+            ids = list(ids)
+            most = min(most, len(ids))
+        parts = list(self.iter_rows(max(most, 1), split=split, labels=labels, ids=ids,
+                                    with_views=with_views, columns=columns,
+                                    features_dtype=features_dtype))
         if not parts:
-            empty = np.empty(0, dtype=object)
-            return Rows(ids=empty, features=np.empty((0, self.dim), np.float32),
-                        labels=np.empty(0, np.int64), splits=empty.copy(),
-                        row_ids=np.empty(0, np.int64))
+            return self._reader(columns, features_dtype, with_views).batch([])
         return parts[0] if len(parts) == 1 else Rows.concat(parts)
 
     def labelled(self, split=None, with_views: bool = False) -> Rows:
