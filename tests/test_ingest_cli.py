@@ -228,3 +228,16 @@ def test_info_verify_names_corrupt_truncated_and_missing_shards(tmp_path):
     shard.unlink()
     assert "is missing" in cli("info", tmp_path / "s", "--verify").stderr
     assert cli("info", tmp_path / "s").exit_code == 0  # info alone reads only the manifest
+
+
+def test_info_verify_and_import_ignore_an_extract_report_in_the_store(tmp_path):
+    assert cli("import", _with(tmp_path / "a.npz"), "--store", tmp_path / "s").exit_code == 0
+    report = tmp_path / "s" / "extract-report-train.json"
+    report.write_text('{"unreadable": []}\n')
+    res = cli("info", tmp_path / "s", "--verify", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["verified"] is True
+    res = cli("import", _with(tmp_path / "b.npz", ids=np.array([f"b{i}" for i in range(10)])),
+              "--store", tmp_path / "s")
+    assert res.exit_code == 0, res.output
+    assert report.read_text() == '{"unreadable": []}\n' and len(Store.open(tmp_path / "s")) == 20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -274,3 +275,116 @@ def test_float16_to_float32_conversion_is_exact_for_every_finite_value():
     got = as_float32(halves)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got.view(np.uint32), halves.astype(np.float32).view(np.uint32))
+
+
+def test_columns_and_features_dtype_read_only_what_is_asked(store):
+    rows = make_rows(5000, 1, views=2, sources=True)
+    store.append(rows)
+    full = store.select(with_views=True)
+    for columns in (("features",), ("features", "labels", "row_ids"), ("ids", "features")):
+        for batch_size in (777, 8192):
+            batches = list(store.iter_rows(batch_size, columns=columns, with_views=True))
+            for name in ("ids", "labels", "splits", "sources", "row_ids"):
+                if name not in columns:
+                    assert all(getattr(b, name) is None for b in batches), name
+            got = Rows.concat(batches)
+            for name in columns:
+                np.testing.assert_array_equal(getattr(got, name), getattr(full, name))
+            np.testing.assert_array_equal(got.views, full.views)
+    stored = store.select(with_views=True, columns=("features",), features_dtype=None)
+    assert stored.features.dtype == stored.views.dtype == np.float16
+    np.testing.assert_array_equal(stored.features, rows.features.astype(np.float16))
+    np.testing.assert_array_equal(stored.views, rows.views.astype(np.float16))
+    picked = store.select(labels=[0, 1], split="train", features_dtype="float16")
+    mask = np.isin(rows.labels, [0, 1]) & (rows.splits == "train")
+    np.testing.assert_array_equal(picked.features, rows.features[mask].astype(np.float16))
+    for bad in ({"columns": ("labels",)}, {"columns": ("features", "views")},
+                {"features_dtype": "int8"}):
+        with pytest.raises(BadInput, match="columns|features_dtype"):
+            store.iter_rows(**bad)
+
+
+def test_float32_store_converts_down_on_request(tmp_path):
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES,
+                         dtype="float32")
+    rows = make_rows(300, 1)
+    store.append(rows)
+    np.testing.assert_array_equal(store.select(features_dtype=None).features, rows.features)
+    np.testing.assert_array_equal(store.select(features_dtype="float16").features,
+                                  rows.features.astype(np.float16))
+
+
+def test_batches_mix_sources_only_when_sources_are_not_read(store):
+    for p in (make_rows(5000, 1), make_rows(3000, 2, sources=True), make_rows(1234, 3)):
+        store.append(p)
+    assert [len(b) for b in store.iter_rows(3000)] == [3000, 2000, 3000, 1234]
+    lean = list(store.iter_rows(3000, columns=("features", "row_ids")))
+    assert [len(b) for b in lean] == [3000, 3000, 3000, 234]
+    np.testing.assert_array_equal(np.concatenate([b.row_ids for b in lean]), np.arange(9234))
+
+
+def test_sparse_and_dense_masks_read_the_same_rows(store):
+    rows = make_rows(20000, 1, views=2)
+    store.append(rows)
+    rng = np.random.default_rng(7)
+    for keep_every in (1, 2, 3, 200, 5000):  # dense masks read ranges, sparse ones read runs
+        wanted = rows.ids[::keep_every][rng.permutation(len(rows.ids[::keep_every]))]
+        got = store.select(ids=wanted, with_views=True)
+        np.testing.assert_array_equal(got.row_ids, np.arange(0, 20000, keep_every))
+        np.testing.assert_array_equal(got.views, on_disk(rows.views[::keep_every], "float16"))
+        np.testing.assert_array_equal(got.features,
+                                      on_disk(rows.features[::keep_every], "float16"))
+
+
+def test_non_store_files_in_the_store_are_left_alone(store):
+    store.append(make_rows(10, 1))
+    report = store.path / "extract-report-train.json"
+    report.write_text('{"bad": []}\n')
+    notes = store.path / "shards" / "README.txt"
+    notes.write_text("not a shard\n")
+    Store.open(store.path).verify()
+    store.append(make_rows(10, 2))
+    assert report.read_text() == '{"bad": []}\n' and notes.read_text() == "not a shard\n"
+    reopened = Store.open(store.path)
+    reopened.verify()
+    assert len(reopened.select()) == 20
+
+
+def test_hash_collisions_are_confirmed_by_exact_id(store, monkeypatch):
+    import tipretrieval.shard as shard_mod
+    import tipretrieval.store as store_mod
+
+    def colliding(encoded):  # every id shares one of two hashes
+        return np.array([len(b) % 2 for b in encoded.tolist()], dtype=np.uint64)
+    monkeypatch.setattr(shard_mod, "id_hashes", colliding)
+    monkeypatch.setattr(store_mod, "id_hashes", colliding)
+    first, second = make_rows(300, 1), make_rows(200, 2)
+    store.append(first)
+    store.append(second)
+    probe = [first.ids[7], "r1-7x", second.ids[-1], "r2-1999", first.ids[299]]
+    np.testing.assert_array_equal(store.existing_ids(probe), [True, False, True, False, True])
+    np.testing.assert_array_equal(store.select(ids=probe).row_ids, [7, 299, 499])
+    with pytest.raises(BadInput, match="already exist"):
+        store.append(make_rows(3, 2))
+
+
+def test_shards_without_an_id_hash_table_are_scanned(store):
+    import h5py
+
+    from tipretrieval.shard import file_sha256
+
+    rows = make_rows(3000, 1)
+    store.append(rows)
+    path = _shard_path(store)
+    with h5py.File(path, "a") as f:  # what a shard written before the hash table looks like
+        del f["id_hash"], f["id_order"]
+    info = replace(store.manifest.shards[0], sha256=file_sha256(path),
+                   nbytes=path.stat().st_size)
+    replace(store.manifest, shards=(info,)).save(store.path)
+    old = Store.open(store.path)
+    old.verify()
+    probe = [rows.ids[5], "nope", rows.ids[5], rows.ids[-1]]
+    np.testing.assert_array_equal(old.existing_ids(probe), [True, False, True, True])
+    np.testing.assert_array_equal(old.select(ids=probe).row_ids, [5, 2999])
+    with pytest.raises(BadInput, match="already exist"):
+        old.append(make_rows(3, 1))
