@@ -6,7 +6,7 @@ per-class sum is a segment reduction; no M x C one-hot is ever built.
 Exact mode (`exact`) walks the keys in blocks of about `block_bytes` per (query block x key
 block) product: a multi-threaded torch matmul, then in-place numpy `exp(beta * s - beta)` (the
 official `((-1) * (beta - beta * s)).exp()` operation for operation in float32, since float
-subtraction is antisymmetric) and a numpy segment sum on the cache-resident tile. The numpy
+subtraction is antisymmetric) and a numpy segment sum on the bounded tile. The numpy
 element-wise passes are single-threaded on purpose: they cost a few percent of the matmul,
 whereas OpenMP-parallel element-wise kernels stall badly when the cores are shared.
 
