@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,25 @@ def id_hashes(encoded: np.ndarray) -> np.ndarray:
     """The 64-bit blake2b hash of every encoded id (uint64); equal ids hash equal."""
     digests = b"".join([hashlib.blake2b(b, digest_size=8).digest() for b in encoded.tolist()])
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+
+
+@dataclass(frozen=True)
+class IdKeys:
+    """String ids as a shard stores them (fixed-width UTF-8) with their 64-bit hashes."""
+
+    encoded: np.ndarray
+    hashes: np.ndarray
+
+    @classmethod
+    def of(cls, ids: Iterable) -> IdKeys:
+        encoded = encode(np.array([str(i) for i in ids], dtype=object))
+        return cls(encoded, id_hashes(encoded))
+
+    def take(self, index) -> IdKeys:
+        return IdKeys(self.encoded[index], self.hashes[index])
+
+    def __len__(self) -> int:
+        return len(self.encoded)
 
 
 _F16_MASK = np.int32(-0x70002000)  # 0x8FFFE000: float32 sign, 5 exponent and 10 mantissa bits
@@ -101,21 +120,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str) -> ShardInfo:
-    """Write `rows` as a new shard at `path` (temp file, fsync, rename) and describe it."""
+def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
+                keys: IdKeys | None = None) -> ShardInfo:
+    """Write `rows` (whose ids are `keys`) as a new shard at `path` (temp file, fsync, rename)
+    and describe it."""
     n, dim = rows.features.shape
     split_names, split_codes = np.unique(rows.splits.astype(str), return_inverse=True)
     itemsize = np.dtype(dtype).itemsize
-    ids = encode(rows.ids)
-    hashes = id_hashes(ids)
-    order = np.argsort(hashes, kind="stable")
+    keys = keys or IdKeys.of(rows.ids)
+    order = np.argsort(keys.hashes, kind="stable")
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("features", data=rows.features.astype(dtype),
                              chunks=(_chunk_rows(dim * itemsize, n), dim))
             f.create_dataset("labels", data=rows.labels.astype(np.int64))
-            f.create_dataset("ids", data=ids, chunks=(_chunk_rows(0, n),))
-            f.create_dataset("id_hash", data=hashes[order])
+            f.create_dataset("ids", data=keys.encoded, chunks=(_chunk_rows(0, n),))
+            f.create_dataset("id_hash", data=keys.hashes[order])
             f.create_dataset("id_order", data=order.astype(np.int64))
             f.create_dataset("splits", data=split_codes.astype(np.uint32).reshape(-1))
             f.create_dataset("split_names", data=[str(s) for s in split_names],
@@ -216,15 +236,16 @@ class ShardReader:
         with self._reading() as f:
             f[name].read_direct(out, np.s_[start:stop])
 
-    def locate(self, encoded: np.ndarray, hashes: np.ndarray) -> np.ndarray:
-        """The local row of every encoded id (with its `id_hashes`), -1 where it is absent."""
+    def locate(self, keys: IdKeys) -> np.ndarray:
+        """The local row of every id, -1 where the shard does not hold it."""
+        encoded = keys.encoded
         with self._reading() as f:
             if "id_hash" not in f:
                 return self._scan_ids(encoded)
             rows = np.full(len(encoded), -1, dtype=np.int64)
             stored = f["id_hash"][()]
-            lo = np.searchsorted(stored, hashes, "left")
-            hits = np.searchsorted(stored, hashes, "right") - lo
+            lo = np.searchsorted(stored, keys.hashes, "left")
+            hits = np.searchsorted(stored, keys.hashes, "right") - lo
             if not hits.any():
                 return rows
             query = np.repeat(np.arange(len(encoded)), hits)

@@ -24,11 +24,10 @@ from .provenance import Provenance
 from .rows import Rows
 from .shard import (
     CHUNK_ROWS,
+    IdKeys,
     ShardReader,
     convert,
     decode,
-    encode,
-    id_hashes,
     verify_shard,
     write_shard,
 )
@@ -97,10 +96,6 @@ def _as_set(value, kind) -> set | None:
     if isinstance(value, (str, int, np.integer)):
         value = [value]
     return {kind(v) for v in value}
-
-
-def _encode_ids(ids: Iterable) -> np.ndarray:
-    return encode(np.array([str(i) for i in ids], dtype=object))
 
 
 def _matching(info: ShardInfo, splits: set | None, label_set: set | None) -> int:
@@ -392,13 +387,14 @@ class Store:
             manifest = Manifest.load(self._path)
             if classes is not None:  # adopted with the shard: one new generation, not two
                 manifest = replace(manifest, classes=_extended(manifest.classes, classes))
-            self._validate(rows, manifest, provenance)
+            keys = IdKeys.of(rows.ids)
+            self._validate(rows, keys, manifest, provenance)
             if not len(rows):
                 return np.empty(0, dtype=np.int64)
             self._remove_orphans(manifest)
             first = manifest.next_row_id
             name = f"{first:012d}-{uuid.uuid4().hex[:8]}.h5"
-            info = write_shard(self._path / SHARD_DIR / name, rows, first, manifest.dtype)
+            info = write_shard(self._path / SHARD_DIR / name, rows, first, manifest.dtype, keys)
             manifest = manifest.with_shard(info)
             manifest.save(self._path)
             self._manifest = manifest
@@ -419,7 +415,8 @@ class Store:
         index = {c: i for i, c in enumerate(manifest.classes)}
         return [index[n] for n in names]
 
-    def _validate(self, rows: Rows, manifest: Manifest, provenance: Provenance | None) -> None:
+    def _validate(self, rows: Rows, keys: IdKeys, manifest: Manifest,
+                  provenance: Provenance | None) -> None:
         if provenance is not None:
             manifest.provenance.check_compatible(provenance)
         n = len(rows)
@@ -450,12 +447,12 @@ class Store:
         _check_strings(rows.ids, "id")
         if rows.sources is not None:
             _check_strings(rows.sources, "source")
-        uniq, counts = np.unique(rows.ids.astype(str), return_counts=True)
+        uniq, counts = np.unique(keys.encoded, return_counts=True)
         if (counts > 1).any():
             dups = uniq[counts > 1]
             raise BadInput(f"{len(dups)} ids occur more than once in the batch (e.g. "
-                           f"{dups[0]!r}): give every row a unique id")
-        found = self._existing(manifest, rows.ids)
+                           f"{dups[0].decode()!r}): give every row a unique id")
+        found = self._existing(manifest, keys)
         if found.any():
             raise BadInput(
                 f"{_first_bad(found, rows.ids)} already exist in store {self._path}: "
@@ -476,36 +473,33 @@ class Store:
             p.unlink(missing_ok=True)
 
     # -- reading ----------------------------------------------------------------------------
-    def _existing(self, manifest: Manifest, ids: Iterable[str]) -> np.ndarray:
-        encoded = _encode_ids(ids)
-        hashes = id_hashes(encoded)
-        found = np.zeros(len(encoded), dtype=bool)
+    def _existing(self, manifest: Manifest, keys: IdKeys) -> np.ndarray:
+        found = np.zeros(len(keys), dtype=bool)
         for info in manifest.shards:
             todo = np.flatnonzero(~found)
             if not len(todo):
                 break
             with ShardReader(self._path / SHARD_DIR, info) as shard:
-                found[todo] = shard.locate(encoded[todo], hashes[todo]) >= 0
+                found[todo] = shard.locate(keys.take(todo)) >= 0
         return found
 
     def existing_ids(self, ids: Iterable[str]) -> np.ndarray:
         """A bool per id: True when the id is already in this snapshot."""
-        return self._existing(self._manifest, ids)
+        return self._existing(self._manifest, IdKeys.of(ids))
 
     def _pieces(self, shards: list[ShardInfo], splits: set | None, label_set: set | None,
                 ids: list | None) -> Iterator[_Piece]:
         """The matching rows of `shards` in store order: whole shards when nothing filters,
         else pieces of at most SCAN_ROWS rows (only the filtered columns are read)."""
-        encoded = None if ids is None else _encode_ids(ids)
-        hashes = None if encoded is None else id_hashes(encoded)
+        keys = None if ids is None else IdKeys.of(ids)
         for info in shards:
-            if splits is None and label_set is None and encoded is None:
+            if splits is None and label_set is None and keys is None:
                 yield _Piece(info, 0, info.rows)
                 continue
             with ShardReader(self._path / SHARD_DIR, info) as shard:
                 rows = None
-                if encoded is not None:
-                    located = shard.locate(encoded, hashes)
+                if keys is not None:
+                    located = shard.locate(keys)
                     rows = np.unique(located[located >= 0])
                     if not len(rows):
                         continue
