@@ -3,6 +3,10 @@
 Writers take a file lock, write a new shard beside its final name, rename it into place and
 then replace the manifest; readers work from the manifest snapshot they opened, so they never
 see a half-written shard and a killed writer leaves the old contents intact.
+
+Reading plans each batch as pieces of shards (cut at batch boundaries, filtered by mask) and
+reads every piece straight into the batch's own arrays: no regrouping copies, only the
+columns asked for, and float16 -> float32 conversion only when asked for.
 """
 
 from __future__ import annotations
