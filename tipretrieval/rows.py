@@ -21,7 +21,8 @@ class Rows:
     """Rows of features with their ids, labels (-1 = unlabelled), splits and optional views.
 
     `features` is (N, D) float32; `views` (N, V, D) float32 when present; `row_ids` are the
-    int64 ids the store assigned (None before the rows are appended).
+    int64 ids the store assigned (None before the rows are appended). A store read with
+    `columns=` leaves the columns it did not read as None.
     """
 
     ids: np.ndarray
@@ -65,8 +66,8 @@ class Rows:
         def pick(a):
             return None if a is None else a[index]
         return Rows(
-            ids=self.ids[index], features=self.features[index], labels=self.labels[index],
-            splits=self.splits[index], sources=pick(self.sources), views=pick(self.views),
+            ids=pick(self.ids), features=self.features[index], labels=pick(self.labels),
+            splits=pick(self.splits), sources=pick(self.sources), views=pick(self.views),
             row_ids=pick(self.row_ids),
         )
 
