@@ -126,3 +126,12 @@ def test_tail_is_a_lower_bound_and_rescoring_makes_the_top_classes_exact():
     assert np.mean(plain.argmax(1) == want.argmax(1)) < 0.8 < 0.99 < agree
     tip = ad.logits(x, mode="retrieval", k=4)
     assert np.mean(tip.argmax(1) == ad.logits(x).argmax(1)) > 0.99
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_top_k_equals_stable_full_sort_on_tie_heavy_logits(seed):
+    rng = np.random.default_rng(seed)
+    logits = rng.integers(0, 4, size=(300, 37)).astype(np.float32)  # many ties at the k-th value
+    for k in (1, 2, 5, 37):
+        expected = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(top_k(logits, k).classes, expected)

@@ -32,13 +32,29 @@ class Predictions:
     probs: np.ndarray    # (B, k) float32
 
 
+def _top_indices(logits: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest per row, best first, ties to the lowest index.
+
+    A partial partition plus a sort of k candidates (C log C -> C + k log k per row); rows where
+    the k-th value is tied with a value outside the candidates fall back to a stable full sort.
+    """
+    neg = -logits
+    part = np.argpartition(neg, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(neg, part, axis=1)
+    classes = np.take_along_axis(part, np.lexsort((part, vals), axis=1), axis=1)
+    crossing = np.flatnonzero((neg <= vals.max(axis=1, keepdims=True)).sum(axis=1) > k)
+    if crossing.size:
+        classes[crossing] = np.argsort(neg[crossing], axis=1, kind="stable")[:, :k]
+    return classes
+
+
 def top_k(logits: np.ndarray, k: int) -> Predictions:
     """The k highest-scoring classes (ties to the lowest index) with softmax probabilities."""
     logits = np.asarray(logits, dtype=np.float32)
     k = min(int(k), logits.shape[1])
     if k < 1:
         raise BadInput(f"top-k is {k}: ask for at least one class")
-    classes = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    classes = _top_indices(logits, k)
     shifted = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(shifted)
     probs /= probs.sum(axis=1, keepdims=True)
