@@ -277,6 +277,8 @@ def main() -> None:
         child_classify(*sys.argv[2:5], int(sys.argv[5]))
         return
     args = parse_args()
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench_classify.", dir=args.workdir))
     rows: list[Row] = []
     try:
