@@ -1,0 +1,253 @@
+"""Planning and reading batches of store rows from shards into preallocated arrays.
+
+Each batch is planned as pieces of shards (cut at batch boundaries, filtered by mask) and every
+piece is read straight into the batch's own arrays: no regrouping copies, only the columns
+asked for, and float16 -> float32 conversion only when asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInput
+from .manifest import DTYPES, Manifest, ShardInfo
+from .rows import Rows
+from .shard import CHUNK_ROWS, IdKeys, ShardReader, convert, decode
+
+COLUMNS = ("ids", "features", "labels", "splits", "sources", "row_ids")
+SCAN_ROWS = 16 * CHUNK_ROWS  # rows per filter step: the filtered columns of a step are read
+STAGE_BYTES = 16 << 20  # features/views read per step when they are converted or masked
+_RUN_ROWS = 64  # masked reads go run by run when runs average more rows apart than this
+
+
+def matching(info: ShardInfo, splits: set | None, label_set: set | None) -> int:
+    """How many rows of a shard pass the split and label filters (from its counts)."""
+    return sum(n for s, by_label in info.counts.items() if splits is None or s in splits
+               for label, n in by_label.items() if label_set is None or label in label_set)
+
+
+def _keep(shard: ShardReader, start: int, stop: int, splits: set | None,
+          label_set: set | None, rows: np.ndarray | None) -> np.ndarray:
+    """Which of the local rows `start:stop` pass the filters (`rows`: sorted wanted rows)."""
+    if rows is None:
+        keep = np.ones(stop - start, dtype=bool)
+    else:
+        keep = np.zeros(stop - start, dtype=bool)
+        keep[rows[np.searchsorted(rows, start):np.searchsorted(rows, stop)] - start] = True
+    if splits is not None and keep.any():
+        codes = [i for i, name in enumerate(shard.split_names) if name in splits]
+        keep &= np.isin(shard.column("splits", start, stop), codes)
+    if label_set is not None and keep.any():
+        keep &= np.isin(shard.column("labels", start, stop), list(label_set))
+    return keep
+
+
+def _runs(keep: np.ndarray) -> np.ndarray:
+    """(start, stop) of every run of True in a bool mask, as a (runs, 2) array."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], keep.view(np.int8), [0]))))
+    return edges.reshape(-1, 2)
+
+
+def _column(shard: ShardReader, piece: Piece, name: str) -> np.ndarray:
+    """A small column (ids, labels, splits, sources) of the rows of `piece`."""
+    values = shard.column(name, piece.start, piece.stop)
+    return values if piece.keep is None else values[piece.keep]
+
+
+@dataclass
+class Piece:
+    """Rows of one shard bound for one batch: local rows `start:stop` where `keep` (None: all)."""
+
+    shard: ShardInfo
+    start: int
+    stop: int
+    keep: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.stop - self.start if self.keep is None else int(np.count_nonzero(self.keep))
+
+    def cut(self, n: int) -> tuple[Piece, Piece]:
+        """The first `n` rows of this piece and the rest."""
+        if self.keep is None:
+            at = self.start + n
+            return Piece(self.shard, self.start, at), Piece(self.shard, at, self.stop)
+        at = int(np.flatnonzero(self.keep)[n - 1]) + 1
+        return (Piece(self.shard, self.start, self.start + at, self.keep[:at]),
+                Piece(self.shard, self.start + at, self.stop, self.keep[at:]))
+
+
+def _plan(shard_dir: Path, shards: list[ShardInfo], splits: set | None,
+          label_set: set | None, ids: list | None) -> Iterator[Piece]:
+    """The matching rows of `shards` in store order: whole shards when nothing filters,
+    else pieces of at most SCAN_ROWS rows (only the filtered columns are read)."""
+    keys = None if ids is None else IdKeys.of(ids)
+    for info in shards:
+        if splits is None and label_set is None and keys is None:
+            yield Piece(info, 0, info.rows)
+            continue
+        with ShardReader(shard_dir, info) as shard:
+            rows = None
+            if keys is not None:
+                located = shard.locate(keys)
+                rows = np.unique(located[located >= 0])
+                if not len(rows):
+                    continue
+            lo, hi = (0, info.rows) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
+            for start in range(lo, hi, SCAN_ROWS):
+                stop = min(start + SCAN_ROWS, hi)
+                keep = _keep(shard, start, stop, splits, label_set, rows)
+                if keep.all():
+                    yield Piece(info, start, stop)
+                elif keep.any():
+                    yield Piece(info, start, stop, keep)
+
+
+def _batches(pieces: Iterable[Piece], size: int,
+             key: Callable[[ShardInfo], tuple]) -> Iterator[list[Piece]]:
+    """Group pieces into batches of exactly `size` rows (the last may be smaller), cutting
+    pieces at batch boundaries; pieces whose shards differ in `key` never share a batch."""
+    batch: list[Piece] = []
+    count = 0
+    for piece in pieces:
+        if batch and key(piece.shard) != key(batch[0].shard):
+            yield batch
+            batch, count = [], 0
+        while count + len(piece) >= size:
+            head, piece = piece.cut(size - count)
+            yield batch + [head]
+            batch, count = [], 0
+        if len(piece):
+            batch.append(piece)
+            count += len(piece)
+    if batch:
+        yield batch
+
+
+class BatchReader:
+    """Reads one manifest snapshot's rows in batches of new `Rows`, keeping the current shard
+    open; `columns` and `features_dtype` are checked on construction (BadInput).
+
+    Features and views are read straight into the batch's arrays when no conversion or mask is
+    needed, otherwise through one reused staging buffer, so no batch is copied twice.
+    """
+
+    def __init__(self, shard_dir: Path, manifest: Manifest, columns: Iterable[str],
+                 features_dtype: str | None, with_views: bool):
+        want = frozenset([columns] if isinstance(columns, str) else columns)
+        if want - set(COLUMNS) or "features" not in want:
+            raise BadInput(
+                f"columns {sorted(want)} are not a choice of {COLUMNS} that includes "
+                "'features': name only those (views come with with_views=True)"
+            )
+        if features_dtype not in (None, *DTYPES):
+            raise BadInput(f"features_dtype {features_dtype!r} is not supported: use one of "
+                           f"{DTYPES} or None (as stored)")
+        self._dir, self._manifest = shard_dir, manifest
+        self._dim, self._stored = manifest.dim, np.dtype(manifest.dtype)
+        self._dtype = np.dtype(features_dtype or manifest.dtype)
+        self.columns, self._with_views = want, with_views
+        self._reader: ShardReader | None = None
+        self._stage = np.empty(0, dtype=np.uint8)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def _open(self, info: ShardInfo) -> ShardReader:
+        if self._reader is None or self._reader.info.name != info.name:
+            self.close()
+            self._reader = ShardReader(self._dir, info)
+        return self._reader
+
+    def read(self, batch_size: int, splits: set | None, label_set: set | None,
+             ids: list | None) -> Iterator[Rows]:
+        """The matching rows of the snapshot in store order, in batches of `batch_size`;
+        batches never mix rows with and without views (or sources, when read)."""
+        shards = [s for s in self._manifest.shards if matching(s, splits, label_set)]
+        sources = "sources" in self.columns
+
+        def key(info: ShardInfo) -> tuple:
+            return (info.views if self._with_views else 0, info.has_sources and sources)
+        try:
+            for batch in _batches(_plan(self._dir, shards, splits, label_set, ids), batch_size,
+                                  key):
+                yield self.batch(batch)
+        finally:
+            self.close()
+
+    def batch(self, pieces: list[Piece]) -> Rows:
+        """The rows of `pieces` (one batch, in order) as new arrays."""
+        want = self.columns
+        n = sum(len(p) for p in pieces)
+        views = pieces[0].shard.views if pieces and self._with_views else 0
+        sources = bool(pieces) and pieces[0].shard.has_sources and "sources" in want
+
+        def new(name: str, shape: tuple = (), dtype=object) -> np.ndarray | None:
+            return np.empty((n, *shape), dtype=dtype) if name in want else None
+        out = Rows(
+            ids=new("ids"), features=np.empty((n, self._dim), dtype=self._dtype),
+            labels=new("labels", dtype=np.int64), splits=new("splits"),
+            sources=new("sources") if sources else None,
+            views=np.empty((n, views, self._dim), dtype=self._dtype) if views else None,
+            row_ids=new("row_ids", dtype=np.int64),
+        )
+        pos = 0
+        for piece in pieces:
+            self._fill(piece, out, slice(pos, pos + len(piece)))
+            pos += len(piece)
+        return out
+
+    def _fill(self, piece: Piece, out: Rows, at: slice) -> None:
+        """Read `piece` into rows `at` of the batch `out`."""
+        shard = self._open(piece.shard)
+        self._array(shard, "features", piece, out.features[at])
+        if out.views is not None:
+            self._array(shard, "views", piece, out.views[at])
+        if out.ids is not None:
+            out.ids[at] = decode(_column(shard, piece, "ids"))
+        if out.labels is not None:
+            out.labels[at] = _column(shard, piece, "labels")
+        if out.splits is not None:
+            out.splits[at] = shard.split_names[_column(shard, piece, "splits")]
+        if out.sources is not None:
+            out.sources[at] = decode(_column(shard, piece, "sources"))
+        if out.row_ids is not None:
+            local = np.arange(piece.start, piece.stop, dtype=np.int64)
+            out.row_ids[at] = piece.shard.first_row_id + \
+                (local if piece.keep is None else local[piece.keep])
+
+    def _array(self, shard: ShardReader, name: str, piece: Piece, out: np.ndarray) -> None:
+        """Dataset `name` (features or views) of `piece` into `out`, converting its dtype."""
+        if piece.keep is None and out.dtype == self._stored:
+            shard.column_into(name, piece.start, piece.stop, out)
+            return
+        if piece.keep is not None:
+            runs = _runs(piece.keep)
+            if len(runs) * _RUN_ROWS < len(piece.keep):  # sparse: read only the kept runs
+                pos = 0
+                for a, b in runs:
+                    run = Piece(piece.shard, piece.start + a, piece.start + b)
+                    self._array(shard, name, run, out[pos:pos + b - a])
+                    pos += b - a
+                return
+        row_shape = out.shape[1:]
+        row_bytes = int(np.prod(row_shape)) * self._stored.itemsize
+        step = max(1, STAGE_BYTES // row_bytes)
+        need = min(step, piece.stop - piece.start) * row_bytes
+        if self._stage.nbytes < need:
+            self._stage = np.empty(need, dtype=np.uint8)
+        pos = 0
+        for start in range(piece.start, piece.stop, step):
+            stop = min(start + step, piece.stop)
+            stage = self._stage[:(stop - start) * row_bytes].view(self._stored)
+            stage = stage.reshape((stop - start, *row_shape))
+            shard.column_into(name, start, stop, stage)
+            if piece.keep is not None:
+                stage = stage[piece.keep[start - piece.start:stop - piece.start]]
+            convert(stage, out[pos:pos + len(stage)])
+            pos += len(stage)

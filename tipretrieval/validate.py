@@ -1,0 +1,106 @@
+"""Validation of rows and class lists before they are written to a store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInput
+from .manifest import Manifest
+from .provenance import Provenance
+from .rows import Rows
+from .shard import IdKeys
+
+NORM_TOLERANCE = 2e-3
+
+
+def first_bad(mask: np.ndarray, ids: np.ndarray) -> str:
+    """How many rows `mask` marks and which is first, for error messages."""
+    i = int(np.flatnonzero(mask)[0])
+    return f"{int(mask.sum())} rows (first: row {i}, id {ids[i]!r})"
+
+
+def _check_normalised(x: np.ndarray, ids: np.ndarray, what: str) -> None:
+    norms = np.linalg.norm(x, axis=-1)
+    bad = np.abs(norms - 1.0) > NORM_TOLERANCE
+    if bad.ndim > 1:
+        bad = bad.any(axis=tuple(range(1, bad.ndim)))
+    if bad.any():
+        raise BadInput(
+            f"{what} of {first_bad(bad, ids)} are not L2-normalised: normalise them first "
+            "(`tipretrieval import` does so unless --require-normalized is given)"
+        )
+
+
+def check_finite(x: np.ndarray, ids: np.ndarray, what: str) -> None:
+    """BadInput naming the rows of `x` (features or views) that hold NaN or inf."""
+    bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    if bad.any():
+        raise BadInput(f"{what} of {first_bad(bad, ids)} contain NaN or inf: drop or "
+                       "recompute those rows")
+
+
+def _check_strings(values: np.ndarray, what: str) -> None:
+    for v in values:
+        if not v or "\x00" in v:
+            raise BadInput(f"{what} {v!r} is empty or contains a NUL character: give every "
+                           f"row a non-empty {what}")
+
+
+def extended_classes(current: tuple[str, ...], classes: Iterable[str]) -> tuple[str, ...]:
+    """`classes` when it starts with the `current` vocabulary (in order); BadInput otherwise."""
+    classes = tuple(str(c) for c in classes)
+    if len(set(classes)) != len(classes) or not all(classes):
+        raise BadInput("class names are empty or not unique: give each class once")
+    for i, name in enumerate(current):
+        if i >= len(classes) or classes[i] != name:
+            got = classes[i] if i < len(classes) else "nothing"
+            raise BadInput(
+                f"class list differs from the store's vocabulary at label {i} ({got!r}, store "
+                f"has {name!r}): list the store's {len(current)} classes first, in order"
+            )
+    return classes
+
+
+
+def check_rows(rows: Rows, keys: IdKeys, manifest: Manifest, provenance: Provenance | None,
+               store_path: Path) -> None:
+    """BadInput unless `rows` (whose ids are `keys`) fit the store described by `manifest`:
+    encoder, shapes, finite and normalised vectors, label range, non-empty unique ids."""
+    if provenance is not None:
+        manifest.provenance.check_compatible(provenance)
+    n = len(rows)
+    if rows.features.ndim != 2 or rows.features.shape[1] != manifest.dim:
+        raise BadInput(
+            f"features have shape {rows.features.shape} but store {store_path} holds dim "
+            f"{manifest.dim}: encode them with {manifest.provenance.describe()} or use "
+            "another store"
+        )
+    check_finite(rows.features, rows.ids, "features")
+    if manifest.provenance.normalized:
+        _check_normalised(rows.features, rows.ids, "features")
+    if rows.views is not None:
+        if rows.views.ndim != 3 or rows.views.shape[0] != n or \
+                rows.views.shape[2] != manifest.dim:
+            raise BadInput(f"views have shape {rows.views.shape}, expected ({n}, V, "
+                           f"{manifest.dim}): give V views of dim {manifest.dim} per row")
+        check_finite(rows.views, rows.ids, "views")
+        if manifest.provenance.normalized:
+            _check_normalised(rows.views, rows.ids, "views")
+    k = len(manifest.classes)
+    bad = (rows.labels < -1) | (rows.labels >= k)
+    if bad.any():
+        raise BadInput(
+            f"labels of {first_bad(bad, rows.ids)} are outside -1..{k - 1} (the store has "
+            f"{k} classes): fix the labels or extend the class list (import --classes FILE)"
+        )
+    _check_strings(rows.ids, "id")
+    if rows.sources is not None:
+        _check_strings(rows.sources, "source")
+    uniq, counts = np.unique(keys.encoded, return_counts=True)
+    if (counts > 1).any():
+        dups = uniq[counts > 1]
+        raise BadInput(f"{len(dups)} ids occur more than once in the batch (e.g. "
+                       f"{dups[0].decode()!r}): give every row a unique id")
