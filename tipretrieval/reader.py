@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInput
+from .float16 import convert
 from .manifest import DTYPES, Manifest, ShardInfo
 from .rows import Rows
-from .shard import CHUNK_ROWS, IdKeys, ShardReader, convert, decode
+from .shard import CHUNK_ROWS, IdKeys, ShardReader, decode
 
 COLUMNS = ("ids", "features", "labels", "splits", "sources", "row_ids")
 SCAN_ROWS = 16 * CHUNK_ROWS  # rows per filter step: the filtered columns of a step are read
