@@ -15,6 +15,7 @@ from .manifest import MANIFEST_NAME
 from .provenance import Provenance
 from .rows import Rows
 from .store import Store
+from .validate import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +198,8 @@ def build_rows(found: dict[str, Any], opts: ImportOptions, vocabulary: list[str]
     if views is not None and len(views) != n:
         raise BadInput(f"views has {len(views)} entries for {n} rows: give one per row")
     for name, x in (("features", rows.features), ("views", rows.views)):
-        if x is not None and not np.isfinite(x).all():
-            bad = ~np.isfinite(x).reshape(n, -1).all(axis=1)
-            i = int(np.flatnonzero(bad)[0])
-            raise BadInput(f"{name} of {int(bad.sum())} rows contain NaN or inf (first: id "
-                           f"{rows.ids[i]!r}): drop or recompute those rows")
+        if x is not None:
+            check_finite(x, rows.ids, name)
     if opts.normalize:
         rows.features = _normalised(rows.features, rows.ids, "features")
         if rows.views is not None:
