@@ -4,7 +4,8 @@ The driver plans the same row-id parts as the local engine and lists the uncommi
 Ray dataset. Each actor receives the cache the driver loaded (so the whole job sees one cache
 generation), opens the query store once, and for every part reads its rows from the shards,
 classifies them and writes the part file durably; the driver commits each finished part to the
-journal. The part files are the local engine's, byte for byte.
+journal. The part files are the local engine's, byte for byte. `init_ray` and `actor_resources`
+also serve the extract engine (`encode/ray_extract.py`).
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ class PartClassifier:
         return {k: np.asarray(v) for k, v in done.items()}
 
 
-def _resources() -> tuple[int, float]:
-    """(actors, GPUs per actor): one actor per GPU when the cluster has GPUs, else per CPU."""
+def actor_resources() -> tuple[int, float]:
+    """(actors, GPUs per actor): one actor per GPU when the cluster has GPUs, else one per CPU
+    but one (left to the driver)."""
     import ray
 
     total = ray.cluster_resources()
@@ -96,7 +98,7 @@ def run_ray(cache, store, out: Path, journal: Journal, *, address: str | None = 
             if i not in journal.parts]
     if not todo:
         return
-    actors, gpus = _resources()
+    actors, gpus = actor_resources()
     actors = min(concurrency or actors, len(todo))
     log.info("ray: %d parts on %d actors (%g GPU each)", len(todo), actors, gpus)
     results = ray.data.from_items(todo).map_batches(

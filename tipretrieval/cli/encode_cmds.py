@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..classify import ENGINES
 from ..errors import BadInput
 from ..provenance import Provenance
 
@@ -29,9 +30,10 @@ def _store_provenance(store_dir: Path) -> Provenance | None:
     return Store.open(store_dir).provenance if (store_dir / MANIFEST_NAME).exists() else None
 
 
-def load_cli_encoder(model, pretrained, checkpoint, device, store_prov: Provenance | None):
-    """The encoder the options name, defaulting to (and checked against) the store's encoder."""
-    from ..encode.model import RANDOM_WEIGHTS, load_encoder
+def resolve_weights(model, pretrained, checkpoint, store_prov: Provenance | None
+                    ) -> tuple[str, str | None, str | None]:
+    """(model, pretrained, checkpoint) the options name, defaulting to the store's encoder."""
+    from ..encode.model import RANDOM_WEIGHTS
 
     if store_prov is not None and model is None:
         model = store_prov.encoder
@@ -45,6 +47,14 @@ def load_cli_encoder(model, pretrained, checkpoint, device, store_prov: Provenan
     if model is None or not (pretrained or checkpoint):
         raise BadInput("no encoder given: pass --model NAME with --pretrained TAG or --checkpoint "
                        "FILE")
+    return model, pretrained, checkpoint
+
+
+def load_cli_encoder(model, pretrained, checkpoint, device, store_prov: Provenance | None):
+    """The encoder the options name, defaulting to (and checked against) the store's encoder."""
+    from ..encode.model import load_encoder
+
+    model, pretrained, checkpoint = resolve_weights(model, pretrained, checkpoint, store_prov)
     encoder = load_encoder(model, pretrained=pretrained, checkpoint=checkpoint, device=device)
     if store_prov is not None:
         store_prov.check_compatible(encoder.provenance, "features of the requested encoder")
@@ -70,8 +80,12 @@ def load_cli_encoder(model, pretrained, checkpoint, device, store_prov: Provenan
 @click.option("--id-prefix", default="", help="Prefix for row ids (default: path in the source).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Bad-file report [default: STORE/extract-report-SPLIT.json].")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+              help="ray: blocks of --chunk images encoded by a Ray actor pool (one per GPU).")
+@click.option("--ray-address", default=None, help="Existing Ray cluster (default: local Ray).")
 def extract_cmd(source, store_dir, split, views, model, pretrained, checkpoint, device,
-                batch_size, workers, seed, chunk, unlabelled, id_prefix, report_path):
+                batch_size, workers, seed, chunk, unlabelled, id_prefix, report_path, engine,
+                ray_address):
     """Encode the images of SOURCE into the store.
 
     SOURCE is a folder of class sub-folders, a plain folder, a glob, or a CSV/TSV of
@@ -83,14 +97,21 @@ def extract_cmd(source, store_dir, split, views, model, pretrained, checkpoint, 
 
     store_path = Path(store_dir)
     src = scan_source(source, unlabelled=unlabelled)
-    encoder = load_cli_encoder(model, pretrained, checkpoint, device,
-                               _store_provenance(store_path))
+    store_prov = _store_provenance(store_path)
     options = ExtractOptions(
         split=split, views=views, batch_size=batch_size, seed=seed, chunk=chunk,
         workers=default_workers() if workers is None else workers,
     )
     report_file = Path(report_path) if report_path else store_path / f"extract-report-{split}.json"
-    report = extract(src, store_path, encoder, options, report_file, id_prefix=id_prefix)
+    if engine == "ray":
+        from ..encode.ray_extract import EncoderSpec, extract_ray
+
+        spec = EncoderSpec(*resolve_weights(model, pretrained, checkpoint, store_prov))
+        report = extract_ray(src, store_path, spec, options, report_file, id_prefix=id_prefix,
+                             address=ray_address)
+    else:
+        encoder = load_cli_encoder(model, pretrained, checkpoint, device, store_prov)
+        report = extract(src, store_path, encoder, options, report_file, id_prefix=id_prefix)
     click.echo(f"encoded {report.encoded}, already stored {report.already_stored}, "
                f"skipped {len(report.bad)} bad files (report: {report_file})")
 

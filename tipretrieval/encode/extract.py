@@ -3,13 +3,15 @@
 Worker processes decode and preprocess into small uint8 batches; the main process gathers them
 on the device into large model batches.
 Encoded rows are appended in chunks (each append is atomic), so a crash or kill loses at most
-the chunk in flight, and a rerun skips the ids already stored.
+the chunk in flight, and a rerun skips the ids already stored. The planning (`ExtractJob`) and
+the decode-and-encode loop (`encode_items`) are shared with the Ray engine (`ray_extract.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -136,8 +138,8 @@ def _pending(store: Store, items: list[ImageItem], split: str) -> list[ImageItem
     return [it for it, done in zip(items, exists, strict=True) if not done]
 
 
-class _Writer:
-    """Buffers encoded rows and appends them to the store in chunks."""
+class ChunkWriter:
+    """Buffers encoded rows and appends them to the store in chunks (each append is atomic)."""
 
     def __init__(self, store: Store, report: ExtractReport, report_path: Path | None, chunk: int):
         self.store, self.report, self.report_path, self.chunk = store, report, report_path, chunk
@@ -158,6 +160,17 @@ class _Writer:
             self.report.save(self.report_path)
 
 
+@dataclass
+class EncodedBatch:
+    """One model batch: positions (into the encoded item list) with their features and views,
+    and the positions that failed to decode, with the error."""
+
+    done: list[int]
+    features: np.ndarray | None
+    views: np.ndarray | None
+    failed: list[tuple[int, str]]
+
+
 def _encode(encoder: Encoder, batch: torch.Tensor, n_views: int) -> tuple[np.ndarray, np.ndarray]:
     """Features (B, D) and views (B, V, D) or None; a key is the renormalised mean of views."""
     if not n_views:
@@ -167,6 +180,87 @@ def _encode(encoder: Encoder, batch: torch.Tensor, n_views: int) -> tuple[np.nda
     keys = views.mean(axis=1)
     keys /= np.linalg.norm(keys, axis=1, keepdims=True)
     return keys, views
+
+
+def encode_items(encoder: Encoder, items: list[ImageItem], n_views: int,
+                 opts: ExtractOptions) -> Iterator[EncodedBatch]:
+    """Decode (in `opts.workers` processes), preprocess and encode `items`, batch by batch."""
+    transform = view_pixels(encoder.preprocess_cfg) if n_views else eval_pixels(encoder.preprocess)
+    per_batch = max(1, opts.batch_size // max(1, n_views))  # images per model batch
+    loader = DataLoader(
+        _ImageDataset(items, transform, n_views, opts.seed),
+        batch_size=min(per_batch, max(1, WORKER_TENSORS // max(1, n_views))),
+        num_workers=opts.workers,
+        collate_fn=_collate,
+        pin_memory=encoder.device.type == "cuda",
+        prefetch_factor=4 if opts.workers else None,
+    )
+    pending: list[tuple[list[int], torch.Tensor]] = []
+    failed: list[tuple[int, str]] = []
+
+    def encoded() -> EncodedBatch:
+        done = [i for part, _ in pending for i in part]
+        feats, views = (_encode(encoder, torch.cat([x for _, x in pending]), n_views)
+                        if pending else (None, None))
+        batch = EncodedBatch(done, feats, views, list(failed))
+        pending.clear()
+        failed.clear()
+        return batch
+
+    for idx, batch, bad in loader:
+        failed.extend(bad)
+        if batch is not None:
+            pending.append((idx, batch.to(encoder.device, non_blocking=True)))
+        if sum(len(part) for part, _ in pending) >= per_batch:
+            yield encoded()
+    if pending or failed:
+        yield encoded()
+
+
+@dataclass
+class ExtractJob:
+    """One extract run, planned: the store, the images still to encode, class ids, the report."""
+
+    store: Store
+    todo: list[ImageItem]
+    labels: dict[str, int]
+    n_views: int
+    options: ExtractOptions
+    report: ExtractReport
+
+    @classmethod
+    def plan(cls, source: Source, store_path: Path, encoder: Encoder, opts: ExtractOptions,
+             id_prefix: str = "") -> ExtractJob:
+        """Open (or create) the store, add the source's classes and drop the ids already stored."""
+        if opts.views < 0 or opts.batch_size < 1 or opts.workers < 0:
+            raise BadInput("--views and --workers must be >= 0 and --batch-size >= 1")
+        items = [ImageItem(id_prefix + it.id, it.path, it.label) for it in source.items]
+        store = open_or_create(store_path, encoder, source.classes)
+        labels = _label_ids(store, source)
+        todo = _pending(store, items, opts.split)
+        report = ExtractReport(str(source.root), opts.split, len(items), len(items) - len(todo))
+        n_views = opts.views if opts.split == VIEW_SPLIT and source.labelled else 0
+        log.info("%d images, %d already stored, %d to encode (%s, %d views)",
+                 len(items), report.already_stored, len(todo), opts.split, n_views)
+        return cls(store, todo, labels, n_views, opts, report)
+
+    def writer(self, report_path: Path | str | None, chunk: int) -> ChunkWriter:
+        """A writer appending this job's rows every `chunk` rows and saving its report."""
+        path = None if report_path is None else Path(report_path)
+        return ChunkWriter(self.store, self.report, path, chunk)
+
+    def take(self, items: list[ImageItem], batch: EncodedBatch, writer: ChunkWriter) -> None:
+        """Report the batch's bad files and queue its rows; positions index into `items`."""
+        for i, err in batch.failed:
+            self.report.bad.append(BadFile(items[i].id, str(items[i].path), err))
+            log.warning("skipping %s: %s", items[i].path, err)
+        if batch.done:
+            writer.add(Rows.make(
+                ids=[items[i].id for i in batch.done], features=batch.features,
+                labels=[self.labels.get(items[i].label, -1) for i in batch.done],
+                splits=self.options.split, sources=[str(items[i].path) for i in batch.done],
+                views=batch.views,
+            ))
 
 
 def extract(
@@ -179,51 +273,11 @@ def extract(
 ) -> ExtractReport:
     """Encode every image of `source` not yet in the store; bad files go to the report."""
     opts = options or ExtractOptions()
-    if opts.views < 0 or opts.batch_size < 1 or opts.workers < 0:
-        raise BadInput("--views and --workers must be >= 0 and --batch-size >= 1")
-    store_path = Path(store_path)
-    items = [ImageItem(id_prefix + it.id, it.path, it.label) for it in source.items]
-    store = open_or_create(store_path, encoder, source.classes)
-    labels = _label_ids(store, source)
-    todo = _pending(store, items, opts.split)
-    report = ExtractReport(str(source.root), opts.split, len(items), len(items) - len(todo))
-    n_views = opts.views if opts.split == VIEW_SPLIT and source.labelled else 0
-    transform = view_pixels(encoder.preprocess_cfg) if n_views else eval_pixels(encoder.preprocess)
-    per_batch = max(1, opts.batch_size // max(1, n_views))  # images per model batch
-    loader = DataLoader(
-        _ImageDataset(todo, transform, n_views, opts.seed),
-        batch_size=min(per_batch, max(1, WORKER_TENSORS // max(1, n_views))),
-        num_workers=opts.workers,
-        collate_fn=_collate,
-        pin_memory=encoder.device.type == "cuda",
-        prefetch_factor=4 if opts.workers else None,
-    )
-    writer = _Writer(store, report, None if report_path is None else Path(report_path), opts.chunk)
-    log.info("%d images, %d already stored, %d to encode (%s, %d views)",
-             len(items), report.already_stored, len(todo), opts.split, n_views)
-    pending: list[tuple[list[int], torch.Tensor]] = []
-
-    def encode_pending() -> None:
-        idx = [i for part, _ in pending for i in part]
-        feats, views = _encode(encoder, torch.cat([x for _, x in pending]), n_views)
-        pending.clear()
-        writer.add(Rows.make(
-            ids=[todo[i].id for i in idx], features=feats,
-            labels=[labels.get(todo[i].label, -1) for i in idx], splits=opts.split,
-            sources=[str(todo[i].path) for i in idx], views=views,
-        ))
-
-    with progress(len(todo), "extract", unit="img", disable=not opts.progress) as bar:
-        for idx, batch, bad in loader:
-            for i, err in bad:
-                report.bad.append(BadFile(todo[i].id, str(todo[i].path), err))
-                log.warning("skipping %s: %s", todo[i].path, err)
-            if batch is not None:
-                pending.append((idx, batch.to(encoder.device, non_blocking=True)))
-            if sum(len(part) for part, _ in pending) >= per_batch:
-                encode_pending()
-            bar.update(len(idx) + len(bad))
-        if pending:
-            encode_pending()
+    job = ExtractJob.plan(source, Path(store_path), encoder, opts, id_prefix)
+    writer = job.writer(report_path, opts.chunk)
+    with progress(len(job.todo), "extract", unit="img", disable=not opts.progress) as bar:
+        for batch in encode_items(encoder, job.todo, job.n_views, opts):
+            job.take(job.todo, batch, writer)
+            bar.update(len(batch.done) + len(batch.failed))
     writer.flush()
-    return report
+    return job.report
