@@ -232,8 +232,8 @@ class ExtractJob:
     def plan(cls, source: Source, store_path: Path, encoder: Encoder, opts: ExtractOptions,
              id_prefix: str = "") -> ExtractJob:
         """Open (or create) the store, add the source's classes and drop the ids already stored."""
-        if opts.views < 0 or opts.batch_size < 1 or opts.workers < 0:
-            raise BadInput("--views and --workers must be >= 0 and --batch-size >= 1")
+        if opts.views < 0 or opts.workers < 0 or opts.batch_size < 1 or opts.chunk < 1:
+            raise BadInput("--views and --workers must be >= 0, --batch-size and --chunk >= 1")
         items = [ImageItem(id_prefix + it.id, it.path, it.label) for it in source.items]
         store = open_or_create(store_path, encoder, source.classes)
         labels = _label_ids(store, source)

@@ -126,6 +126,32 @@ def _actor_cpus(actors: int, gpus: float) -> int:
     return max(1, (int(ray.cluster_resources().get("CPU", 1)) - 1) // actors)
 
 
+def _encoded_blocks(job: ExtractJob, blocks: list[list[ImageItem]], spec: EncoderSpec,
+                    provenance: Provenance) -> Iterator[tuple[int, EncodedBatch]]:
+    """Encode `blocks` on a Ray actor pool; yield each block as soon as it is complete."""
+    import ray
+
+    if not blocks:
+        return
+    actors, gpus = actor_resources()
+    actors = min(actors, len(blocks))
+    cpus = _actor_cpus(actors, gpus)
+    log.info("ray: %d blocks on %d actors (%d CPU, %g GPU each)", len(blocks), actors, cpus, gpus)
+    actor_opts = asdict(job.options) | {"workers": cpus - 1, "progress": False}
+    results = ray.data.from_items([
+        {"block": b, "ids": [it.id for it in items],
+         "paths": [str(Path(it.path).resolve()) for it in items]}
+        for b, items in enumerate(blocks)
+    ]).map_batches(
+        BlockEncoder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus, num_gpus=gpus,
+        fn_constructor_args=(spec, provenance.to_json(), "cuda" if gpus else "cpu",
+                             job.n_views, actor_opts),
+    )
+    yield from completed_blocks(results.iter_batches(batch_size=None, batch_format="numpy"),
+                                [len(b) for b in blocks])
+
+
 def extract_ray(
     source: Source,
     store_path: Path | str,
@@ -138,38 +164,16 @@ def extract_ray(
     """`extract` on Ray (local, or the cluster at `address`): same rows, same report."""
     spec = spec.resolved()
     init_ray(address)
-    import ray
-
     opts = options or ExtractOptions()
     encoder = spec.load("cpu")  # the driver needs only the provenance and the transforms
     job = ExtractJob.plan(source, Path(store_path), encoder, opts, id_prefix)
     blocks = [job.todo[s:s + opts.chunk] for s in range(0, len(job.todo), opts.chunk)]
     writer = job.writer(report_path, opts.chunk)
-    if blocks:
-        actors, gpus = actor_resources()
-        actors = min(actors, len(blocks))
-        cpus = _actor_cpus(actors, gpus)
-        log.info("ray: %d blocks on %d actors (%d CPU, %g GPU each)",
-                 len(blocks), actors, cpus, gpus)
-        actor_opts = asdict(opts) | {"workers": cpus - 1, "progress": False}
-        results = ray.data.from_items([
-            {"block": b, "ids": [it.id for it in items],
-             "paths": [str(Path(it.path).resolve()) for it in items]}
-            for b, items in enumerate(blocks)
-        ]).map_batches(
-            BlockEncoder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=cpus, num_gpus=gpus,
-            fn_constructor_args=(spec, encoder.provenance.to_json(), "cuda" if gpus else "cpu",
-                                 job.n_views, actor_opts),
-        )
-        with progress(len(job.todo), "extract (ray)", unit="img",
-                      disable=not opts.progress) as bar:
-            for block, batch in completed_blocks(
-                    results.iter_batches(batch_size=None, batch_format="numpy"),
-                    [len(b) for b in blocks]):
-                job.take(blocks[block], batch, writer)
-                writer.flush()
-                bar.update(len(blocks[block]))
+    with progress(len(job.todo), "extract (ray)", unit="img", disable=not opts.progress) as bar:
+        for block, batch in _encoded_blocks(job, blocks, spec, encoder.provenance):
+            job.take(blocks[block], batch, writer)
+            writer.flush()  # one atomic append per block
+            bar.update(len(blocks[block]))
     order = {it.id: i for i, it in enumerate(job.todo)}
     job.report.bad.sort(key=lambda bad: order[bad.id])  # the local engine's order
     writer.flush()
