@@ -4,8 +4,7 @@ The driver plans the same row-id parts as the local engine and lists the uncommi
 Ray dataset. Each actor receives the cache the driver loaded (so the whole job sees one cache
 generation), opens the query store once, and for every part reads its rows from the shards,
 classifies them and writes the part file durably; the driver commits each finished part to the
-journal. The part files are the local engine's, byte for byte. `init_ray` and `actor_resources`
-also serve the extract engine (`encode/ray_extract.py`).
+journal. The part files are the local engine's, byte for byte.
 """
 
 from __future__ import annotations
@@ -26,25 +25,11 @@ from .classify import (
     read_part,
     write_part,
 )
-from .errors import BadInput
 from .progress import progress
+from .ray_setup import actor_resources, init_ray
 
 log = logging.getLogger(__name__)
 _FIELDS = [f.name for f in fields(PartRecord)]
-
-
-def init_ray(address: str | None = None) -> None:
-    """Connect to the cluster at `address`, or start a small local Ray (unless one is up)."""
-    try:
-        import ray
-    except ImportError:
-        raise BadInput("--engine ray needs Ray: pip install 'tipretrieval[ray]'") from None
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 class PartClassifier:
@@ -72,18 +57,6 @@ class PartClassifier:
             for key in done:
                 done[key].append(getattr(record, key))
         return {k: np.asarray(v) for k, v in done.items()}
-
-
-def actor_resources() -> tuple[int, float]:
-    """(actors, GPUs per actor): one actor per GPU when the cluster has GPUs, else one per CPU
-    but one (left to the driver)."""
-    import ray
-
-    total = ray.cluster_resources()
-    gpus = int(total.get("GPU", 0))
-    if gpus:
-        return gpus, 1.0
-    return max(1, int(total.get("CPU", 1)) - 1), 0.0
 
 
 def run_ray(cache, store, out: Path, journal: Journal, *, address: str | None = None,

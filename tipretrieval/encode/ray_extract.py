@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import BadInput
 from ..progress import progress
 from ..provenance import Provenance
-from ..ray_engine import actor_resources, init_ray
+from ..ray_setup import actor_resources, init_ray
 from .extract import EncodedBatch, ExtractJob, ExtractOptions, ExtractReport, encode_items
 from .model import Encoder, load_encoder
 from .sources import ImageItem, Source
