@@ -10,6 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename inside `path` durable."""
@@ -29,6 +32,7 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     target = Path(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; stores are shared with other users
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -44,9 +48,3 @@ def write_json(target: Path | str, obj: Any) -> None:
     """Atomically replace `target` with `obj` as indented JSON."""
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def write_bytes(target: Path | str, data: bytes) -> None:
-    """Atomically replace `target` with `data`."""
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,6 @@ from .manifest import MANIFEST_NAME
 from .provenance import Provenance
 from .rows import Rows
 from .store import Store
-from .validate import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def read_source(path: Path | str, keys: dict[str, str] | None = None) -> dict[st
             raw = _read_pt(path)
         else:
             raw = _read_h5(path, set(keys.values()))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise BadInput(f"cannot read {path} ({exc}): check that it is a valid {suffix} file") \
             from exc
     found = {f: _numpy(raw[k]) for f, k in keys.items() if k in raw}
@@ -135,7 +135,7 @@ def _float_array(value: Any, ndim: int, what: str) -> np.ndarray:
 
 def _normalised(x: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    zero = (norms == 0).reshape(len(x), -1).any(axis=1)
+    zero = (norms == 0).any(axis=tuple(range(1, x.ndim)))
     if zero.any():
         i = int(np.flatnonzero(zero)[0])
         raise BadInput(f"{what} of {int(zero.sum())} rows are all zero (first: id {ids[i]!r}): "
@@ -197,9 +197,6 @@ def build_rows(found: dict[str, Any], opts: ImportOptions, vocabulary: list[str]
                      split, found.get("sources"), views)
     if views is not None and len(views) != n:
         raise BadInput(f"views has {len(views)} entries for {n} rows: give one per row")
-    for name, x in (("features", rows.features), ("views", rows.views)):
-        if x is not None:
-            check_finite(x, rows.ids, name)
     if opts.normalize:
         rows.features = _normalised(rows.features, rows.ids, "features")
         if rows.views is not None:

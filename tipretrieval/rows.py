@@ -79,7 +79,12 @@ class Rows:
 
         def join(name):
             cols = [getattr(p, name) for p in parts]
-            return None if any(c is None for c in cols) else np.concatenate(cols)
+            if any(c is None for c in cols):
+                return None
+            if name == "views" and len({c.shape[1] for c in cols}) > 1:
+                raise BadInput("rows have different numbers of views: extract them with the "
+                               "same --views, or read them without views")
+            return np.concatenate(cols)
         return cls(
             ids=join("ids"), features=join("features"), labels=join("labels"),
             splits=join("splits"), sources=join("sources"), views=join("views"),

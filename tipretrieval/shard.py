@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_path
+from .checksum import file_sha256
 from .errors import CorruptData
 from .float16 import as_float32
 from .manifest import ShardInfo
@@ -29,7 +30,6 @@ from .rows import Rows
 
 CHUNK_ROWS = 4096
 _CHUNK_BYTES = 4 << 20
-_HASH_BLOCK = 4 << 20
 _ID_BLOCK = 1 << 16
 
 
@@ -78,15 +78,6 @@ def _counts(labels: np.ndarray, splits: np.ndarray) -> dict[str, dict[int, int]]
     for (split, label), count in Counter(pairs).items():
         out.setdefault(split, {})[int(label)] = count
     return out
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in blocks so memory stays small."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
@@ -160,9 +151,13 @@ class ShardReader:
         check_present(self.path, info)
         try:
             self._file = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise self._corrupt(f"cannot be read ({exc})") from exc
+        try:
             self._split_names = np.array(
                 [s.decode() for s in self._file["split_names"][()]], dtype=object)
         except (OSError, KeyError) as exc:
+            self._file.close()
             raise self._corrupt(f"cannot be read ({exc})") from exc
 
     def _corrupt(self, problem: str) -> CorruptData:

@@ -71,9 +71,12 @@ class Store:
         with store._locked():
             if (path / MANIFEST_NAME).exists():
                 raise BadInput(f"{path} is already a store: open it instead of creating it")
-            if any(p.name != LOCK_NAME for p in path.iterdir()):
+            shards = path / SHARD_DIR
+            empty_shards = shards.is_dir() and not any(shards.iterdir())  # a killed create
+            if any(p.name != LOCK_NAME and not (p == shards and empty_shards)
+                   for p in path.iterdir()):
                 raise BadInput(f"{path} is not empty: create the store in a new directory")
-            (path / SHARD_DIR).mkdir()
+            shards.mkdir(exist_ok=True)
             store._manifest.save(path)
         log.info("created store %s (dim %d, %s)", path, dim, provenance.describe())
         return store

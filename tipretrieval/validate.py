@@ -36,7 +36,7 @@ def _check_normalised(x: np.ndarray, ids: np.ndarray, what: str) -> None:
 
 def check_finite(x: np.ndarray, ids: np.ndarray, what: str) -> None:
     """BadInput naming the rows of `x` (features or views) that hold NaN or inf."""
-    bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    bad = ~np.isfinite(x).all(axis=tuple(range(1, x.ndim)))
     if bad.any():
         raise BadInput(f"{what} of {first_bad(bad, ids)} contain NaN or inf: drop or "
                        "recompute those rows")

@@ -72,8 +72,9 @@ def import_cmd(source: Path, store_path: Path, split: str | None, classes_file: 
     )
     result = import_features(source, store_path, opts)
     store, ids = result.store, result.row_ids
+    span = f" (row ids {ids[0]}..{ids[-1]})" if len(ids) else ""
     click.echo(f"imported {len(ids)} rows into {'new ' if result.created else ''}store "
-               f"{store.path} (row ids {ids[0]}..{ids[-1]}); it now holds {len(store)} rows, "
+               f"{store.path}{span}; it now holds {len(store)} rows, "
                f"generation {store.generation}")
 
 

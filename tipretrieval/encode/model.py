@@ -7,7 +7,6 @@ float32 features, plus the `Provenance` a store records for them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checksum import file_sha256
 from ..errors import BadInput
 from ..provenance import Provenance
 from .weights import resolve_tag
@@ -113,15 +113,6 @@ def register_model_name(model: str) -> str:
             "or give a model-config .json file"
         )
     return model
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_encoder(
