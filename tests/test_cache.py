@@ -9,7 +9,7 @@ import pytest
 
 from tipretrieval.cache import Cache, sample_shots
 from tipretrieval.encode.text import TextClassifier
-from tipretrieval.errors import BadInput, TipError
+from tipretrieval.errors import BadInput, CorruptData, TipError
 from tipretrieval.evaluate import evaluate
 from tipretrieval.provenance import Provenance
 from tipretrieval.store import Store
@@ -188,3 +188,15 @@ def test_pickled_cache_reloads_its_index(store, data, tmp_path):
     expected = loaded.logits(x, mode="retrieval", k=4)  # loads the FAISS index
     copy = pickle.loads(pickle.dumps(loaded))
     assert np.array_equal(copy.logits(x, mode="retrieval", k=4), expected)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_damaged_cache_files_are_one_line_corrupt_data(store, data, tmp_path, damage):
+    Cache.build(store, 2, text=data.text).save(tmp_path / "c")
+    segment = next((tmp_path / "c").glob("keys-g1-*.npz"))
+    if damage == "truncate":
+        segment.write_bytes(segment.read_bytes()[:100])
+    else:
+        segment.unlink()
+    with pytest.raises(CorruptData, match=f"cache {tmp_path / 'c'}.*rebuild the cache"):
+        Cache.load(tmp_path / "c")

@@ -10,6 +10,7 @@ that order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,7 +67,8 @@ class TipAdapter:
 
     def __init__(self, keys: np.ndarray, labels: np.ndarray, num_classes: int,
                  text: np.ndarray | None = None, alpha: float = 1.0, beta: float = 1.0,
-                 index: KeyIndex | None = None, row_ids: np.ndarray | None = None):
+                 index: KeyIndex | Callable[[], KeyIndex] | None = None,
+                 row_ids: np.ndarray | None = None):
         self._sk = affinity.SortedKeys.build(keys, labels, num_classes)
         self.dim = self._sk.keys.shape[1]
         if text is not None:
@@ -96,15 +98,12 @@ class TipAdapter:
         return self._sk.labels
 
     @property
-    def sorted_keys(self) -> affinity.SortedKeys:
-        """The class-sorted key structure the math runs on."""
-        return self._sk
-
-    @property
     def index(self) -> KeyIndex:
-        """The key index for retrieval mode; an exact flat index is built on first use."""
+        """The key index for retrieval mode: built (exact, flat) or fetched on first use."""
         if self._index is None:
             self._index = KeyIndex.build(self.keys, self.row_ids)
+        elif callable(self._index):  # a loader: exact mode never needs the index
+            self._index = self._index()
         return self._index
 
     def logits(self, x: np.ndarray, *, method: str = "tip", mode: str = "exact",

@@ -57,7 +57,7 @@ class Cache:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the FAISS index and adapter (Ray workers reload them lazily)."""
-        return {**self.__dict__, "_index": None, "_adapter": None}
+        return {**self.__dict__, "_index": None, "_adapter": None, "_joined": {}}
 
     # --- construction -----------------------------------------------------------------
     @classmethod
@@ -171,7 +171,7 @@ class Cache:
 
             self._adapter = TipAdapter(
                 self.keys, self.labels, self.num_classes, text=self.text, alpha=self.alpha,
-                beta=self.beta, index=self.index, row_ids=self.row_ids,
+                beta=self.beta, index=lambda: self.index, row_ids=self.row_ids,
             )
         return self._adapter
 

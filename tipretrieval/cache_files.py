@@ -12,6 +12,7 @@ are kept, older ones deleted. Writers hold `.cache.lock`; readers retry while a 
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -176,9 +177,13 @@ def load(path: Path) -> Generation:
         meta = _read_meta(path)
         try:
             return _read_generation(path, meta)
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
             if _read_meta(path)["generation"] == meta["generation"]:
-                raise
+                raise CorruptData(f"cache {path} lacks {Path(exc.filename).name}: restore or "
+                                  "rebuild the cache") from exc
+        except (KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise CorruptData(f"cannot read cache {path} ({exc!r}): restore or rebuild the "
+                              "cache") from exc
     raise TipError(f"cache {path} keeps changing while it is read: retry when writes stop")
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, fsync_dir, write_json
 from .errors import BadInput, TipError
 from .output import Results, writer_for
 from .progress import progress
@@ -193,10 +193,11 @@ def open_job(out: Path, spec: JobSpec, store_rows: int, *, overwrite: bool = Fal
              accept_new_generation: bool = False) -> Journal:
     """The journal to continue in `out`: new, resumed, or refused when the job differs."""
     out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        _clear(out, keep=set())
-        for name in (JOURNAL, SUCCESS):
+    if overwrite:  # the journal goes first: a kill must not leave it naming deleted parts
+        for name in (SUCCESS, JOURNAL):
             (out / name).unlink(missing_ok=True)
+        fsync_dir(out)
+        _clear(out, keep=set())
     if not (out / JOURNAL).exists():
         if any(p for p in out.iterdir() if not p.name.startswith((".", "_"))):
             raise BadInput(f"{out} exists and is not a classify output: choose a new --out")

@@ -7,7 +7,6 @@ count -> tune alpha/beta on val -> Tip-Adapter-F -> evaluate on test -> classify
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_json
 from .errors import BadInput
 from .evaluate import EvalReport, evaluate
 from .synthetic import SplitSizes, SyntheticDataset, make_dataset, write_store
@@ -23,6 +23,7 @@ from .synthetic import SplitSizes, SyntheticDataset, make_dataset, write_store
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
+MARK = ".tipretrieval-demo"  # only directories holding it are ever removed
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,13 @@ class DemoResult:
 
 
 def _fresh_dir(out: Path) -> None:
-    """Empty `out` for a new run; refuse a non-empty directory that is not a previous demo."""
+    """Empty `out` for a new run; refuse a non-empty directory that no demo marked as its own."""
     if out.exists() and any(out.iterdir()):
-        if not (out / RESULTS).is_file() and not (out / "store").is_dir():
+        if not (out / MARK).is_file():
             raise BadInput(f"{out} is not empty and holds no previous demo: choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARK).touch()
 
 
 def _accuracy(report: EvalReport, method: str) -> float:
@@ -110,9 +112,9 @@ def _run_shots(store, text: np.ndarray, shots: int, out: Path, config: DemoConfi
     cache.save(path)
     val = cache.rows_of(store, "val")
     tuned = cache.tune(val)
+    cache.save()
     tuned.save_json(path / "tune-grid.json")
     tuned.save_heatmap(path / "tune-heatmap.png")
-    cache.save()
     report = evaluate(cache, store, split="test", methods=["zero-shot", "cache", "tip"])
     result = ShotResult(shots=shots, cache=str(path), alpha=tuned.alpha, beta=tuned.beta,
                         val_acc=tuned.val_acc, cache_only=_accuracy(report, "cache"),
@@ -179,7 +181,7 @@ def run_demo(out_dir: str | Path, seed: int = 0, config: DemoConfig | None = Non
         zero_shot=_accuracy(report, "zero-shot"), shots=rows, predictions=str(pred_dir),
         query_rows=n_query, query_acc=query_acc,
     )
-    (out / RESULTS).write_text(json.dumps(result.to_json(), indent=2))
+    write_json(out / RESULTS, result.to_json())
     return result
 
 

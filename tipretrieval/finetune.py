@@ -125,7 +125,6 @@ def finetune(keys: np.ndarray, labels: np.ndarray, text: np.ndarray, train_views
         raise BadInput(f"epochs {epochs} and batch size {batch_size} must be positive")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     with _deterministic():
         model = _SlotKeys(sk).to(dev)
         w = torch.from_numpy(text).to(dev)

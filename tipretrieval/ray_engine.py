@@ -60,7 +60,7 @@ class PartClassifier:
 
 
 def run_ray(cache, store, out: Path, journal: Journal, *, address: str | None = None,
-            show_progress: bool = True, concurrency: int | None = None) -> None:
+            show_progress: bool = True) -> None:
     """Classify the parts `journal` lacks on Ray, committing each as it finishes."""
     import ray
 
@@ -72,7 +72,7 @@ def run_ray(cache, store, out: Path, journal: Journal, *, address: str | None = 
     if not todo:
         return
     actors, gpus = actor_resources()
-    actors = min(concurrency or actors, len(todo))
+    actors = min(actors, len(todo))
     log.info("ray: %d parts on %d actors (%g GPU each)", len(todo), actors, gpus)
     results = ray.data.from_items(todo).map_batches(
         PartClassifier, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),

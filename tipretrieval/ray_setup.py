@@ -6,7 +6,7 @@ from .errors import BadInput
 
 
 def init_ray(address: str | None = None) -> None:
-    """Connect to the cluster at `address`, or start a small local Ray (unless one is up)."""
+    """Connect to the cluster at `address`, or start a local Ray on this machine if none is up."""
     try:
         import ray
     except ImportError:
@@ -16,7 +16,7 @@ def init_ray(address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(include_dashboard=False, log_to_driver=False)  # all of this machine
 
 
 def actor_resources() -> tuple[int, float]:

@@ -96,9 +96,9 @@ def tune_cmd(cache_dir, val_dir, split, scale, steps):
     cache = _cache(cache_dir)
     result = cache.tune(cache.rows_of(_store(val_dir), split), scale=scale, steps=steps)
     grid_json, heatmap = cache.path / "tune-grid.json", cache.path / "tune-heatmap.png"
+    cache.save()  # first: the grid files describe the alpha and beta the cache adopted
     result.save_json(grid_json)
     result.save_heatmap(heatmap)
-    cache.save()
     click.echo(f"alpha {result.alpha:.4g}  beta {result.beta:.4g}  val top-1 "
                f"{result.val_acc:.2f}% ({result.n_val} rows)")
     click.echo(f"grid: {grid_json}\nheat map: {heatmap}")
@@ -147,7 +147,8 @@ def eval_cmd(cache_dir, store_dir, split, methods, mode, k, as_json):
 @click.argument("cache_dir", metavar="CACHE")
 @click.option("--store", "store_dir", help="Store of the shots [default: the cache's store].")
 @click.option("--ids", multiple=True, help="Row ids (repeat or comma-separate).")
-@click.option("--ids-file", type=click.Path(dir_okay=False), help="File of ids, one per line.")
+@click.option("--ids-file", type=click.Path(exists=True, dir_okay=False),
+              help="File of ids, one per line.")
 @click.option("--split", default="train", show_default=True)
 @click.option("--images", multiple=True, help="Image source to encode and add (repeatable).")
 @click.option("--label", multiple=True, help="Class name of each --images source.")
@@ -230,7 +231,8 @@ def _encode_images(store, images, labels, split, views, encoder) -> list[str]:
 @click.command("remove-shots")
 @click.argument("cache_dir", metavar="CACHE")
 @click.option("--ids", multiple=True, help="Store ids of the shots (repeat or comma-separate).")
-@click.option("--ids-file", type=click.Path(dir_okay=False), help="File of ids, one per line.")
+@click.option("--ids-file", type=click.Path(exists=True, dir_okay=False),
+              help="File of ids, one per line.")
 @click.option("--row-ids", multiple=True, type=int, help="Store row ids (integers) instead.")
 @click.option("--store", "store_dir", help="Store to resolve --ids [default: the cache's store].")
 def remove_shots_cmd(cache_dir, ids, ids_file, row_ids, store_dir):
