@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -146,3 +147,13 @@ def test_new_class_from_images_end_to_end(tiny_checkpoint, tmp_path):
     assert Store.open(tmp_path / "s").classes == ["cat", "dog", "otter"]
     assert cache.text.shape == (3, 32)
     assert np.allclose(np.linalg.norm(cache.text, axis=1), 1, atol=1e-5)
+
+
+def test_build_keeps_index_search_parameters(env):
+    root, _ = env
+    build(root, "ivf", "--index", "IVF4,Flat", "--index-params", "nprobe=3")
+    index = Cache.load(root / "ivf").index
+    assert faiss.extract_index_ivf(index._cpu.index).nprobe == 3
+    res = run("build", root / "store", "--shots", 3, "--text", root / "t.npz", "--out",
+              root / "bad", "--index", "IVF4,Flat", "--index-params", "bogus=1", code=2)
+    assert "nprobe" in res.output and not (root / "bad").exists()

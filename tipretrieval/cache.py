@@ -72,7 +72,7 @@ class Cache:
 
     @classmethod
     def build(cls, store, shots: int | None, *, seed: int = 0, text=None,
-              templates: str | None = None, index_spec: str = "Flat",
+              templates: str | None = None, index_spec: str = "Flat", index_params: str = "",
               split: str = "train", encoder=None) -> Cache:
         """Sample `shots` labelled rows per class of `split` (None: all) into a new cache.
 
@@ -93,8 +93,11 @@ class Cache:
             chosen, classes, store.provenance, text=resolved.weights,
             store_id=store.store_id, store_generation=int(store.generation),
             store_path=str(Path(store.path).resolve()), shots=shots, seed=seed, split=split,
-            index_spec=index_spec, templates=resolved.templates, text_source=resolved.source,
+            index_spec=index_spec, index_params=index_params, templates=resolved.templates,
+            text_source=resolved.source,
         )
+        if index_params:
+            cache.index.set_params(index_params)  # bad parameters fail before anything is saved
         log.info("cache: %d keys over %d classes from %s", len(cache), len(classes), store.path)
         return cache
 
@@ -162,6 +165,8 @@ class Cache:
                 for seg in self._segments[self._index_segments:]:
                     index.add(seg.keys, seg.row_ids)
                 self._index = index
+            if self.info.index_params:
+                self._index.set_params(self.info.index_params)
         return self._index
 
     def adapter(self):

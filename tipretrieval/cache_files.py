@@ -50,6 +50,7 @@ class CacheInfo:
     seed: int = 0
     split: str = "train"
     index_spec: str = "Flat"
+    index_params: str = ""  # FAISS search parameters, e.g. "nprobe=16" for IVF
     templates: str | None = None  # prompt templates used for the text classifier, if known
     text_source: str | None = None  # text-classifier file the text came from, if any
     history: list[dict[str, Any]] = field(default_factory=list)  # tune/finetune records

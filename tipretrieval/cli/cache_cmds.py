@@ -59,12 +59,15 @@ def _wants_encoder(model, pretrained, checkpoint) -> bool:
 @click.option("--templates", help="Encode the class prompts with these templates instead.")
 @click.option("--index", "index_spec", default="Flat", show_default=True,
               help="FAISS factory string, e.g. Flat, IVF1024,Flat, HNSW32.")
+@click.option("--index-params", default="",
+              help="FAISS search parameters kept with the cache, e.g. nprobe=16 (IVF) or "
+                   "efSearch=128 (HNSW).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the shot sampling.")
 @click.option("--split", default="train", show_default=True, help="Split the shots come from.")
 @click.option("--force", is_flag=True, help="Replace an existing cache at --out.")
 @model_options
-def build_cmd(store_dir, shots, out, text_file, templates, index_spec, seed, split, force,
-              model, pretrained, checkpoint, device):
+def build_cmd(store_dir, shots, out, text_file, templates, index_spec, index_params, seed,
+              split, force, model, pretrained, checkpoint, device):
     """Build a Tip-Adapter cache from K labelled shots per class of STORE."""
     from ..cache import META, Cache
 
@@ -76,7 +79,8 @@ def build_cmd(store_dir, shots, out, text_file, templates, index_spec, seed, spl
     if templates and _wants_encoder(model, pretrained, checkpoint):
         encoder = load_cli_encoder(model, pretrained, checkpoint, device, store.provenance)
     cache = Cache.build(store, k, seed=seed, text=text_file, templates=templates,
-                        index_spec=index_spec, split=split, encoder=encoder)
+                        index_spec=index_spec, index_params=index_params, split=split,
+                        encoder=encoder)
     path = cache.save(out)
     counts = cache.class_counts()
     click.echo(f"cache {path}: {len(cache)} keys, {cache.num_classes} classes "
