@@ -16,6 +16,7 @@ from .manifest import MANIFEST_NAME
 from .provenance import Provenance
 from .rows import Rows
 from .store import Store
+from .validate import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,8 @@ def _float_array(value: Any, ndim: int, what: str) -> np.ndarray:
 
 
 def _normalised(x: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
+    """`x` scaled to unit rows; BadInput for NaN/inf or all-zero rows (they cannot be scaled)."""
+    check_finite(x, ids, what)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     zero = (norms == 0).any(axis=tuple(range(1, x.ndim)))
     if zero.any():
