@@ -135,3 +135,14 @@ def test_top_k_equals_stable_full_sort_on_tie_heavy_logits(seed):
     for k in (1, 2, 5, 37):
         expected = np.argsort(-logits, axis=1, kind="stable")[:, :k]
         np.testing.assert_array_equal(top_k(logits, k).classes, expected)
+
+
+def test_logits_by_method_equals_each_method_alone():
+    rng = np.random.default_rng(7)
+    x, keys, labels, text = clustered(rng)
+    ad = TipAdapter(keys, labels, text.shape[0], text=text, alpha=1.7, beta=3.0)
+    methods = ["zero-shot", "cache", "tip"]
+    for mode in ("exact", "retrieval"):
+        together = ad.logits_by_method(x, methods, mode=mode, k=8)
+        for m in methods:
+            np.testing.assert_array_equal(together[m], ad.logits(x, method=m, mode=mode, k=8))

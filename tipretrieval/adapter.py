@@ -129,6 +129,22 @@ class TipAdapter:
             affinity.rescore_(x, self._sk, self.beta, cache, best)
         return text + cache * np.float32(self.alpha)
 
+    def logits_by_method(self, x: np.ndarray, methods, *, mode: str = "exact",
+                         k: int = 64) -> dict[str, np.ndarray]:
+        """`logits` of several methods; exact mode computes the text and cache terms once."""
+        if mode != "exact":
+            return {m: self.logits(x, method=m, mode=mode, k=k) for m in methods}
+        unknown = set(methods) - set(METHODS)
+        if unknown:
+            raise BadInput(f"unknown method {unknown.pop()!r}: use one of {', '.join(METHODS)}")
+        x = self._queries(x)
+        text = self.text_logits(x) if {"zero-shot", "tip"} & set(methods) else None
+        cache = self.cache_term(x) if {"cache", "tip"} & set(methods) else None
+        alpha = np.float32(self.alpha)
+        pieces = {"zero-shot": lambda: text, "cache": lambda: np.float32(0) + cache * alpha,
+                  "tip": lambda: text + cache * alpha}
+        return {m: pieces[m]() for m in methods}
+
     def classify(self, x: np.ndarray, top: int = 5, **how) -> Predictions:
         """Top-`top` classes and probabilities; `how` is passed to `logits`."""
         return top_k(self.logits(x, **how), top)

@@ -183,12 +183,17 @@ class Cache:
     def logits(self, x: np.ndarray, method: str = "tip", mode: str = "exact",
                k: int = 64) -> np.ndarray:
         """(B, C) logits of the queries `x`; `method` is zero-shot, cache or tip (tip-f = tip)."""
-        if method == "tip-f":
-            if self.method != "tip-f":
-                raise BadInput("this cache is not fine-tuned: run `tipretrieval finetune` first")
-            method = "tip"
+        return self.logits_by_method(x, [method], mode=mode, k=k)[method]
+
+    def logits_by_method(self, x: np.ndarray, methods, mode: str = "exact",
+                         k: int = 64) -> dict[str, np.ndarray]:
+        """Logits of several methods at once (exact mode shares their text and cache terms)."""
+        if "tip-f" in methods and self.method != "tip-f":
+            raise BadInput("this cache is not fine-tuned: run `tipretrieval finetune` first")
         self._check_query(x)
-        return self.adapter().logits(x, method=method, mode=mode, k=k)
+        plain = ["tip" if m == "tip-f" else m for m in methods]
+        got = self.adapter().logits_by_method(x, list(dict.fromkeys(plain)), mode=mode, k=k)
+        return {m: got[p] for m, p in zip(methods, plain, strict=True)}
 
     def classify(self, x: np.ndarray, top_k: int = 5, mode: str = "exact", k: int = 64):
         """Top-k predictions (class indices, softmax probabilities) of the queries `x`."""

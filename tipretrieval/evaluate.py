@@ -104,6 +104,10 @@ def evaluate(cache, store, *, split: str = "test", methods: Sequence[str] = METH
     active = [m for m in methods if notes[m] is None]
     mapping = class_map(cache.classes, store.classes)
     hits = {m: np.zeros(2, dtype=np.int64) for m in active}
+    groups: dict[int, tuple[Any, list[str]]] = {}  # one logits pass per cache
+    for m in active:
+        source = base if m == "tip" else cache
+        groups.setdefault(id(source), (source, []))[1].append(m)
     total = 0
     with progress(None, f"eval {split}") as bar:
         for batch in store.iter_rows(batch_size, split=split):
@@ -111,10 +115,11 @@ def evaluate(cache, store, *, split: str = "test", methods: Sequence[str] = METH
             if not len(batch):
                 continue
             labels = relabel(mapping, batch.labels, store.classes, split)
-            for m in active:
-                source = base if m == "tip" else cache
-                logits = source.logits(batch.features, method=m, mode=mode, k=k)
-                hits[m] += [topk_hits(logits, labels, 1).sum(), topk_hits(logits, labels, 5).sum()]
+            for source, names in groups.values():
+                for m, logits in source.logits_by_method(batch.features, names, mode=mode,
+                                                         k=k).items():
+                    hits[m] += [topk_hits(logits, labels, 1).sum(),
+                                topk_hits(logits, labels, 5).sum()]
             total += len(batch)
             bar.update(len(batch))
     if total == 0:
