@@ -18,12 +18,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tipretrieval demo --out demo-out
 
-test: $(STAMP)
-	$(BIN)/ruff check tipretrieval tests tools
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check tipretrieval tests tools
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

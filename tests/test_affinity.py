@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tipretrieval.adapter import TipAdapter, top_k
 from tipretrieval.errors import BadInput
+from tipretrieval.method.adapter import TipAdapter, top_k
 
 
 def unit(a):
@@ -49,7 +49,7 @@ def test_exact_matches_dense(beta):
 
 
 def test_exact_small_blocks_equal_large_blocks():
-    from tipretrieval import affinity
+    from tipretrieval.method import affinity
 
     rng = np.random.default_rng(2)
     x, keys, labels, _ = clustered(rng, per=(20, 60), n_query=700)

@@ -7,14 +7,14 @@ import pickle
 import numpy as np
 import pytest
 
-from tipretrieval.cache import Cache, sample_shots
+from tipretrieval.cache.cache import Cache, sample_shots
+from tipretrieval.demo.synthetic import SplitSizes, make_dataset, write_store
 from tipretrieval.encode.text import TextClassifier
 from tipretrieval.errors import BadInput, CorruptData, TipError
-from tipretrieval.evaluate import evaluate
+from tipretrieval.jobs.evaluate import evaluate
+from tipretrieval.method.tune import search
 from tipretrieval.provenance import Provenance
-from tipretrieval.store import Store
-from tipretrieval.synthetic import SplitSizes, make_dataset, write_store
-from tipretrieval.tune import search
+from tipretrieval.store.store import Store
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tipretrieval.cache import Cache
-from tipretrieval.classify import JOURNAL, SUCCESS, ClassifyOptions, classify_store, read_output
+from tipretrieval.cache.cache import Cache
+from tipretrieval.demo.synthetic import SplitSizes, make_dataset, write_store
 from tipretrieval.errors import BadInput
-from tipretrieval.output import WRITERS, Results
+from tipretrieval.jobs.classify import (
+    JOURNAL,
+    SUCCESS,
+    ClassifyOptions,
+    classify_store,
+    read_output,
+)
+from tipretrieval.jobs.classify.output import WRITERS, Results
 from tipretrieval.provenance import Provenance
-from tipretrieval.store import Store
-from tipretrieval.synthetic import SplitSizes, make_dataset, write_store
+from tipretrieval.store.store import Store
 
 CLI = [sys.executable, "-m", "tipretrieval"]
 FIELDS = ("ids", "row_ids", "classes", "names", "probs", "logits")

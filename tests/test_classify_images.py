@@ -6,13 +6,13 @@ import numpy as np
 from click.testing import CliRunner
 from test_classify import assert_same
 
-from tipretrieval.cache import Cache
-from tipretrieval.classify import QUERY_STORE, classify_store, read_output
+from tipretrieval.cache.cache import Cache
 from tipretrieval.cli import main
 from tipretrieval.encode import load_encoder, scan_source
 from tipretrieval.encode.extract import ExtractOptions, extract
+from tipretrieval.jobs.classify import QUERY_STORE, classify_store, read_output
 from tipretrieval.rows import Rows
-from tipretrieval.store import Store
+from tipretrieval.store.store import Store
 
 
 def _unit(a: np.ndarray) -> np.ndarray:

@@ -9,14 +9,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tipretrieval.cache import Cache
+from tipretrieval.cache.cache import Cache
 from tipretrieval.cli import main
+from tipretrieval.demo.synthetic import SplitSizes, make_dataset, write_store
 from tipretrieval.encode.text import TextClassifier
-from tipretrieval.evaluate import evaluate
+from tipretrieval.jobs.evaluate import evaluate
+from tipretrieval.method.tune import search
 from tipretrieval.provenance import Provenance
-from tipretrieval.store import Store
-from tipretrieval.synthetic import SplitSizes, make_dataset, write_store
-from tipretrieval.tune import search
+from tipretrieval.store.store import Store
 
 TINY_CLIP_CONFIG = Path(__file__).parent / "assets" / "tiny_clip.json"
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tipretrieval.cache import Cache
-from tipretrieval.classify import read_output
+from tipretrieval.cache.cache import Cache
 from tipretrieval.cli import main
-from tipretrieval.demo import QUICK
-from tipretrieval.store import Store
-from tipretrieval.synthetic import make_dataset
+from tipretrieval.demo.run import QUICK
+from tipretrieval.demo.synthetic import make_dataset
+from tipretrieval.jobs.classify import read_output
+from tipretrieval.store.store import Store
 
 
 def logits(x, text, keys, key_labels, alpha, beta):

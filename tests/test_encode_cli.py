@@ -15,8 +15,8 @@ from PIL import Image
 from tipretrieval.cli import main
 from tipretrieval.encode import load_templates, text_classifier
 from tipretrieval.encode.text import TextClassifier
-from tipretrieval.manifest import MANIFEST_NAME
-from tipretrieval.store import Store
+from tipretrieval.store.manifest import MANIFEST_NAME
+from tipretrieval.store.store import Store
 
 CLASSES = ["cat", "dog_breed"]
 

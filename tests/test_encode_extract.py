@@ -11,7 +11,7 @@ from tipretrieval.encode.extract import ExtractOptions, extract
 from tipretrieval.encode.sources import scan_source
 from tipretrieval.encode.transforms import decode_image, image_seed, make_views, view_pixels
 from tipretrieval.errors import BadInput
-from tipretrieval.store import Store
+from tipretrieval.store.store import Store
 
 CLASSES = ("cat", "dog_breed")  # the class folders of the `image_folder` fixture
 F16_TOL = 2e-3  # the store keeps float16

@@ -6,7 +6,7 @@ import torch
 
 from tipretrieval.encode import load_encoder, scan_source
 from tipretrieval.encode.extract import ExtractOptions, extract
-from tipretrieval.store import Store
+from tipretrieval.store.store import Store
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

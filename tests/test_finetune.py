@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tipretrieval.finetune import finetune
+from tipretrieval.method.finetune import finetune
 
 
 def unit(a):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tipretrieval.errors import BadInput, CorruptData
-from tipretrieval.index import KeyIndex, gpu_count
+from tipretrieval.method.index import KeyIndex, gpu_count
 
 
 def unit(a):

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from tipretrieval.cli import main
 from tipretrieval.errors import CorruptData
-from tipretrieval.store import Store
+from tipretrieval.store.store import Store
 
 DIM = 8
 CLASSES = ["ant", "bee", "cat"]

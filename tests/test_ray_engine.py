@@ -7,7 +7,7 @@ import json
 import pytest
 from test_classify import assert_same, make_inputs, part_bytes
 
-from tipretrieval.classify import JOURNAL, ClassifyOptions, classify_store, read_output
+from tipretrieval.jobs.classify import JOURNAL, ClassifyOptions, classify_store, read_output
 
 ray = pytest.importorskip("ray")
 

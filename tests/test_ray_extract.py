@@ -15,7 +15,7 @@ from tipretrieval.encode.extract import ExtractOptions, extract
 from tipretrieval.encode.ray_extract import EncoderSpec, completed_blocks, extract_ray
 from tipretrieval.encode.sources import Source, scan_source
 from tipretrieval.errors import BadInput
-from tipretrieval.store import Store
+from tipretrieval.store.store import Store
 
 ray = pytest.importorskip("ray")
 

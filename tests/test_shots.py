@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from tipretrieval.cache import Cache
+from tipretrieval.cache.cache import Cache
+from tipretrieval.demo.synthetic import SplitSizes, make_dataset, write_store
 from tipretrieval.encode import load_templates, text_classifier
 from tipretrieval.errors import BadInput
 from tipretrieval.rows import Rows
-from tipretrieval.store import Store
-from tipretrieval.synthetic import SplitSizes, make_dataset, write_store
+from tipretrieval.store.store import Store
 
 
 @pytest.fixture(scope="module")

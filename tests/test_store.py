@@ -13,8 +13,8 @@ from filelock import FileLock
 from tipretrieval.errors import BadInput, CorruptData, TipError
 from tipretrieval.provenance import Provenance
 from tipretrieval.rows import Rows
-from tipretrieval.shard import as_float32
-from tipretrieval.store import Store
+from tipretrieval.store.shard import as_float32
+from tipretrieval.store.store import Store
 
 DIM = 16
 CLASSES = ["ant", "bee", "cat", "dog"]
@@ -351,7 +351,7 @@ def test_non_store_files_in_the_store_are_left_alone(store):
 
 
 def test_hash_collisions_are_confirmed_by_exact_id(store, monkeypatch):
-    import tipretrieval.shard as shard_mod
+    import tipretrieval.store.shard as shard_mod
 
     def colliding(encoded):  # every id shares one of two hashes
         return np.array([len(b) % 2 for b in encoded.tolist()], dtype=np.uint64)
@@ -369,7 +369,7 @@ def test_hash_collisions_are_confirmed_by_exact_id(store, monkeypatch):
 def test_shards_without_an_id_hash_table_are_scanned(store):
     import h5py
 
-    from tipretrieval.shard import file_sha256
+    from tipretrieval.store.shard import file_sha256
 
     rows = make_rows(3000, 1)
     store.append(rows)

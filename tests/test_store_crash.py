@@ -17,7 +17,7 @@ import numpy as np
 
 from tipretrieval.provenance import Provenance
 from tipretrieval.rows import Rows
-from tipretrieval.store import Store
+from tipretrieval.store.store import Store
 
 ROWS_PER_APPEND = 2000
 DIM = 32

@@ -8,7 +8,7 @@ import pytest
 from tipretrieval.errors import BadInput
 from tipretrieval.provenance import Provenance
 from tipretrieval.rows import Rows
-from tipretrieval.store import Store
+from tipretrieval.store.store import Store
 
 PROV = Provenance("ViT-B-32", "openai", 4)
 

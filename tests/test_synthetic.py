@@ -6,8 +6,8 @@ Accuracies are computed here with plain numpy, independently of the package's ad
 import numpy as np
 import pytest
 
+from tipretrieval.demo.synthetic import SplitSizes, make_dataset, random_keys, write_store
 from tipretrieval.errors import BadInput
-from tipretrieval.synthetic import SplitSizes, make_dataset, random_keys, write_store
 
 SHOTS = (1, 2, 4, 8, 16)
 
@@ -108,7 +108,7 @@ def test_bad_arguments():
 
 
 def test_write_store(tmp_path):
-    pytest.importorskip("tipretrieval.store")
+    pytest.importorskip("tipretrieval.store.store")
     ds = make_dataset(10, 32, seed=2)
     store = write_store(tmp_path / "s", ds, SplitSizes(train=3, val=2, test=2, query=1, views=2),
                         dtype="float32")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import torch
 
-from tipretrieval import tune
+from tipretrieval.method import tune
 
 
 def unit(a):

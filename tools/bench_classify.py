@@ -59,7 +59,7 @@ def peak_rss_mib() -> float:
 def write_queries(path: Path, data, n: int, chunk: int = 100_000):
     """A query store of `n` synthetic rows written in shards of `chunk` rows."""
     from tipretrieval.rows import Rows
-    from tipretrieval.store import Store
+    from tipretrieval.store.store import Store
 
     store = Store.create(path, dim=data.dim, provenance=data.provenance(),
                          classes=data.classes)
@@ -74,7 +74,7 @@ def write_queries(path: Path, data, n: int, chunk: int = 100_000):
 
 def write_cache(path: Path, data, keys: int):
     """A cache of `keys` synthetic shots (balanced over the classes) with the text classifier."""
-    from tipretrieval.cache import Cache
+    from tipretrieval.cache.cache import Cache
     from tipretrieval.rows import Rows
 
     feats, labels = data.draw(keys, stream=2)
@@ -87,7 +87,7 @@ def write_cache(path: Path, data, keys: int):
 
 def child_classify(cache: str, store: str, out: str, batch_size: int) -> None:
     """Run one classify job and print its seconds, rows and peak RSS as JSON (child process)."""
-    from tipretrieval.classify import ClassifyOptions, classify_store
+    from tipretrieval.jobs.classify import ClassifyOptions, classify_store
 
     start = time.perf_counter()
     journal = classify_store(cache, store, out, ClassifyOptions(batch_size=batch_size),
@@ -106,7 +106,7 @@ def run_child(cache: Path, store: Path, out: Path, batch_size: int) -> dict:
 
 
 def bench_store(args, work: Path) -> list[Row]:
-    from tipretrieval.synthetic import make_dataset
+    from tipretrieval.demo.synthetic import make_dataset
 
     data = make_dataset(args.classes, args.dim, seed=0)
     write_cache(work / "cache", data, args.keys)
@@ -130,7 +130,7 @@ def bench_store(args, work: Path) -> list[Row]:
 
 # --- (b), (c) exact query path -------------------------------------------------------------
 def bench_exact(args) -> list[Row]:
-    from tipretrieval.synthetic import make_dataset
+    from tipretrieval.demo.synthetic import make_dataset
 
     data = make_dataset(args.classes, args.dim, seed=0)
     x = data.draw(args.query_batch, stream=9)[0]
@@ -145,7 +145,7 @@ def exact_rows(args, data, x_np: np.ndarray, m: int) -> list[Row]:
     """(b) and (c) at `m` keys."""
     import torch
 
-    from tipretrieval.adapter import TipAdapter
+    from tipretrieval.method.adapter import TipAdapter
 
     keys, labels = data.draw(m, stream=3)
     adapter = TipAdapter(keys, labels, args.classes, text=data.text, alpha=ALPHA, beta=BETA)
@@ -174,9 +174,9 @@ def exact_rows(args, data, x_np: np.ndarray, m: int) -> list[Row]:
 
 # --- (d), (e) a 1M-key cache ---------------------------------------------------------------
 def bench_million(args, work: Path) -> list[Row]:
-    from tipretrieval.cache import Cache
+    from tipretrieval.cache.cache import Cache
+    from tipretrieval.demo.synthetic import make_dataset
     from tipretrieval.rows import Rows
-    from tipretrieval.synthetic import make_dataset
 
     data = make_dataset(args.classes, args.dim, seed=0)
     m = args.ivf_keys

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tipretrieval.manifest import DTYPES
-from tipretrieval.progress import progress
 from tipretrieval.provenance import Provenance
 from tipretrieval.rows import Rows
-from tipretrieval.store import SHARD_DIR, Store
+from tipretrieval.store.manifest import DTYPES
+from tipretrieval.store.store import SHARD_DIR, Store
+from tipretrieval.util.progress import progress
 
 APPEND_ROWS = 100_000
 KINDS = (("raw", "raw h5py, features only (as stored)"),

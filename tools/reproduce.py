@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tipretrieval import tune
-from tipretrieval.adapter import RESCORE, TipAdapter
-from tipretrieval.finetune import finetune
+from tipretrieval.method import tune
+from tipretrieval.method.adapter import RESCORE, TipAdapter
+from tipretrieval.method.finetune import finetune
 
 log = logging.getLogger("reproduce")
 FIXED = (1.17, 1.0)

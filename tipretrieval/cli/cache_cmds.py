@@ -9,19 +9,20 @@ import click
 import numpy as np
 
 from ..errors import BadInput
+from ..jobs.evaluate import EVAL_METHODS
 from .encode_cmds import load_cli_encoder, model_options
 
-METHODS = "zero-shot,cache,tip,tip-f"
+METHODS = ",".join(EVAL_METHODS)
 
 
 def _store(path: str):
-    from ..store import Store
+    from ..store.store import Store
 
     return Store.open(path)
 
 
 def _cache(path: str):
-    from ..cache import Cache
+    from ..cache.cache import Cache
 
     return Cache.load(path)
 
@@ -69,7 +70,7 @@ def _wants_encoder(model, pretrained, checkpoint) -> bool:
 def build_cmd(store_dir, shots, out, text_file, templates, index_spec, index_params, seed,
               split, force, model, pretrained, checkpoint, device):
     """Build a Tip-Adapter cache from K labelled shots per class of STORE."""
-    from ..cache import META, Cache
+    from ..cache.cache import META, Cache
 
     k = _shots(shots)
     if (Path(out) / META).exists() and not force:
@@ -138,7 +139,7 @@ def finetune_cmd(cache_dir, train_dir, val_dir, split, epochs, seed):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def eval_cmd(cache_dir, store_dir, split, methods, mode, k, as_json):
     """Top-1/top-5 accuracy of each method on the labelled rows of a store."""
-    from ..evaluate import evaluate
+    from ..jobs.evaluate import evaluate
 
     if k < 1:
         raise BadInput(f"--k {k} is not positive: retrieve at least one key per query")

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
-from ..classify import ENGINES, METHODS, MODES, ClassifyOptions, classify_store, store_from_images
 from ..errors import BadInput
-from ..output import WRITERS
+from ..jobs.classify import ClassifyOptions, classify_store, store_from_images
+from ..jobs.classify.output import WRITERS
+from ..method.adapter import METHODS, MODES
+from ..util.ray_setup import ENGINES
 
 
 @click.command("classify")

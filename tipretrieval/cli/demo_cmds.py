@@ -12,7 +12,7 @@ import click
 @click.option("--quick", is_flag=True, help="A smaller dataset and fewer shots (seconds).")
 def demo_cmd(out: str, seed: int, quick: bool) -> None:
     """Run store -> build -> tune -> finetune -> eval -> classify on synthetic data."""
-    from ..demo import QUICK, DemoConfig, run_demo, summary
+    from ..demo.run import QUICK, DemoConfig, run_demo, summary
 
     click.echo(summary(run_demo(out, seed=seed, config=QUICK if quick else DemoConfig())))
 

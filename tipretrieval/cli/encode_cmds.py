@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..classify import ENGINES
 from ..errors import BadInput
 from ..provenance import Provenance
+from ..util.ray_setup import ENGINES
 
 
 def model_options(f):
@@ -24,8 +24,8 @@ def model_options(f):
 
 
 def _store_provenance(store_dir: Path) -> Provenance | None:
-    from ..manifest import MANIFEST_NAME
-    from ..store import Store
+    from ..store.manifest import MANIFEST_NAME
+    from ..store.store import Store
 
     return Store.open(store_dir).provenance if (store_dir / MANIFEST_NAME).exists() else None
 
@@ -129,7 +129,7 @@ def extract_cmd(source, store_dir, split, views, model, pretrained, checkpoint, 
 def text_cmd(classes_file, store_dir, templates, out, model, pretrained, checkpoint, device):
     """Build the CLIP text classifier: one prompt-ensembled, L2-normalised row per class."""
     from ..encode.text import build_text_classifier, read_classnames
-    from ..store import Store
+    from ..store.store import Store
 
     if not (classes_file or store_dir):
         raise BadInput("no class names: pass --classes FILE or --store DIR")

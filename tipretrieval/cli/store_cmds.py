@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from ..errors import BadInput
-from ..ingest import FIELDS, ImportOptions, import_features
-from ..manifest import DTYPES
-from ..store import Store
+from ..store.ingest import FIELDS, ImportOptions, import_features
+from ..store.manifest import DTYPES
+from ..store.store import Store
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 

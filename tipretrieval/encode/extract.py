@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..atomic import write_json
 from ..errors import BadInput
-from ..manifest import MANIFEST_NAME
-from ..progress import progress
 from ..rows import Rows
-from ..store import Store
+from ..store.manifest import MANIFEST_NAME
+from ..store.store import Store
+from ..util.atomic import write_json
+from ..util.progress import progress
 from .model import Encoder
 from .sources import ImageItem, Source
 from .transforms import decode_image, eval_pixels, image_seed, make_views, view_pixels

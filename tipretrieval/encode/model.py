@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checksum import file_sha256
 from ..errors import BadInput
 from ..provenance import Provenance
+from ..util.checksum import file_sha256
 from .weights import resolve_tag
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
-from ..progress import progress
 from ..provenance import Provenance
-from ..ray_setup import actor_resources, init_ray
+from ..util.progress import progress
+from ..util.ray_setup import actor_resources, init_ray
 from .extract import EncodedBatch, ExtractJob, ExtractOptions, ExtractReport, encode_items
 from .model import Encoder, load_encoder
 from .sources import ImageItem, Source

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
 from ..errors import BadInput
 from ..provenance import Provenance
-from ..resources import data_path
+from ..util.atomic import atomic_path
 from .model import Encoder
 
 TEMPLATE_FILES = {
@@ -23,10 +24,11 @@ TEMPLATE_FILES = {
     "tip_imagenet": "tip_imagenet.txt",     # Tip-Adapter's 7-prompt ImageNet ensemble
 }
 PER_DATASET_FILE = "per_dataset.json"      # CoOp / Tip-Adapter single prompt per dataset
+_TEMPLATES = files("tipretrieval.templates")  # package data; its source is data/templates
 
 
 def _per_dataset() -> dict[str, str]:
-    return json.loads(data_path("templates", PER_DATASET_FILE).read_text())
+    return json.loads(_TEMPLATES.joinpath(PER_DATASET_FILE).read_text())
 
 
 def template_names() -> list[str]:
@@ -34,8 +36,8 @@ def template_names() -> list[str]:
     return sorted(TEMPLATE_FILES) + sorted(_per_dataset())
 
 
-def _read_template_file(path: Path) -> list[str]:
-    if path.suffix == ".json":
+def _read_template_file(path: Path | Traversable) -> list[str]:
+    if path.name.endswith(".json"):
         loaded = json.loads(path.read_text())
         return [str(t) for t in loaded]
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
@@ -46,7 +48,7 @@ def load_templates(name_or_path: str | Path) -> list[str]:
     name = str(name_or_path)
     per_dataset = _per_dataset()
     if name in TEMPLATE_FILES:
-        templates = _read_template_file(data_path("templates", TEMPLATE_FILES[name]))
+        templates = _read_template_file(_TEMPLATES.joinpath(TEMPLATE_FILES[name]))
     elif name in per_dataset:
         templates = [per_dataset[name]]
     elif Path(name).is_file():

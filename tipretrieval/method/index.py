@@ -15,8 +15,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import BadInput, CorruptData
+from ..errors import BadInput, CorruptData
+from ..util.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

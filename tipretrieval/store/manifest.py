@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_json
-from .errors import BadInput, CorruptData
-from .provenance import Provenance
+from ..errors import BadInput, CorruptData
+from ..provenance import Provenance
+from ..util.atomic import write_json
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

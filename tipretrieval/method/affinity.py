@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import BadInput
+from ..errors import BadInput
 
 BLOCK_BYTES = 16 << 20
 QUERY_BLOCK = 512

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
+from ..errors import BadInput, TipError
 from . import affinity
-from .errors import BadInput, TipError
 from .index import KeyIndex
 
-METHODS = ("tip", "zero-shot", "cache")
-MODES = ("exact", "retrieval")
+Method = Literal["zero-shot", "cache", "tip"]
+Mode = Literal["exact", "retrieval"]
+METHODS: tuple[str, ...] = get_args(Method)
+MODES: tuple[str, ...] = get_args(Mode)
 RESCORE = 4
 
 

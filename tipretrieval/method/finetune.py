@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import BadInput
+from ..util.progress import progress
 from . import affinity, tune
-from .errors import BadInput
-from .progress import progress
 
 EVAL_ROWS = 4096
 

@@ -8,10 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadInput
-from .progress import progress
+from ..cache.labels import class_map, relabel
+from ..errors import BadInput
+from ..method.adapter import METHODS
+from ..util.progress import progress
 
-METHODS = ("zero-shot", "cache", "tip", "tip-f")
+EVAL_METHODS: tuple[str, ...] = (*METHODS, "tip-f")  # tip-f: the fine-tuned keys, if any
 
 
 @dataclass
@@ -51,23 +53,6 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def class_map(cache_classes: Sequence[str], store_classes: Sequence[str]) -> np.ndarray:
-    """For each store class index, the cache's index of the same class name (-1 if absent)."""
-    where = {name: i for i, name in enumerate(cache_classes)}
-    return np.array([where.get(name, -1) for name in store_classes], dtype=np.int64)
-
-
-def relabel(mapping: np.ndarray, labels: np.ndarray, store_classes: Sequence[str],
-            split: str) -> np.ndarray:
-    """Store labels -> cache class indices via `class_map`; BadInput for a class not cached."""
-    out = mapping[labels]
-    if (out < 0).any():
-        name = store_classes[int(labels[out < 0][0])]
-        raise BadInput(f"'{split}' rows of class {name!r}, which the cache lacks: add shots of "
-                       "it (tipretrieval add-shots) or use rows of the cache's classes")
-    return out
-
-
 def topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """(B,) bool: whether each row's label is among its k largest logits."""
     k = min(k, logits.shape[1])
@@ -76,8 +61,8 @@ def topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def _unavailable(cache, method: str) -> str | None:
-    if method not in METHODS:
-        raise BadInput(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
+    if method not in EVAL_METHODS:
+        raise BadInput(f"unknown method {method!r}: choose from {', '.join(EVAL_METHODS)}")
     if method == "tip-f" and cache.method != "tip-f":
         return "cache is not fine-tuned: run `tipretrieval finetune` first"
     if method in ("zero-shot", "tip", "tip-f") and cache.text is None:
@@ -95,7 +80,7 @@ def _training_free(cache, store, notes: dict[str, str | None]):
     return cache.training_free(store)
 
 
-def evaluate(cache, store, *, split: str = "test", methods: Sequence[str] = METHODS,
+def evaluate(cache, store, *, split: str = "test", methods: Sequence[str] = EVAL_METHODS,
              mode: str = "exact", k: int = 64, batch_size: int = 8192) -> EvalReport:
     """Top-1/top-5 accuracy (percent) of `methods` on the labelled `split` rows of `store`."""
     cache.provenance.check_compatible(store.provenance, f"rows of store {store.path}")

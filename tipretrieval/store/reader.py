@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInput
+from ..errors import BadInput
+from ..rows import Rows
 from .float16 import convert
 from .manifest import DTYPES, Manifest, ShardInfo
-from .rows import Rows
 from .shard import CHUNK_ROWS, IdKeys, ShardReader, decode
 
 COLUMNS = ("ids", "features", "labels", "splits", "sources", "row_ids")
@@ -82,19 +82,28 @@ class Piece:
 
 
 def _plan(shard_dir: Path, shards: list[ShardInfo], splits: set | None,
-          label_set: set | None, ids: list | None) -> Iterator[Piece]:
+          label_set: set | None, ids: list | None,
+          row_ids: np.ndarray | None = None) -> Iterator[Piece]:
     """The matching rows of `shards` in store order: whole shards when nothing filters,
-    else pieces of at most SCAN_ROWS rows (only the filtered columns are read)."""
+    else pieces of at most SCAN_ROWS rows (only the filtered columns are read). `row_ids`
+    (sorted, unique) selects rows by row id without opening the shards they are not in."""
     keys = None if ids is None else IdKeys.of(ids)
     for info in shards:
-        if splits is None and label_set is None and keys is None:
+        if splits is None and label_set is None and keys is None and row_ids is None:
             yield Piece(info, 0, info.rows)
             continue
+        rows = None
+        if row_ids is not None:
+            first = info.first_row_id
+            rows = row_ids[np.searchsorted(row_ids, first):
+                           np.searchsorted(row_ids, first + info.rows)] - first
+            if not len(rows):
+                continue
         with ShardReader(shard_dir, info) as shard:
-            rows = None
             if keys is not None:
                 located = shard.locate(keys)
-                rows = np.unique(located[located >= 0])
+                found = np.unique(located[located >= 0])
+                rows = found if rows is None else np.intersect1d(rows, found)
                 if not len(rows):
                     continue
             lo, hi = (0, info.rows) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
@@ -166,7 +175,7 @@ class BatchReader:
         return self._reader
 
     def read(self, batch_size: int, splits: set | None, label_set: set | None,
-             ids: list | None) -> Iterator[Rows]:
+             ids: list | None, row_ids: np.ndarray | None = None) -> Iterator[Rows]:
         """The matching rows of the snapshot in store order, in batches of `batch_size`;
         batches never mix rows with and without views (or sources, when read)."""
         shards = [s for s in self._manifest.shards if matching(s, splits, label_set)]
@@ -175,8 +184,8 @@ class BatchReader:
         def key(info: ShardInfo) -> tuple:
             return (info.views if self._with_views else 0, info.has_sources and sources)
         try:
-            for batch in _batches(_plan(self._dir, shards, splits, label_set, ids), batch_size,
-                                  key):
+            plan = _plan(self._dir, shards, splits, label_set, ids, row_ids)
+            for batch in _batches(plan, batch_size, key):
                 yield self.batch(batch)
         finally:
             self.close()

@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from . import cache_files
-from .cache_files import META, CacheInfo, Files, Segment
-from .cache_text import check_text, new_class_text, resolve_text
-from .errors import BadInput, CorruptData, TipError
-from .provenance import Provenance
-from .rows import Rows
+from ..errors import BadInput, CorruptData, TipError
+from ..provenance import Provenance
+from ..rows import Rows
+from . import files as cache_files
+from .files import META, CacheInfo, Files, Segment
+from .labels import class_map, relabel
 from .shots import sample_shots, stored_shots
+from .text import check_text, new_class_text, resolve_text
 
 __all__ = ["META", "Cache", "CacheInfo", "sample_shots"]
 
@@ -151,7 +152,7 @@ class Cache:
     def index(self):
         """The FAISS index over the keys (ids = store row ids), loaded or built on first use."""
         if self._index is None:
-            from .index import KeyIndex
+            from ..method.index import KeyIndex
 
             if self._index_file is None:
                 self._index = KeyIndex.build(self.keys, self.row_ids, spec=self.info.index_spec)
@@ -172,7 +173,7 @@ class Cache:
     def adapter(self):
         """The TipAdapter for this cache (text, keys, labels, alpha, beta and the index)."""
         if self._adapter is None:
-            from .adapter import TipAdapter
+            from ..method.adapter import TipAdapter
 
             self._adapter = TipAdapter(
                 self.keys, self.labels, self.num_classes, text=self.text, alpha=self.alpha,
@@ -197,7 +198,7 @@ class Cache:
 
     def classify(self, x: np.ndarray, top_k: int = 5, mode: str = "exact", k: int = 64):
         """Top-k predictions (class indices, softmax probabilities) of the queries `x`."""
-        from .adapter import top_k as take_top_k
+        from ..method.adapter import top_k as take_top_k
 
         return take_top_k(self.logits(x, mode=mode, k=k), top_k)
 
@@ -209,8 +210,6 @@ class Cache:
     # --- jobs -------------------------------------------------------------------------
     def rows_of(self, store, split: str, *, with_views: bool = False) -> Rows:
         """The labelled `split` rows of `store`, relabelled to this cache's class indices."""
-        from .evaluate import class_map, relabel
-
         self.provenance.check_compatible(store.provenance, f"rows of store {store.path}")
         rows = store.labelled(split=split, with_views=with_views)
         if len(rows) == 0:
@@ -222,7 +221,7 @@ class Cache:
     def tune(self, val: Rows, *, scale: tuple[float, float] = (7.0, 3.0),
              steps: tuple[int, int] = (200, 20)):
         """Run the official alpha/beta search on `val` rows and adopt its choice."""
-        from .tune import search
+        from ..method.tune import search
 
         if self.text is None:
             raise BadInput("tuning needs a text classifier: rebuild with --text or --templates")
@@ -234,17 +233,11 @@ class Cache:
             "steps": list(steps)})
         return result
 
-    def evaluate(self, store, *, split: str = "test", **options: Any):
-        """Top-1/top-5 table of each method on the labelled `split` rows of `store`."""
-        from .evaluate import evaluate
-
-        return evaluate(self, store, split=split, **options)
-
     def finetune(self, store, val: Rows, *, epochs: int = 20, seed: int = 0,
                  device: str | None = None, scale: tuple[float, float] = (7.0, 3.0),
                  steps: tuple[int, int] = (200, 20)):
         """Tip-Adapter-F on the stored views of this cache's shots; best epoch on `val`."""
-        from .finetune import finetune
+        from ..method.finetune import finetune
 
         if self.text is None:
             raise BadInput("fine-tuning needs a text classifier: rebuild with --text/--templates")

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from .errors import BadInput
+from ..errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def stored_shots(store, wanted: np.ndarray, dim: int, store_id: str | None, *,
     features = np.zeros((len(wanted), dim), dtype=np.float32)
     views: np.ndarray | None = None
     found = np.zeros(len(wanted), dtype=bool)
-    for batch in store.iter_rows(8192, with_views=with_views):
+    for batch in store.iter_rows(8192, row_ids=wanted, with_views=with_views):
         hit = np.isin(batch.row_ids, wanted)
         if not hit.any() or (with_views and batch.views is None):
             continue

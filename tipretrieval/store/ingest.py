@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadInput, TipError
+from ..errors import BadInput, TipError
+from ..provenance import Provenance
+from ..rows import Rows
 from .manifest import MANIFEST_NAME
-from .provenance import Provenance
-from .rows import Rows
 from .store import Store
 from .validate import check_finite
 

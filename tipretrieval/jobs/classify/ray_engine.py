@@ -15,18 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .classify import (
-    JobSpec,
-    Journal,
-    PartRecord,
-    classify_rows,
-    part_ranges,
-    query_rows,
-    read_part,
-    write_part,
-)
-from .progress import progress
-from .ray_setup import actor_resources, init_ray
+from ...store.store import Store
+from ...util.progress import progress
+from ...util.ray_setup import actor_resources, init_ray
+from .journal import JobSpec, Journal, PartRecord
+from .parts import classify_rows, part_ranges, query_rows, read_part, write_part
 
 log = logging.getLogger(__name__)
 _FIELDS = [f.name for f in fields(PartRecord)]
@@ -36,9 +29,7 @@ class PartClassifier:
     """A Ray actor: classifies parts of the query store with the cache it was given."""
 
     def __init__(self, cache_ref, store_path: str, out: str, spec: dict) -> None:
-        import ray
-
-        from .store import Store
+        import ray  # optional dependency
 
         self.cache = ray.get(cache_ref)
         self.store = Store.open(store_path)
@@ -62,7 +53,7 @@ class PartClassifier:
 def run_ray(cache, store, out: Path, journal: Journal, *, address: str | None = None,
             show_progress: bool = True) -> None:
     """Classify the parts `journal` lacks on Ray, committing each as it finishes."""
-    import ray
+    import ray  # optional dependency
 
     init_ray(address)
     spec = journal.spec

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInput
-from .provenance import Provenance
+from ..errors import BadInput
+from ..provenance import Provenance
 
 
 def check_text(text: np.ndarray | None, num_classes: int, dim: int) -> np.ndarray | None:
@@ -48,7 +48,7 @@ def resolve_text(text, templates: str | None, classes: list[str], provenance: Pr
 
 def _text_from_file(path: Path, classes: list[str], provenance: Provenance) -> TextSource:
     """Rows of a saved text classifier, reordered to `classes`; its encoder must match."""
-    from .encode.text import TextClassifier
+    from ..encode.text import TextClassifier
 
     saved = TextClassifier.load(path, expect=provenance)
     where = {name: i for i, name in enumerate(saved.classes)}
@@ -63,8 +63,8 @@ def _text_from_file(path: Path, classes: list[str], provenance: Provenance) -> T
 def _encode_text(provenance: Provenance, classes: list[str], templates: str, encoder=None
                  ) -> np.ndarray:
     """Encode the class prompts of `templates` with the cache's encoder."""
-    from .encode import load_encoder
-    from .encode.text import load_templates, text_classifier
+    from ..encode import load_encoder
+    from ..encode.text import load_templates, text_classifier
 
     if encoder is None:
         if provenance.weights.startswith("sha256:") or provenance.weights == "random" \

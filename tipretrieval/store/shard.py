@@ -21,12 +21,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .atomic import atomic_path
-from .checksum import file_sha256
-from .errors import CorruptData
+from ..errors import CorruptData
+from ..rows import Rows
+from ..util.atomic import atomic_path
+from ..util.checksum import file_sha256
 from .float16 import as_float32
 from .manifest import ShardInfo
-from .rows import Rows
 
 CHUNK_ROWS = 4096
 _CHUNK_BYTES = 4 << 20

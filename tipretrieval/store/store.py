@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
-from .errors import BadInput, TipError
+from ..errors import BadInput, TipError
+from ..provenance import Provenance
+from ..rows import Rows
+from ..util.progress import progress
 from .manifest import DTYPES, MANIFEST_NAME, Manifest
-from .progress import progress
-from .provenance import Provenance
 from .reader import COLUMNS, BatchReader, matching
-from .rows import Rows
 from .shard import IdKeys, ShardReader, verify_shard, write_shard
 from .validate import check_rows, extended_classes, first_bad
 
@@ -231,24 +231,25 @@ class Store:
                            with_views)
 
     def iter_rows(self, batch_size: int = 8192, *, split=None, labels=None, ids=None,
-                  with_views: bool = False, columns: Iterable[str] = COLUMNS,
+                  row_ids=None, with_views: bool = False, columns: Iterable[str] = COLUMNS,
                   features_dtype: str | None = "float32") -> Iterator[Rows]:
         """Stream rows in store order, in batches of `batch_size`, with bounded memory.
 
-        `split` (a name or names), `labels` (an index or indices) and `ids` (string ids)
-        filter the rows; `with_views` also reads the stored views. `columns` names the
-        fields to read (always 'features'); the others are None. `features_dtype` is the
-        dtype of features and views: float32 (default), float16, or None for the on-disk
-        dtype (no conversion; fastest). Batches never mix rows with and without views (or
-        sources, when read). The snapshot is fixed when this is called.
+        `split` (a name or names), `labels` (an index or indices), `ids` (string ids) and
+        `row_ids` (int64 row ids) filter the rows; `with_views` also reads the stored views.
+        `columns` names the fields to read (always 'features'); the others are None.
+        `features_dtype` is the dtype of features and views: float32 (default), float16,
+        or None for the on-disk dtype (no conversion; fastest). Batches never mix rows with
+        and without views (or sources, when read). The snapshot is fixed when this is called.
         """
         if batch_size < 1:
             raise BadInput(f"batch size {batch_size} is not positive: give a size >= 1")
         reader = self._reader(columns, features_dtype, with_views)
+        wanted = None if row_ids is None else np.unique(np.asarray(row_ids, dtype=np.int64))
         return reader.read(batch_size, _as_set(split, str), _as_set(labels, int),
-                           None if ids is None else list(ids))
+                           None if ids is None else list(ids), wanted)
 
-    def select(self, *, split=None, labels=None, ids=None, with_views: bool = False,
+    def select(self, *, split=None, labels=None, ids=None, row_ids=None, with_views: bool = False,
                columns: Iterable[str] = COLUMNS, features_dtype: str | None = "float32") -> Rows:
         """All matching rows as one `Rows` (store order); loads them, so filter first."""
         splits, label_set = _as_set(split, str), _as_set(labels, int)
@@ -256,12 +257,33 @@ class Store:
         if ids is not None:
             ids = list(ids)
             most = min(most, len(ids))
+        if row_ids is not None:
+            row_ids = np.asarray(row_ids, dtype=np.int64)
+            most = min(most, len(row_ids))
         parts = list(self.iter_rows(max(most, 1), split=split, labels=labels, ids=ids,
-                                    with_views=with_views, columns=columns,
+                                    row_ids=row_ids, with_views=with_views, columns=columns,
                                     features_dtype=features_dtype))
         if not parts:
             return self._reader(columns, features_dtype, with_views).batch([])
         return parts[0] if len(parts) == 1 else Rows.concat(parts)
+
+    def read_range(self, start: int, stop: int, *, split: str | None = None) -> Rows:
+        """The rows (of `split`, or all) whose row ids lie in `[start, stop)`, in row-id order.
+
+        Only the shards overlapping the range are opened: the unit of work of jobs that cut a
+        store into row-id ranges (classify parts).
+        """
+        pieces = []
+        for info in self._manifest.shards:
+            lo, hi = max(start, info.first_row_id), min(stop, info.first_row_id + info.rows)
+            if lo >= hi or (split is not None and split not in info.counts):
+                continue
+            with ShardReader(self._path / SHARD_DIR, info) as shard:
+                block = shard.read(lo - info.first_row_id, hi - info.first_row_id)
+            pieces.append(block.to_rows(None if split is None else block.splits == split))
+        if not pieces:
+            return Rows.make([], np.empty((0, self.dim), np.float32), row_ids=np.empty(0))
+        return pieces[0] if len(pieces) == 1 else Rows.concat(pieces)
 
     def labelled(self, split=None, with_views: bool = False) -> Rows:
         """The rows with a label (>= 0): Tip-Adapter's cache candidates."""

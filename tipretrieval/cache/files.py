@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from .atomic import atomic_path, write_json
-from .errors import BadInput, CorruptData, TipError
-from .provenance import Provenance
+from ..errors import BadInput, CorruptData, TipError
+from ..provenance import Provenance
+from ..util.atomic import atomic_path, write_json
 
 FORMAT = "tipretrieval-cache"
 VERSION = 1

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json
-from .errors import BadInput
-from .evaluate import EvalReport, evaluate
+from ..errors import BadInput
+from ..jobs.evaluate import EvalReport, evaluate
+from ..util.atomic import write_json
 from .synthetic import SplitSizes, SyntheticDataset, make_dataset, write_store
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def _accuracy(report: EvalReport, method: str) -> float:
 def _run_shots(store, text: np.ndarray, shots: int, out: Path, config: DemoConfig, seed: int,
                fine_tune: bool) -> tuple[ShotResult, EvalReport]:
     """build -> tune -> eval, then (when `fine_tune`) finetune -> eval tip-f, for one K."""
-    from .cache import Cache
+    from ..cache.cache import Cache
 
     path = out / f"cache-{shots}shot"
     cache = Cache.build(store, shots, seed=seed, text=text)
@@ -131,7 +131,7 @@ def _run_shots(store, text: np.ndarray, shots: int, out: Path, config: DemoConfi
 def _classify_queries(cache_dir: str, store_path: Path, out: Path,
                       dataset: SyntheticDataset, per_class: int) -> tuple[Path, int, float]:
     """Classify the query split into CSV parts; score top-1 against the hidden labels."""
-    from .classify import ClassifyOptions, classify_store, read_output
+    from ..jobs.classify import ClassifyOptions, classify_store, read_output
 
     pred_dir = out / "predictions"
     classify_store(cache_dir, store_path, pred_dir,

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInput
-from .provenance import Provenance
-from .rows import Rows
+from ..errors import BadInput
+from ..provenance import Provenance
+from ..rows import Rows
 
 GROUP_NAMES = (
     "bird", "dog", "cat", "fish", "flower", "tree", "car", "boat", "aircraft", "insect",
@@ -227,7 +227,7 @@ class SplitSizes:
 def write_store(path: str | Path, dataset: SyntheticDataset, sizes: SplitSizes | None = None, *,
                 dtype: str = "float16"):
     """Create a Store at `path` holding train (with views), val, test and unlabelled query rows."""
-    from .store import Store
+    from ..store.store import Store
 
     sizes = sizes or SplitSizes()
     store = Store.create(path, dim=dataset.dim, provenance=dataset.provenance(),

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInput
+from ..errors import BadInput
+from ..provenance import Provenance
+from ..rows import Rows
 from .manifest import Manifest
-from .provenance import Provenance
-from .rows import Rows
 from .shard import IdKeys
 
 NORM_TOLERANCE = 2e-3

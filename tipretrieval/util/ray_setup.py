@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from .errors import BadInput
+from typing import Literal, get_args
+
+from ..errors import BadInput
+
+Engine = Literal["local", "ray"]
+ENGINES: tuple[str, ...] = get_args(Engine)
 
 
 def init_ray(address: str | None = None) -> None:

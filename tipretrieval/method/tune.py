@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import BadInput
+from ..util.atomic import atomic_path, write_json
+from ..util.progress import progress
 from . import affinity
-from .atomic import atomic_path, write_json
-from .errors import BadInput
-from .progress import progress
 
 BLOCK_BYTES = 128 << 20
 

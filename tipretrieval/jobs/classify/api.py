@@ -1,0 +1,95 @@
+"""Classify a whole query store (or a folder of images) into a resumable output directory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from ...cache.cache import Cache
+from ...encode.extract import ExtractOptions, extract
+from ...encode.model import RANDOM_WEIGHTS, load_encoder
+from ...encode.sources import scan_source
+from ...errors import BadInput, TipError
+from ...store.store import Store
+from ...util.ray_setup import ENGINES
+from .journal import JobSpec, Journal, open_job
+from .local import run_local
+from .options import ClassifyOptions
+from .output import Results, writer_for
+
+log = logging.getLogger(__name__)
+
+
+def classify_store(cache_path: str | Path, store_path: str | Path, out: str | Path,
+                   options: ClassifyOptions | None = None, *, overwrite: bool = False,
+                   accept_new_generation: bool = False, engine: str = "local",
+                   ray_address: str | None = None, show_progress: bool = True) -> Journal:
+    """Classify every query row of a store into `out`, resuming a killed run of the same job."""
+    if engine not in ENGINES:
+        raise BadInput(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    options = options or ClassifyOptions()
+    cache = Cache.load(cache_path)
+    store = Store.open(store_path)
+    cache.provenance.check_compatible(store.provenance, what=f"query store {store_path}")
+    spec = JobSpec(cache_id=str(Path(cache_path).resolve()), cache_generation=cache.generation,
+                   store_id=store.store_id, store_generation=store.generation, options=options)
+    out = Path(out)
+    journal = open_job(out, spec, store.manifest.next_row_id, overwrite=overwrite,
+                       accept_new_generation=accept_new_generation)
+    if journal.complete:
+        log.info("%s was already complete", out)
+    elif engine == "ray":
+        from .ray_engine import run_ray  # optional dependency: ray
+
+        run_ray(cache, store, out, journal, address=ray_address, show_progress=show_progress)
+    else:
+        run_local(cache, store, out, journal, show_progress=show_progress)
+    journal.finish(out)  # again when complete: a kill may have come before `_SUCCESS`
+    log.info("%d rows classified into %s", journal.to_json()["rows"], out)
+    return journal
+
+
+def iter_output(out: str | Path, *, allow_partial: bool = False) -> Iterator[Results]:
+    """The committed parts of a classify output, in input order (bounded memory)."""
+    out = Path(out)
+    journal = Journal.load(out)
+    if not journal.complete and not allow_partial:
+        raise TipError(f"{out} is incomplete: rerun the classify command to finish it")
+    writer = writer_for(journal.spec.options.fmt)
+    for index in sorted(journal.parts):
+        yield writer.read(out / journal.parts[index].file)
+
+
+def read_output(out: str | Path, *, allow_partial: bool = False) -> Results:
+    """All results of a classify output as one `Results` (committed parts only)."""
+    parts = list(iter_output(out, allow_partial=allow_partial))
+    if not parts:
+        raise TipError(f"{out} holds no results: the query store selected no rows")
+    return Results.concat(parts)
+
+
+QUERY_STORE = "_query_store"
+
+
+def store_from_images(cache_path: str | Path, source: str | Path, out: str | Path, *,
+                      model: str | None = None, checkpoint: str | Path | None = None,
+                      device: str | None = None) -> Path:
+    """Encode the images of `source` with the cache's encoder into `out/_query_store`.
+
+    `model` (default: the cache's encoder name) may be an open_clip model-config JSON.
+    Extraction skips images already stored, so a killed job resumes here too.
+    """
+    prov = Cache.load(cache_path).provenance
+    if prov.weights.startswith("sha256:") and checkpoint is None:
+        raise BadInput(f"the cache was encoded with a checkpoint file ({prov.weights[:19]}...): "
+                       "pass it with --checkpoint")
+    pretrained = None if checkpoint or prov.weights == RANDOM_WEIGHTS else prov.weights
+    encoder = load_encoder(model or prov.encoder, pretrained=pretrained, checkpoint=checkpoint,
+                           device=device)
+    prov.check_compatible(encoder.provenance, what="the images' encoder")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    path = Path(out) / QUERY_STORE
+    extract(scan_source(source, unlabelled=True), path, encoder,
+            ExtractOptions(split="query", views=0, progress=False))
+    return path

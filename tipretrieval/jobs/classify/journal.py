@@ -1,0 +1,177 @@
+"""The journal of a classify output: the job's identity, its committed parts, resume rules.
+
+Part `i` holds the query rows whose store row id lies in `[i * batch_size, (i + 1) * batch_size)`,
+so part boundaries depend only on the input, never on timing. Each part is written to a temporary
+file, fsynced and renamed, then `journal.json` (replaced atomically) lists it as committed. A
+rerun skips committed parts and rewrites the others, so the finished output holds every query
+row exactly once and is byte-identical to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ...errors import BadInput, TipError
+from ...util.atomic import atomic_path, fsync_dir, write_json
+from .options import ClassifyOptions
+
+log = logging.getLogger(__name__)
+
+JOURNAL = "journal.json"
+SUCCESS = "_SUCCESS"
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """The identity of a job: its inputs (with their generations) and its options."""
+
+    cache_id: str
+    cache_generation: int
+    store_id: str
+    store_generation: int
+    options: ClassifyOptions
+
+    def digest(self) -> str:
+        """A hash of the job parameters, stored in the journal."""
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> JobSpec:
+        return cls(**{**obj, "options": ClassifyOptions(**obj["options"])})
+
+    def differences(self, other: JobSpec) -> dict[str, tuple[Any, Any]]:
+        """Fields (options flattened) whose values differ, as (self, other)."""
+        mine = {**asdict(self), **asdict(self.options)}
+        theirs = {**asdict(other), **asdict(other.options)}
+        return {k: (v, theirs[k]) for k, v in mine.items() if k != "options" and v != theirs[k]}
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    """One committed part: its store row-id range, row count, file and cache generation."""
+
+    index: int
+    start: int
+    stop: int
+    rows: int
+    file: str
+    cache_generation: int
+
+
+@dataclass
+class Journal:
+    """The state of an output directory: the job, its committed parts and completion."""
+
+    spec: JobSpec
+    store_rows: int
+    parts: dict[int, PartRecord] = field(default_factory=dict)
+    complete: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": _FORMAT_VERSION,
+            "state": "complete" if self.complete else "running",
+            "spec_hash": self.spec.digest(),
+            "spec": self.spec.to_json(),
+            "store_rows": self.store_rows,
+            "rows": sum(p.rows for p in self.parts.values()),
+            "parts": [asdict(self.parts[i]) for i in sorted(self.parts)],
+        }
+
+    @classmethod
+    def load(cls, out: Path) -> Journal:
+        """Read `out/journal.json`; TipError when it is not a classify output."""
+        try:
+            obj = json.loads((out / JOURNAL).read_text())
+            return cls(
+                spec=JobSpec.from_json(obj["spec"]),
+                store_rows=int(obj["store_rows"]),
+                parts={p["index"]: PartRecord(**p) for p in obj["parts"]},
+                complete=obj["state"] == "complete",
+            )
+        except FileNotFoundError:
+            raise TipError(f"{out} has no {JOURNAL}: it is not a classify output") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TipError(
+                f"{out / JOURNAL} is unreadable ({exc}): rerun with --overwrite"
+            ) from None
+
+    def save(self, out: Path) -> None:
+        write_json(out / JOURNAL, self.to_json())
+
+    def commit(self, out: Path, record: PartRecord) -> None:
+        """Record a part whose file is already durable, then persist the journal."""
+        self.parts[record.index] = record
+        self.save(out)
+
+    def finish(self, out: Path) -> None:
+        """Mark the job complete (journal state and the `_SUCCESS` marker)."""
+        self.complete = True
+        self.save(out)
+        with atomic_path(out / SUCCESS) as tmp:
+            tmp.write_text(self.spec.digest() + "\n")
+
+
+def open_job(out: Path, spec: JobSpec, store_rows: int, *, overwrite: bool = False,
+             accept_new_generation: bool = False) -> Journal:
+    """The journal to continue in `out`: new, resumed, or refused when the job differs."""
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:  # the journal goes first: a kill must not leave it naming deleted parts
+        for name in (SUCCESS, JOURNAL):
+            (out / name).unlink(missing_ok=True)
+        fsync_dir(out)
+        _clear(out, keep=set())
+    if not (out / JOURNAL).exists():
+        if any(p for p in out.iterdir() if not p.name.startswith((".", "_"))):
+            raise BadInput(f"{out} exists and is not a classify output: choose a new --out")
+        journal = Journal(spec=spec, store_rows=store_rows)
+        journal.save(out)
+        return journal
+    journal = Journal.load(out)
+    diffs = journal.spec.differences(spec)
+    changed = {k: v for k, v in diffs.items() if not k.endswith("_generation")}
+    if changed:
+        raise BadInput(f"{out} holds a classify job with other parameters ({_listed(changed)}): "
+                       "use a new --out or pass --overwrite")
+    if diffs and journal.complete:
+        raise BadInput(f"{out} holds a finished job over older inputs ({_listed(diffs)}): "
+                       "use a new --out or pass --overwrite to classify the current data")
+    if diffs and not accept_new_generation:
+        raise BadInput(f"the inputs changed since this job started ({_listed(diffs)}): pass "
+                       "--accept-new-generation to finish with the current data, or --overwrite")
+    if diffs:
+        journal = _adopt(journal, spec, store_rows)
+        journal.save(out)
+    _clear(out, keep={p.file for p in journal.parts.values()})
+    return journal
+
+
+def _listed(diffs: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in diffs.items())
+
+
+def _adopt(journal: Journal, spec: JobSpec, store_rows: int) -> Journal:
+    """Continue under new generations; a part cut short by the old store end is redone."""
+    log.warning("continuing %s under new input generations", spec.digest()[:12])
+    parts = {i: p for i, p in journal.parts.items()
+             if p.stop < journal.store_rows or journal.store_rows == store_rows}
+    return replace(journal, spec=spec, store_rows=store_rows, parts=parts, complete=False)
+
+
+def _clear(out: Path, keep: set[str]) -> None:
+    """Remove part files not listed in `keep` and temporary files left by a killed run."""
+    for path in out.iterdir():
+        stale = path.name.startswith("part-") and path.name not in keep
+        if stale or (path.name.startswith(".") and path.name.endswith(".tmp")):
+            path.unlink()
+
+

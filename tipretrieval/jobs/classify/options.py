@@ -1,0 +1,35 @@
+"""What a classify job computes and how it writes it: `ClassifyOptions`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import BadInput
+from ...method.adapter import METHODS, MODES
+from .output import writer_for
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """What to compute and how to write it; all of it determines the output."""
+
+    top_k: int = 5
+    method: str = "tip"
+    mode: str = "exact"
+    k: int = 64
+    fmt: str = "parquet"
+    batch_size: int = 8192
+    logits: bool = False
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise BadInput(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.mode not in MODES:
+            raise BadInput(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        for name in ("top_k", "k", "batch_size"):
+            if getattr(self, name) < 1:
+                raise BadInput(f"{name.replace('_', '-')} must be at least 1")
+        writer_for(self.fmt)
+
+

@@ -1,0 +1,7 @@
+"""The method: Tip-Adapter's math over plain arrays and FAISS, knowing nothing of stores or
+caches on disk.
+
+Owns the affinity kernels (`affinity`), key indices (`index`), the adapter and its logits
+(`adapter`), the official alpha/beta search (`tune`) and Tip-Adapter-F training (`finetune`).
+May import: the contracts (`errors`, `rows`) and `util`; never `store`, `encode` or `cache`.
+"""
