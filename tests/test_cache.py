@@ -6,11 +6,13 @@ import pickle
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
+from tipretrieval.cache import files as cache_files
 from tipretrieval.cache.cache import Cache, sample_shots
 from tipretrieval.demo.synthetic import SplitSizes, make_dataset, write_store
 from tipretrieval.encode.text import TextClassifier
-from tipretrieval.errors import BadInput, CorruptData, TipError
+from tipretrieval.errors import BadInput, ConcurrentChange, CorruptData, StoreLocked
 from tipretrieval.jobs.evaluate import evaluate
 from tipretrieval.method.tune import search
 from tipretrieval.provenance import Provenance
@@ -123,7 +125,7 @@ def test_reader_keeps_its_generation_and_old_files_go(store, data, tmp_path):
     assert np.array_equal(reader.logits(x, mode="retrieval", k=5), before)
     names = {p.name for p in (tmp_path / "c").iterdir()}
     assert not g1_files & names  # generation 1 was merged away and its files deleted
-    with pytest.raises(TipError, match="changed since it was loaded"):
+    with pytest.raises(ConcurrentChange, match="changed since it was loaded"):
         reader.save()
     assert Cache.load(tmp_path / "c").alpha == 6.0
 
@@ -200,3 +202,24 @@ def test_damaged_cache_files_are_one_line_corrupt_data(store, data, tmp_path, da
         segment.unlink()
     with pytest.raises(CorruptData, match=f"cache {tmp_path / 'c'}.*rebuild the cache"):
         Cache.load(tmp_path / "c")
+
+
+def test_changes_never_touch_an_earlier_state(store, data, tmp_path):
+    cache = Cache.build(store, 3, text=data.text)
+    cache.set_params(1.5, 2.0, {"job": "tune"})
+    first = cache.state
+    cache.set_params(2.5, 3.0, {"job": "again"})
+    cache.add_shots(store.labelled("train").take(~np.isin(store.labelled("train").row_ids,
+                                                           cache.row_ids)).take(slice(0, 2)))
+    cache.remove_shots(cache.row_ids[:1])
+    assert [r["job"] for r in first.info.history] == ["tune"]
+    assert first.info.alpha == 1.5 and len(first.keys) == 30
+    assert [r["job"] for r in cache.info.history] == ["tune", "again"] and len(cache) == 31
+
+
+def test_cache_lock_times_out_with_one_line_error(store, data, tmp_path):
+    Cache.build(store, 2, text=data.text).save(tmp_path / "c")
+    with FileLock(str(tmp_path / "c" / cache_files.LOCK_NAME)):
+        with pytest.raises(StoreLocked, match="locked by another writer for over 0.2 s"):
+            with cache_files.lock(tmp_path / "c", timeout=0.2):
+                pass

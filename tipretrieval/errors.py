@@ -1,4 +1,8 @@
-"""Errors with one-line messages that name the problem and the fix."""
+"""Errors with one-line messages that name the problem and, in `hint`, the fix.
+
+A hint names API parameters as `name=` (in backticks); the CLI prints the same hint with each
+such parameter replaced by its command-line option. `str(error)` is "problem: hint".
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,11 @@ class TipError(Exception):
 
     exit_code = 1
 
+    def __init__(self, problem: str, hint: str | None = None) -> None:
+        self.problem = problem
+        self.hint = hint
+        super().__init__(problem if hint is None else f"{problem}: {hint}")
+
 
 class BadInput(TipError):
     """Input the user can fix (wrong shape, unknown class, not a store ...): exit code 2."""
@@ -16,4 +25,16 @@ class BadInput(TipError):
 
 
 class CorruptData(BadInput):
-    """Stored data failed a check (missing, truncated or corrupt shard): exit code 2."""
+    """Stored data failed a check (missing, truncated or corrupt file): exit code 2."""
+
+
+class StoreLocked(TipError):
+    """Another writer held a store's or cache's lock for longer than the timeout: exit code 1."""
+
+
+class ConcurrentChange(TipError):
+    """A store, cache or output changed under this process (load it again): exit code 1."""
+
+
+class NewerFormat(BadInput):
+    """A file written by a newer tipretrieval (its format version is unknown): exit code 2."""

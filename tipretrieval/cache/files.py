@@ -13,69 +13,27 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
-from ..errors import BadInput, CorruptData, TipError
-from ..provenance import Provenance
+from ..errors import BadInput, ConcurrentChange, CorruptData, StoreLocked
+from ..method.index import KeyIndex
 from ..util.atomic import atomic_path, write_json
+from .state import CacheInfo, CacheState, Keys, Segment
 
 FORMAT = "tipretrieval-cache"
 VERSION = 1
 META = "cache.json"
 LOCK_NAME = ".cache.lock"
-COMPACT_FRACTION = 0.1  # merge the key segments when the added keys exceed this share
-MAX_SEGMENTS = 16
+LOCK_TIMEOUT = 60.0  # seconds a writer waits for another writer, as for a store
 _PREFIXES = ("keys-g", "text-g", "index-g")
 _LOAD_TRIES = 5
-
-
-@dataclass
-class CacheInfo:
-    """Everything about a cache except its arrays: what `cache.json` records."""
-
-    classes: list[str]
-    provenance: Provenance
-    alpha: float = 1.0
-    beta: float = 1.0
-    method: str = "tip"
-    store_id: str | None = None
-    store_generation: int | None = None
-    store_path: str | None = None
-    shots: int | None = None  # None: every labelled row
-    seed: int = 0
-    split: str = "train"
-    index_spec: str = "Flat"
-    index_params: str = ""  # FAISS search parameters, e.g. "nprobe=16" for IVF
-    templates: str | None = None  # prompt templates used for the text classifier, if known
-    text_source: str | None = None  # text-classifier file the text came from, if any
-    history: list[dict[str, Any]] = field(default_factory=list)  # tune/finetune records
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["provenance"] = self.provenance.to_json()
-        return out
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> CacheInfo:
-        obj = dict(obj)
-        obj["provenance"] = Provenance.from_json(obj["provenance"])
-        names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in obj.items() if k in names})
-
-
-@dataclass(frozen=True)
-class Segment:
-    """An immutable slice of the keys, in memory and (once saved) in `file`."""
-
-    keys: np.ndarray
-    labels: np.ndarray
-    row_ids: np.ndarray
-    file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,29 +57,79 @@ class Files:
         return {*self.segments, self.index, *([self.text] if self.text else [])}
 
 
-@dataclass(frozen=True)
-class Generation:
-    """One loaded generation: its number, what `cache.json` records and its arrays."""
+@dataclass(frozen=True, eq=False)
+class CacheDir:
+    """A cache directory at one generation: the files it lists and the text array it holds."""
 
-    number: int
-    info: CacheInfo
+    path: Path
+    generation: int
     files: Files
-    segments: list[Segment]
-    text: np.ndarray | None
+    text: np.ndarray | None  # the array in `files.text` (identity tells an unchanged classifier)
+
+    def holds_index_of(self, keys: Keys) -> bool:
+        """Whether this generation's index file holds the leading segments of `keys`."""
+        n = self.files.index_segments
+        return n <= len(keys.segments) and \
+            [s.file for s in keys.segments[:n]] == self.files.segments[:n]
+
+    def load_index(self, keys: Keys) -> KeyIndex:
+        """This generation's index plus the segments of `keys` added after it was written."""
+        path = self.path / self.files.index
+        if not path.exists():
+            raise ConcurrentChange(f"cache {self.path} moved on two generations past the one "
+                                   f"loaded (g{self.generation})", "load it again")
+        index = KeyIndex.load(path)
+        for seg in keys.segments[self.files.index_segments:]:
+            index.add(seg.keys, seg.row_ids)
+        return index
+
+    def save(self, state: CacheState, index: Callable[[], KeyIndex]) -> tuple[CacheDir, Keys]:
+        """Write the next generation of this directory; `index()` gives the current index."""
+        return save(self.path, state, index, self)
 
 
-def lock(path: Path) -> FileLock:
-    """The writer lock of the cache directory `path` (use it as a context manager)."""
-    return FileLock(str(path / LOCK_NAME))
+@contextmanager
+def lock(path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the writer lock of the cache directory `path`; StoreLocked after `timeout` s."""
+    try:
+        held = FileLock(str(path / LOCK_NAME), timeout=timeout).acquire()
+    except Timeout as exc:
+        raise StoreLocked(f"cache {path} is locked by another writer for over {timeout:g} s",
+                          "wait for the other tune/add/remove to finish and retry") from exc
+    with held:
+        yield
 
 
-def needs_compaction(segments: list[Segment]) -> bool:
-    """Whether the next save should merge `segments` into one (and rebuild the index)."""
-    base = len(segments[0].labels)
-    added = sum(len(s.labels) for s in segments[1:])
-    unsaved_base = segments[0].file is None
-    return len(segments) > MAX_SEGMENTS or added > COMPACT_FRACTION * max(base, 1) \
-        or (unsaved_base and len(segments) > 1)
+def save(target: Path, state: CacheState, index: Callable[[], KeyIndex],
+         base: CacheDir | None = None) -> tuple[CacheDir, Keys]:
+    """Write `state` as the next generation of `target`; the new directory and saved keys.
+
+    `base` is the generation `state` was loaded from or saved to in `target` (None: none): its
+    files that still hold the same content are listed again rather than rewritten.
+    ConcurrentChange when another writer has moved `target` on since `base`.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    with lock(target):
+        gen, previous = next_generation(target, base.generation if base else None)
+        keys = state.keys if base is not None else state.keys.unsaved()
+        if keys.needs_compaction():
+            keys = keys.whole()
+        keys = Keys(tuple(s if s.file is not None else write_segment(target, gen, i, s)
+                          for i, s in enumerate(keys.segments)))
+        if state.text is None:
+            text = None
+        elif base is not None and state.text is base.text:
+            text = base.files.text
+        else:
+            text = write_text(target, gen, state.text)
+        if base is not None and base.holds_index_of(keys):
+            index_file, covered = base.files.index, base.files.index_segments
+        else:
+            index_file, covered = index_name(gen), len(keys.segments)
+            index().save(target / index_file)
+        files = Files([s.file for s in keys.segments], text, index_file, covered)
+        commit(target, gen, state.info, len(keys), files, previous)
+    return CacheDir(target, gen, files, state.text), keys
 
 
 def write_segment(path: Path, generation: int, i: int, segment: Segment) -> Segment:
@@ -149,15 +157,15 @@ def next_generation(path: Path, loaded: int | None) -> tuple[int, Files | None]:
     """The number of the next generation of `path` and the current one's files (None: new).
 
     `loaded` is the generation the writer started from (None: a new directory for it);
-    TipError when another writer has moved the cache on since.
+    ConcurrentChange when another writer has moved the cache on since.
     """
     if not (path / META).exists():
         return 1, None
     meta = _read_meta(path)
     if loaded is not None and meta["generation"] != loaded:
-        raise TipError(f"cache {path} changed since it was loaded (generation "
-                       f"{meta['generation']}, loaded {loaded}): load it again and repeat the "
-                       "change")
+        raise ConcurrentChange(f"cache {path} changed since it was loaded (generation "
+                               f"{meta['generation']}, loaded {loaded})",
+                               "load it again and repeat the change")
     return meta["generation"] + 1, Files.from_json(meta["files"])
 
 
@@ -169,26 +177,27 @@ def commit(path: Path, generation: int, info: CacheInfo, num_keys: int, files: F
     _collect_garbage(path, files, previous)
 
 
-def load(path: Path) -> Generation:
+def load(path: Path) -> tuple[CacheDir, CacheState]:
     """The current generation of the cache directory `path`, retried while writers replace it."""
     if not (path / META).is_file():
-        raise BadInput(f"{path} is not a cache (no {META}): build one with "
-                       "`tipretrieval build STORE --shots K --out CACHE`")
+        raise BadInput(f"{path} is not a cache (no {META})",
+                       "build one with `Cache.build(store, shots).save(path)`")
     for _ in range(_LOAD_TRIES):
         meta = _read_meta(path)
         try:
             return _read_generation(path, meta)
         except FileNotFoundError as exc:
             if _read_meta(path)["generation"] == meta["generation"]:
-                raise CorruptData(f"cache {path} lacks {Path(exc.filename).name}: restore or "
-                                  "rebuild the cache") from exc
+                raise CorruptData(f"cache {path} lacks {Path(exc.filename).name}",
+                                  "restore or rebuild the cache") from exc
         except (KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise CorruptData(f"cannot read cache {path} ({exc!r}): restore or rebuild the "
-                              "cache") from exc
-    raise TipError(f"cache {path} keeps changing while it is read: retry when writes stop")
+            raise CorruptData(f"cannot read cache {path} ({exc!r})",
+                              "restore or rebuild the cache") from exc
+    raise ConcurrentChange(f"cache {path} keeps changing while it is read",
+                           "retry when writes stop")
 
 
-def _read_generation(path: Path, meta: dict[str, Any]) -> Generation:
+def _read_generation(path: Path, meta: dict[str, Any]) -> tuple[CacheDir, CacheState]:
     """The arrays of the generation `meta` describes; FileNotFoundError when one is gone."""
     files = Files.from_json(meta["files"])
     segments = []
@@ -200,7 +209,10 @@ def _read_generation(path: Path, meta: dict[str, Any]) -> Generation:
         raise FileNotFoundError(path / files.index)
     info = CacheInfo.from_json({k: v for k, v in meta.items()
                                 if k not in ("format", "version", "generation", "files")})
-    return Generation(int(meta["generation"]), info, files, segments, text)
+    keys = Keys(tuple(segments))
+    if len(segments) > 1 and len(np.unique(keys.row_ids)) != len(keys):
+        raise CorruptData(f"cache {path} holds repeated row ids", "rebuild it")
+    return CacheDir(path, int(meta["generation"]), files, text), CacheState(info, keys, text)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -208,7 +220,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads((path / META).read_text())
     except (OSError, ValueError) as exc:
-        raise CorruptData(f"cannot read {path / META} ({exc}): restore or rebuild the cache"
+        raise CorruptData(f"cannot read {path / META} ({exc})", "restore or rebuild the cache"
                           ) from exc
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise BadInput(f"{path} holds cache format {meta.get('format')} v{meta.get('version')}"

@@ -10,6 +10,8 @@ import numpy as np
 from ..errors import BadInput
 from ..provenance import Provenance
 
+TextInput = np.ndarray | str | Path | None  # an array, a saved text-classifier file, or none
+
 
 def check_text(text: np.ndarray | None, num_classes: int, dim: int) -> np.ndarray | None:
     """`text` as contiguous float32 (C, D); BadInput when its shape does not fit the cache."""
@@ -31,7 +33,7 @@ class TextSource:
     source: str | None = None
 
 
-def resolve_text(text, templates: str | None, classes: list[str], provenance: Provenance,
+def resolve_text(text: TextInput, templates: str | None, classes: list[str], provenance: Provenance,
                  encoder=None) -> TextSource:
     """The (C, D) text classifier from an array, a saved file, or templates + the encoder."""
     if text is not None and templates is not None:
@@ -78,7 +80,7 @@ def _encode_text(provenance: Provenance, classes: list[str], templates: str, enc
                       dtype=np.float32)
 
 
-def new_class_text(names: list[str], text, provenance: Provenance, templates: str | None,
+def new_class_text(names: list[str], text: TextInput, provenance: Provenance, templates: str | None,
                    text_source: str | None, encoder=None) -> np.ndarray:
     """Text-classifier rows for new classes: given, or encoded with the cache's `templates`."""
     if text is not None:

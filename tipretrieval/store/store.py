@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
-from ..errors import BadInput, TipError
+from ..errors import BadInput, StoreLocked
 from ..provenance import Provenance
 from ..rows import Rows
 from ..util.progress import progress
@@ -138,13 +138,13 @@ class Store:
 
     # -- writing ----------------------------------------------------------------------------
     def _locked(self):
-        """Hold the store's writer lock (a context manager); TipError after `lock_timeout`."""
+        """Hold the store's writer lock (a context manager); StoreLocked after `lock_timeout`."""
         try:
             return FileLock(self._path / LOCK_NAME, timeout=self.lock_timeout).acquire()
         except Timeout as exc:
-            raise TipError(
-                f"store {self._path} is locked by another writer for over {self.lock_timeout:g} "
-                "s: wait for the other import/encode to finish and retry"
+            raise StoreLocked(
+                f"store {self._path} is locked by another writer for over {self.lock_timeout:g} s",
+                "wait for the other import/encode to finish and retry"
             ) from exc
 
     def append(self, rows: Rows, *, provenance: Provenance | None = None,
