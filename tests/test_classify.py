@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from tipretrieval.jobs.classify import (
     JOURNAL,
     SUCCESS,
     ClassifyOptions,
+    Journal,
     classify_store,
     read_output,
 )
@@ -148,10 +150,10 @@ def test_new_cache_generation_needs_consent(tmp_path):
     out = tmp_path / "out"
     options = ClassifyOptions(batch_size=32, split="query")
     classify_store(cache_path, store_path, out, options, show_progress=False)
-    journal = json.loads((out / JOURNAL).read_text())
-    dropped = journal["parts"].pop()  # as if killed before the last commit
-    journal["state"] = "running"
-    (out / JOURNAL).write_text(json.dumps(journal))
+    journal = Journal.load(out)
+    dropped = asdict(journal.parts.pop(max(journal.parts)))  # as if killed before the last commit
+    journal.complete = False
+    journal.save(out)
     (out / SUCCESS).unlink()
     Cache.load(cache_path).save()  # another writer moves the cache to a new generation
     with pytest.raises(BadInput, match="cache_generation: 1 -> 2"):

@@ -5,26 +5,37 @@ so part boundaries depend only on the input, never on timing. Each part is writt
 file, fsynced and renamed, then `journal.json` (replaced atomically) lists it as committed. A
 rerun skips committed parts and rewrites the others, so the finished output holds every query
 row exactly once and is byte-identical to an uninterrupted run's.
+
+Nothing is trusted unchecked: the journal carries a sha256 of its own content and of every part
+file. A rerun rewrites parts that are missing or damaged; readers refuse them (`CorruptData`).
+One job at a time writes a directory: it holds `.classify.lock` while it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ...errors import BadInput, TipError
+from filelock import FileLock, Timeout
+
+from ...errors import BadInput, CorruptData, TipError
 from ...util.atomic import atomic_path, fsync_dir, write_json
+from ...util.checksum import file_sha256
 from .options import ClassifyOptions
 
 log = logging.getLogger(__name__)
 
 JOURNAL = "journal.json"
 SUCCESS = "_SUCCESS"
-_FORMAT_VERSION = 1
+LOCK = ".classify.lock"
+LOCK_WAIT_S = 2.0  # a second job into one directory waits this long, then fails
+_FORMAT_VERSION = 2  # 2: checksums of the journal and of every part
 
 
 @dataclass(frozen=True)
@@ -39,7 +50,7 @@ class JobSpec:
 
     def digest(self) -> str:
         """A hash of the job parameters, stored in the journal."""
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+        return _digest(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,14 +68,23 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class PartRecord:
-    """One committed part: its store row-id range, row count, file and cache generation."""
+    """One committed part: its store row-id range, row count, file, its sha256 and the cache
+    generation it was computed with."""
 
     index: int
     start: int
     stop: int
     rows: int
     file: str
+    sha256: str
     cache_generation: int
+
+    def problem(self, out: Path) -> str | None:
+        """Why the part file in `out` cannot be used ("missing", "damaged"), or None."""
+        path = out / self.file
+        if not path.is_file():
+            return "missing"
+        return None if file_sha256(path) == self.sha256 else "damaged (sha256 mismatch)"
 
 
 @dataclass
@@ -77,7 +97,7 @@ class Journal:
     complete: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body = {
             "format_version": _FORMAT_VERSION,
             "state": "complete" if self.complete else "running",
             "spec_hash": self.spec.digest(),
@@ -86,24 +106,36 @@ class Journal:
             "rows": sum(p.rows for p in self.parts.values()),
             "parts": [asdict(self.parts[i]) for i in sorted(self.parts)],
         }
+        return {**body, "checksum": _digest(body)}
 
     @classmethod
     def load(cls, out: Path) -> Journal:
-        """Read `out/journal.json`; TipError when it is not a classify output."""
+        """Read and check `out/journal.json`; TipError when `out` is not a classify output,
+        CorruptData when the journal was damaged or edited."""
+        path = out / JOURNAL
         try:
-            obj = json.loads((out / JOURNAL).read_text())
-            return cls(
-                spec=JobSpec.from_json(obj["spec"]),
-                store_rows=int(obj["store_rows"]),
-                parts={p["index"]: PartRecord(**p) for p in obj["parts"]},
-                complete=obj["state"] == "complete",
-            )
+            obj = json.loads(path.read_bytes())
         except FileNotFoundError:
             raise TipError(f"{out} has no {JOURNAL}: it is not a classify output") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise TipError(
-                f"{out / JOURNAL} is unreadable ({exc}): rerun with --overwrite"
-            ) from None
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise CorruptData(f"{path} is unreadable ({exc}): rerun with --overwrite") from None
+        if not isinstance(obj, dict) or obj.get("checksum") != _digest(
+                {k: v for k, v in obj.items() if k != "checksum"}):
+            raise CorruptData(f"{path} is damaged (checksum mismatch): rerun with --overwrite")
+        if obj.get("format_version") != _FORMAT_VERSION:
+            raise BadInput(f"{path} has format {obj.get('format_version')}, this tipretrieval "
+                           f"reads {_FORMAT_VERSION}: rerun with --overwrite")
+        return cls(
+            spec=JobSpec.from_json(obj["spec"]),
+            store_rows=int(obj["store_rows"]),
+            parts={p["index"]: PartRecord(**p) for p in obj["parts"]},
+            complete=obj["state"] == "complete",
+        )
+
+    def damaged(self, out: Path) -> dict[int, str]:
+        """The committed parts whose files are missing or damaged: {index: problem}."""
+        found = {i: p.problem(out) for i, p in self.parts.items()}
+        return {i: problem for i, problem in found.items() if problem}
 
     def save(self, out: Path) -> None:
         write_json(out / JOURNAL, self.to_json())
@@ -121,9 +153,28 @@ class Journal:
             tmp.write_text(self.spec.digest() + "\n")
 
 
+@contextlib.contextmanager
+def job_lock(out: Path, wait: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the job lock of the directory `out`; TipError when another job holds it `wait` s."""
+    lock = FileLock(str(out / LOCK))
+    try:
+        lock.acquire(timeout=wait)
+    except Timeout:
+        raise TipError(f"another classify job is writing to {out}: wait until it ends or "
+                       "choose another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def open_job(out: Path, spec: JobSpec, store_rows: int, *, overwrite: bool = False,
              accept_new_generation: bool = False) -> Journal:
-    """The journal to continue in `out`: new, resumed, or refused when the job differs."""
+    """The journal to continue in `out`: new, resumed, or refused when the job differs.
+
+    Call it holding `job_lock(out)`. Parts whose files are missing or damaged are dropped from
+    the journal (and their files deleted), so the run writes them again.
+    """
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:  # the journal goes first: a kill must not leave it naming deleted parts
         for name in (SUCCESS, JOURNAL):
@@ -139,6 +190,10 @@ def open_job(out: Path, spec: JobSpec, store_rows: int, *, overwrite: bool = Fal
     journal = Journal.load(out)
     diffs = journal.spec.differences(spec)
     changed = {k: v for k, v in diffs.items() if not k.endswith("_generation")}
+    if "cache_id" in changed:
+        was, now = changed["cache_id"]
+        raise BadInput(f"{out} holds a classify job over another cache (cache id {was}, now "
+                       f"{now}: rebuilt or replaced): use a new --out or pass --overwrite")
     if changed:
         raise BadInput(f"{out} holds a classify job with other parameters ({_listed(changed)}): "
                        "use a new --out or pass --overwrite")
@@ -151,8 +206,27 @@ def open_job(out: Path, spec: JobSpec, store_rows: int, *, overwrite: bool = Fal
     if diffs:
         journal = _adopt(journal, spec, store_rows)
         journal.save(out)
+    damaged = journal.damaged(out)
+    if damaged:
+        journal = _drop(out, journal, damaged)
     _clear(out, keep={p.file for p in journal.parts.values()})
     return journal
+
+
+def _drop(out: Path, journal: Journal, damaged: dict[int, str]) -> Journal:
+    """The journal without the `damaged` parts, saved (not complete) before files go."""
+    for i, problem in sorted(damaged.items()):
+        log.warning("%s is %s: classifying its rows again", out / journal.parts[i].file, problem)
+    (out / SUCCESS).unlink(missing_ok=True)
+    parts = {i: p for i, p in journal.parts.items() if i not in damaged}
+    journal = replace(journal, parts=parts, complete=False)
+    journal.save(out)
+    return journal
+
+
+def _digest(obj: Any) -> str:
+    """sha256 of the canonical JSON of `obj`."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def _listed(diffs: dict[str, tuple[Any, Any]]) -> str:

@@ -10,6 +10,7 @@ from ...method.adapter import top_k
 from ...rows import Rows
 from ...store.store import Store
 from ...util.atomic import atomic_path
+from ...util.checksum import file_sha256
 from .journal import JobSpec, PartRecord
 from .options import ClassifyOptions
 from .output import Results, writer_for
@@ -42,10 +43,9 @@ def write_part(out: Path, spec: JobSpec, index: int, start: int, stop: int,
     name = part_file(index, spec.options.fmt)
     with atomic_path(out / name) as tmp:
         writer_for(spec.options.fmt).write(results, tmp)
+        sha256 = file_sha256(tmp)
     return PartRecord(index=index, start=start, stop=stop, rows=len(results), file=name,
-                      cache_generation=spec.cache_generation)
-
-
+                      sha256=sha256, cache_generation=spec.cache_generation)
 
 
 def read_part(store: Store, start: int, stop: int, split: str | None) -> Rows:

@@ -74,7 +74,7 @@ def run_ray(cache, store, out: Path, journal: Journal, *, address: str | None = 
                   disable=not show_progress) as bar:
         bar.update(sum(p.rows for p in journal.parts.values()))
         for row in results.iter_rows():
-            record = PartRecord(**{k: str(v) if k == "file" else int(v)
+            record = PartRecord(**{k: str(v) if k in ("file", "sha256") else int(v)
                                    for k, v in row.items() if k in _FIELDS})
             journal.commit(out, record)
             bar.update(record.rows)
