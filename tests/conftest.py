@@ -8,6 +8,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Property tests: "ci" (default) stays fast; HYPOTHESIS_PROFILE=nightly tries many more cases.
+_SLOW_OK = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", max_examples=50, **_SLOW_OK)
+settings.register_profile("nightly", max_examples=2000, **_SLOW_OK)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TINY_CLIP_CONFIG = Path(__file__).parent / "assets" / "tiny_clip.json"
 
