@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from test_classify import assert_same, make_inputs, part_bytes
 
-from tipretrieval.jobs.classify import JOURNAL, ClassifyOptions, classify_store, read_output
+from tipretrieval.jobs.classify import ClassifyOptions, Journal, classify_store, read_output
 
 ray = pytest.importorskip("ray")
 
@@ -38,11 +36,11 @@ def test_ray_resumes_a_partial_local_job(inputs, tmp_path):
     out = tmp_path / "out"
     classify_store(*inputs, out, OPTIONS, show_progress=False)
     expected = part_bytes(out)
-    journal = json.loads((out / JOURNAL).read_text())
-    journal["parts"] = journal["parts"][::2]  # half the parts lost, as after a kill
-    journal["state"] = "running"
-    (out / JOURNAL).write_text(json.dumps(journal))
-    for name in set(expected) - {p["file"] for p in journal["parts"]}:
+    journal = Journal.load(out)
+    journal.parts = {i: journal.parts[i] for i in sorted(journal.parts)[::2]}  # as after a kill
+    journal.complete = False
+    journal.save(out)
+    for name in set(expected) - {p.file for p in journal.parts.values()}:
         (out / name).unlink()
     classify_store(*inputs, out, OPTIONS, engine="ray", show_progress=False)
     assert part_bytes(out) == expected
