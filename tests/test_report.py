@@ -93,7 +93,7 @@ def test_class_pages_show_their_rows_and_evidence_free_note(labelled_output):
         assert len(cards) == min(4, len(members))
         assert {a["data-id"] for a in cards} <= members
         summary = page.having("data-shown", "p")[0]
-        assert summary["data-count"] == str(len(members))
+        assert (summary["data-class"], summary["data-count"]) == (name, str(len(members)))
         shots = [a for a in page.having("data-id", "div") if a.get("class") == "shot"]
         assert len(shots) == (1 if c < 5 else 3)
         assert "no evidence shots" in " ".join(page.text)
