@@ -2,10 +2,12 @@
 arrays it stored (store features, cache keys, text classifier)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from report_helpers import read_page
 
 from tipretrieval.cache.cache import Cache
 from tipretrieval.cli import main
@@ -97,6 +99,26 @@ def test_query_predictions(demo):
                                                                         QUICK.sizes.query)
     hits = [top1[i] == truth[int(i.split("/")[1])] for i in query.ids]
     assert results["query_acc"] == pytest.approx(100 * np.mean(hits))
+
+
+def test_ends_with_the_reports(demo):
+    out, text, results = demo
+    assert text.rstrip().endswith(f"(labelled test rows: {results['test_report']})")
+    assert results["report"] in text and "ids instead of thumbnails" in text
+    predicted = read_output(results["predictions"])
+    cache = Cache.load(results["shots"][-1]["cache"])
+    index = read_page(Path(results["report"]))
+    counts = {a["data-class"]: int(a["data-count"]) for a in index.having("data-count", "tr")}
+    assert counts == {n: int((predicted.classes[:, 0] == c).sum())
+                      for c, n in enumerate(cache.classes)}
+    assert "ids are shown instead of thumbnails" in " ".join(index.text)
+    cards = [a for a in read_page(Path(results["report"]).parent / "label.html")
+             .having("data-id", "div") if "card" in a["class"]]
+    assert len(cards) == min(50, len(predicted))
+    test = read_page(Path(results["test_report"])).having("data-accuracy", "p")[0]
+    assert test["data-rows"] == str(results["test_rows"])  # same rows as the accuracy table
+    assert float(test["data-accuracy"]) == pytest.approx(results["shots"][-1]["tip_f"],
+                                                         abs=100.5 / results["test_rows"])
 
 
 def test_refuses_a_foreign_directory(tmp_path):

@@ -71,6 +71,8 @@ class DemoResult:
     predictions: str
     query_rows: int
     query_acc: float  # agreement of the classified queries with their hidden true labels
+    report: str  # index.html of the HTML report of the query predictions
+    test_report: str  # index.html of the report of the (labelled) test rows
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -142,6 +144,23 @@ def _classify_queries(cache_dir: str, store_path: Path, out: Path,
     return pred_dir, len(results), 100.0 * float(np.mean(results.classes[:, 0] == truth[index]))
 
 
+def _reports(cache_dir: str, store_path: Path, out: Path, pred_dir: Path) -> tuple[Path, Path]:
+    """HTML reports of the query predictions and of the classified (labelled) test split."""
+    from ..jobs.classify import ClassifyOptions, classify_store
+    from ..jobs.report import ReportOptions, build_report
+
+    test_dir = out / "test-predictions"
+    classify_store(cache_dir, store_path, test_dir, ClassifyOptions(top_k=5, split="test"),
+                   show_progress=False)
+    query = build_report(pred_dir, out / "report", store=store_path, options=ReportOptions(
+        title="Demo: query rows (synthetic)",
+        links=(("test rows (labelled)", "../report-test/index.html"),)))
+    test = build_report(test_dir, out / "report-test", store=store_path, options=ReportOptions(
+        title="Demo: test rows (synthetic, labelled)",
+        links=(("query rows", "../report/index.html"),)))
+    return query.index, test.index
+
+
 @contextlib.contextmanager
 def _one_torch_thread() -> Iterator[None]:
     """The demo's tensors are small: one intra-op thread avoids OpenMP spin-waits, which make
@@ -176,10 +195,12 @@ def run_demo(out_dir: str | Path, seed: int = 0, config: DemoConfig | None = Non
             rows.append(result)
         pred_dir, n_query, query_acc = _classify_queries(rows[-1].cache, out / "store", out,
                                                          dataset, config.sizes.query)
+        html_index, test_index = _reports(rows[-1].cache, out / "store", out, pred_dir)
     result = DemoResult(
         out_dir=str(out), seed=seed, num_classes=config.num_classes, test_rows=report.rows,
         zero_shot=_accuracy(report, "zero-shot"), shots=rows, predictions=str(pred_dir),
-        query_rows=n_query, query_acc=query_acc,
+        query_rows=n_query, query_acc=query_acc, report=str(html_index),
+        test_report=str(test_index),
     )
     write_json(out / RESULTS, result.to_json())
     return result
@@ -207,6 +228,7 @@ Outputs under {out}/:
   store/                     feature store (train with augmented views, val, test, query)
   cache-<K>shot/             one cache per shot count (tune-grid.json, tune-heatmap.png)
   predictions/               top-5 predictions of the query split (CSV parts + journal.json)
+  report/, report-test/      HTML reports of the query and (labelled) test predictions
   {RESULTS}               every number above
 Rerun a step by hand, e.g.:
   tipretrieval eval {best.cache} --store {out}/store --split test
@@ -222,4 +244,10 @@ On real images (folders of class sub-folders; an open_clip model in the local ca
   tipretrieval finetune cache --train feats --val feats
   tipretrieval eval cache --store feats --split test
   tipretrieval extract new_photos --store feats --split query --views 0 --unlabelled
-  tipretrieval classify cache --store feats --split query --out predictions"""
+  tipretrieval classify cache --store feats --split query --out predictions
+or all of it in one command: tipretrieval fit-predict photos/labelled new_photos --out run \\
+      --model ViT-B-32 --pretrained openai
+
+Report (synthetic rows have no images, so it shows ids instead of thumbnails); open in a browser:
+  {result.report}
+  (labelled test rows: {result.test_report})"""
