@@ -16,6 +16,7 @@ from .model import Card, Report, Shot
 from .stats import BINS
 
 INDEX = "index.html"
+CONFUSED_SHOWN = 10  # most confused pairs listed
 LABEL_PAGE = "label.html"
 
 STYLE = """
@@ -32,7 +33,7 @@ word-break:break-all;font:12px monospace;text-align:center;padding:4px;box-sizin
 .top{margin:4px 0;padding-left:18px}.ev{display:flex;gap:4px;flex-wrap:wrap}
 .shot{width:64px;font-size:10px;word-break:break-all}.shot img{width:64px;height:64px;
 object-fit:cover}.shot .noimg{height:64px;font-size:9px}.bar{fill:#4a78c2}
-nav a{margin-right:12px}
+nav a{margin-right:12px}.cols{display:flex;gap:48px;flex-wrap:wrap;align-items:flex-start}
 """
 
 PAGE = Template("""<!DOCTYPE html>
@@ -145,24 +146,24 @@ def _labelled_sections(report: Report) -> str:
         f'<tr data-true="{escape(names[t])}" data-predicted="{escape(names[p])}">'
         f'<td><a href="{class_file(t)}">{escape(names[t])}</a></td><td><a href="'
         f'{class_file(p)}">{escape(names[p])}</a></td><td class="n">{n}</td></tr>'
-        for t, p, n in stats.top_confusions(20))
+        for t, p, n in stats.top_confusions(CONFUSED_SHOWN))
     out = (f'<h2>Labelled rows</h2><p id="accuracy" data-rows="{stats.labelled}" '
            f'data-accuracy="{stats.accuracy:.2f}">'
            f'{stats.labelled} rows have a known label: top-1 accuracy '
            f'<b>{stats.accuracy:.2f}%</b>. Per-class accuracy is in the class table.</p>'
-           '<h3>Most confused pairs</h3>'
+           '<div class="cols"><div><h3>Most confused pairs</h3>'
            + (f'<table id="confused"><tr><th>true class</th><th>predicted as</th>'
               f'<th class="n">rows</th></tr>{pairs}</table>' if pairs else
-              "<p>No mistakes.</p>"))
+              "<p>No mistakes.</p>") + "</div>")
     if report.shots is not None:
         rows = "".join(f'<tr data-shots="{escape(s)}" data-classes="{c}" data-rows="{r}" '
                        f'data-accuracy="{a:.2f}"><td>{escape(s)}</td><td class="n">{c}</td>'
                        f'<td class="n">{r}</td><td class="n">{a:.2f}</td></tr>'
                        for s, c, r, a in stats.accuracy_by_shots(report.shots))
-        out += ('<h3>Accuracy by shots per class</h3><table id="by-shots"><tr><th>cache keys '
-                'of the class</th><th class="n">classes</th><th class="n">rows</th>'
-                f'<th class="n">accuracy %</th></tr>{rows}</table>')
-    return out
+        out += ('<div><h3>Accuracy by shots per class</h3><table id="by-shots"><tr><th>cache '
+                'keys of the class</th><th class="n">classes</th><th class="n">rows</th>'
+                f'<th class="n">accuracy %</th></tr>{rows}</table></div>')
+    return out + "</div>"
 
 
 def index_page(report: Report) -> str:
