@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 TOP_SHOWN = 3  # classes shown per row
 SHOTS_SHOWN = 8  # cache keys shown per class page
+SHOT_THUMB = 64  # pixels of the thumbnails of shots (evidence and class shots)
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,10 @@ def build_report(output: str | Path, html_dir: str | Path, *, store: str | Path 
     class_keys = _class_keys(cache_obj)
     sources, key_ids = _image_sources(shown, class_keys, query, cache_obj)
     html_dir.mkdir(parents=True, exist_ok=True)
-    thumbs = make_thumbnails(sources, html_dir, options.thumb_size)
+    thumbs = make_thumbnails({k: v for k, v in sources.items() if k.startswith("q")},
+                             html_dir, options.thumb_size)
+    thumbs |= make_thumbnails({k: v for k, v in sources.items() if k.startswith("k")},
+                              html_dir, SHOT_THUMB)
     samples = {c: _cards(r, labels, classes, thumbs, sources)
                for c, r in sample.by_class().items()}
     uncertain = _cards(chosen, labels, classes, thumbs, sources)

@@ -1,7 +1,8 @@
 """Thumbnails of source images (Pillow), made once and reused by later builds of a report.
 
-A thumbnail's file name is a hash of the image's absolute path, size and modification time, so
-a rebuilt report reuses it and a changed image gets a new one. Unreadable images get none.
+A thumbnail's file name is a hash of the image's absolute path, file size, modification time
+and thumbnail size, so a rebuilt report reuses it and a changed image gets a new one.
+Unreadable images get none.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ log = logging.getLogger(__name__)
 THUMB_DIR = "thumbs"
 
 
-def thumb_name(source: Path) -> str | None:
-    """The thumbnail file name of `source`; None when the file is missing."""
+def thumb_name(source: Path, size: int) -> str | None:
+    """The name of the `size`-pixel thumbnail of `source`; None when the file is missing."""
     try:
         st = source.stat()
     except OSError:
         return None
-    key = f"{source.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
+    key = f"{source.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{size}"
     return hashlib.sha1(key.encode()).hexdigest()[:20] + ".jpg"
 
 
@@ -55,7 +56,8 @@ def make_thumbnails(sources: dict[str, str], html_dir: Path, size: int = 128
     key -> thumbnail path relative to `html_dir` for the images that have one."""
     folder = html_dir / THUMB_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    names = {key: thumb_name(Path(path)) if path else None for key, path in sources.items()}
+    names = {key: thumb_name(Path(path), size) if path else None
+             for key, path in sources.items()}
     unique = {name: Path(sources[key]) for key, name in names.items() if name is not None}
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="thumbs") as pool:
         made = dict(zip(unique, pool.map(lambda name: _make(unique[name], folder / name, size),
