@@ -135,7 +135,7 @@ def test_an_edited_journal_is_refused_and_nothing_changes(inputs, finished, tmp_
     edited = tree(out)
     with pytest.raises(CorruptData, match="journal.json is damaged"):
         read(out)
-    with pytest.raises(CorruptData, match="journal.json is damaged.*--overwrite"):
+    with pytest.raises(CorruptData, match="journal.json is damaged.*`overwrite=`"):
         classify_store(*inputs, out, OPTIONS, show_progress=False)
     assert tree(out) == edited
     classify_store(*inputs, out, OPTIONS, overwrite=True, show_progress=False)

@@ -38,15 +38,15 @@ def run(*args, code=0):
 
 
 def build(root, out, *extra):
-    run("build", root / "store", "--shots", 3, "--text", root / "t.npz", "--out", root / out,
-        *extra)
+    run("build", "--store", root / "store", "--shots", 3, "--text", root / "t.npz", "--out",
+        root / out, *extra)
     return root / out
 
 
 def test_build_tune_eval(env):
     root, store = env
     cache_dir = build(root, "c1")
-    out = run("tune", cache_dir, "--val", root / "store", "--steps", 20, 10).stdout
+    out = run("tune", cache_dir, "--store", root / "store", "--steps", 20, 10).stdout
     cache = Cache.load(cache_dir)
     val = cache.rows_of(store, "val")
     expected = search(val.features, val.labels, cache.keys, cache.labels, cache.text,
@@ -66,8 +66,7 @@ def test_build_tune_eval(env):
 def test_finetune_then_eval(env):
     root, _ = env
     cache_dir = build(root, "c2")
-    out = run("finetune", cache_dir, "--train", root / "store", "--val", root / "store",
-              "--epochs", 2).stdout
+    out = run("finetune", cache_dir, "--store", root / "store", "--epochs", 2).stdout
     assert "best epoch" in out and Cache.load(cache_dir).method == "tip-f"
     scores = json.loads(run("eval", cache_dir, "--store", root / "store", "--json").stdout)
     assert all(s["top1"] is not None for s in scores["scores"])
@@ -105,6 +104,12 @@ def test_add_and_remove_shots(env):
     (("add-shots", "{root}/c1", "--store", "{root}/other"), "not the store"),
     (("remove-shots", "{root}/c1"), "nothing to remove"),
     (("remove-shots", "{root}/c1", "--row-ids", "999999"), "not keys of this cache"),
+    (("build", "--store", "{root}/store", "--shots", "2", "--out", "{root}/x"),
+     "a cache needs a text classifier: pass --text FILE (a saved text classifier) or "
+     "--templates NAME"),
+    (("build", "{root}/store", "--store", "{root}/other", "--shots", "2", "--out", "{root}/x"),
+     "two stores given"),
+    (("finetune", "{root}/c1", "--train", "{root}/store", "--val", "{root}/other"), "encoder"),
 ])
 def test_bad_input_exits_2_with_one_line(env, args, message):
     root, _ = env
@@ -118,6 +123,20 @@ def test_bad_input_exits_2_with_one_line(env, args, message):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]
     assert (root / "c1" / "cache.json").read_text() == before
+
+
+def test_old_names_and_overwrite(env):
+    root, _ = env
+    cache_dir = build(root, "c4")
+    run("build", root / "store", "--shots", 2, "--text", root / "t.npz", "--out", cache_dir,
+        "--overwrite")
+    run("build", root / "store", "--shots", 2, "--text", root / "t.npz", "--out", cache_dir,
+        "--force")
+    run("tune", cache_dir, "--val", root / "store", "--steps", 4, 4)
+    run("finetune", cache_dir, "--train", root / "store", "--val", root / "store",
+        "--epochs", 1)
+    cache = Cache.load(cache_dir)
+    assert cache.generation == 5 and len(cache) == 16 and cache.method == "tip-f"
 
 
 def test_new_class_from_images_end_to_end(tiny_checkpoint, tmp_path):

@@ -85,8 +85,9 @@ def test_offline_tag_fails_fast_with_one_actionable_line(empty_cache):
     assert time.monotonic() - start < 2.0
     msg = str(info.value)
     assert "\n" not in msg
-    for part in ("ViT-B-32/laion2b_s34b_b79k", str(empty_cache), "--checkpoint", "HF_HUB_OFFLINE"):
-        assert part in msg
+    for part in ("ViT-B-32/laion2b_s34b_b79k", str(empty_cache), "HF_HUB_OFFLINE"):
+        assert part in info.value.problem
+    assert "`checkpoint=` FILE" in info.value.hint and msg.endswith(info.value.hint)
 
 
 def test_offline_tag_cli_exits_2(empty_cache, tmp_path):
@@ -128,3 +129,27 @@ def test_uint8_pixel_path_equals_open_clip_preprocess(tiny_encoder):
     assert pixels.dtype == torch.uint8 and pixels.shape == (3, 3, 32, 32)
     assert np.abs(tiny_encoder.encode_pixels(pixels) - tiny_encoder.encode_images(floats)).max() \
         < 1e-6
+
+
+def test_encoder_for_one_rule_for_every_provenance(tiny_clip_config, tiny_checkpoint):
+    from tipretrieval.encode.resolve import encoder_for, spec_for
+    from tipretrieval.provenance import Provenance
+
+    made = load_encoder(str(tiny_clip_config), checkpoint=tiny_checkpoint, device="cpu")
+    prov = made.provenance
+    assert spec_for(Provenance("ViT-B-32", "openai", 512)) == \
+        spec_for(None, model="ViT-B-32", pretrained="openai")
+    assert spec_for(prov, checkpoint=tiny_checkpoint).model == "tiny_clip"  # name from features
+    for weights, encoder in ((prov.weights, "tiny_clip"), ("random", "tiny_clip"),
+                             ("seed:0", "synthetic"), ("unknown", "external")):
+        with pytest.raises(BadInput, match="cannot be loaded by name: pass `checkpoint=` FILE"):
+            encoder_for(Provenance(encoder, weights, 32))
+    with pytest.raises(BadInput, match="no encoder given"):
+        encoder_for(None, pretrained="openai")
+    again = encoder_for(prov, model=str(tiny_clip_config), checkpoint=tiny_checkpoint,
+                        device="cpu")
+    assert again.provenance == prov
+    other = Provenance("tiny_clip", "sha256:" + "0" * 64, 32, preprocess=prov.preprocess)
+    with pytest.raises(BadInput, match="encoder"):
+        encoder_for(other, model=str(tiny_clip_config), checkpoint=tiny_checkpoint,
+                    device="cpu")

@@ -99,7 +99,7 @@ def test_blocks_regrouped_across_interleaved_batches():
 def test_refusals_leave_no_store(model_args, tiny_clip_config, image_folder, tmp_path,
                                  monkeypatch):
     folder = image_folder(tmp_path / "imgs", per_class=2)
-    with pytest.raises(BadInput, match="--checkpoint FILE"):
+    with pytest.raises(BadInput, match="`checkpoint=` FILE"):
         extract_ray(scan_source(folder), tmp_path / "s", EncoderSpec(str(tiny_clip_config)))
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     res = _run("extract", folder, "--store", tmp_path / "s", "--engine", "ray", *model_args)

@@ -107,7 +107,7 @@ def test_new_class_extends_vocabulary_text_and_values(store, data, tmp_path):
     store.append(rows)
     store = store.refresh()
     new_rows = store.select(ids=[f"zebra/{i}" for i in range(5)])
-    with pytest.raises(BadInput, match="--text FILE"):
+    with pytest.raises(BadInput, match="`text=` FILE"):
         cache.add_shots(new_rows, classes=store.classes)
     assert cache.num_classes == 10
     cache.add_shots(new_rows, classes=store.classes, text=other.text[:1])
@@ -141,3 +141,31 @@ def test_new_class_text_encoded_with_cache_templates(tiny_encoder, tmp_path):
     assert np.allclose(cache.text[2], text_classifier(tiny_encoder, ["otter"], templates)[0],
                        atol=1e-6)
     assert cache.labels.max() == 2 and cache.classes == ["cat", "dog", "otter"]
+
+
+def test_new_shots_and_key_row_ids_select_like_the_cli(store, data, tmp_path):
+    cache = Cache.build(store, 4, text=data.text)
+    cache.save(tmp_path / "c")
+    train = store.labelled("train")
+    spare = train.take(~np.isin(train.row_ids, cache.row_ids))
+    picked = cache.new_shots(store, ids=spare.ids[:3].tolist())
+    assert picked.ids.tolist() == spare.ids[:3].tolist()
+    assert np.array_equal(picked.row_ids, spare.row_ids[:3])
+    everything = cache.new_shots(store)  # no ids: every labelled train row not yet a key
+    assert sorted(everything.row_ids) == sorted(spare.row_ids)
+    with pytest.raises(BadInput, match=r"\['nope'\] are not labelled 'train' rows"):
+        cache.new_shots(store, ids=["nope", spare.ids[0]])
+    with pytest.raises(BadInput, match=r"are not labelled 'val' rows"):
+        cache.new_shots(store, split="val", ids=[spare.ids[0]])
+    assert np.array_equal(cache.key_row_ids(store, train.ids[:2].tolist()), train.row_ids[:2])
+    with pytest.raises(BadInput, match="are not in store"):
+        cache.key_row_ids(store, ["nope"])
+    assert cache.open_store().store_id == store.store_id
+    other = write_store(tmp_path / "other", data, SplitSizes(train=2, val=1, test=1, query=1))
+    for call in (lambda: cache.open_store(tmp_path / "other"),
+                 lambda: cache.new_shots(other), lambda: cache.key_row_ids(other, ["x"])):
+        with pytest.raises(BadInput, match="not the store this cache was built from"):
+            call()
+    cache.add_shots(everything)
+    with pytest.raises(BadInput, match="already a key"):
+        cache.new_shots(store)

@@ -29,7 +29,7 @@ class CorruptData(BadInput):
 
 
 class StoreLocked(TipError):
-    """Another writer held a store's or cache's lock for longer than the timeout: exit code 1."""
+    """Another writer held the lock of a store, cache or classify output too long: exit code 1."""
 
 
 class ConcurrentChange(TipError):

@@ -82,8 +82,8 @@ class Rows:
             if any(c is None for c in cols):
                 return None
             if name == "views" and len({c.shape[1] for c in cols}) > 1:
-                raise BadInput("rows have different numbers of views: extract them with the "
-                               "same --views, or read them without views")
+                raise BadInput("rows have different numbers of views", "extract them with "
+                               "the same `views=`, or read them without views")
             return np.concatenate(cols)
         return cls(
             ids=join("ids"), features=join("features"), labels=join("labels"),

@@ -27,7 +27,7 @@ from ..store.store import Store
 from . import files as cache_files
 from .files import META, CacheDir
 from .labels import class_map, relabel
-from .shots import sample_shots, stored_shots
+from .shots import check_store, new_shots, row_ids_of, sample_shots, stored_shots
 from .state import CacheInfo, CacheState, Keys, Segment
 from .text import TextInput, check_text, new_class_text, resolve_text
 
@@ -257,6 +257,26 @@ class Cache:
         self.state = replace(state, info=state.info.with_record(
             record, alpha=float(result.tuned.alpha), beta=float(result.tuned.beta)))
         return result
+
+    def open_store(self, path: Path | str | None = None) -> Store:
+        """This cache's store: the one at `path`, by default where the cache records it."""
+        if path is None:
+            if not self.info.store_path:
+                raise BadInput("the cache does not record its store", "pass `store=`")
+            path = self.info.store_path
+        store = Store.open(path)
+        check_store(store, self.store_id)
+        return store
+
+    def new_shots(self, store: Store, *, split: str = "train",
+                  ids: Sequence[str] | None = None) -> Rows:
+        """Labelled `split` rows of this cache's `store` to add as shots: the rows `ids` (each
+        must be one), or with no ids every one that is not a key yet."""
+        return new_shots(store, self.row_ids, self.store_id, split, ids)
+
+    def key_row_ids(self, store: Store, ids: Sequence[str]) -> np.ndarray:
+        """The store row ids (as `remove_shots` takes them) of the rows `ids` of `store`."""
+        return row_ids_of(store, self.store_id, ids)
 
     def shot_views(self, store: Store) -> np.ndarray:
         """(M, V, D) stored augmented views of the shots, in key order, from their store."""

@@ -21,6 +21,6 @@ def relabel(mapping: np.ndarray, labels: np.ndarray, store_classes: Sequence[str
     out = mapping[labels]
     if (out < 0).any():
         name = store_classes[int(labels[out < 0][0])]
-        raise BadInput(f"'{split}' rows of class {name!r}, which the cache lacks: add shots of "
-                       "it (tipretrieval add-shots) or use rows of the cache's classes")
+        raise BadInput(f"'{split}' rows of class {name!r}, which the cache lacks",
+                       "add shots of it (add-shots) or use rows of the cache's classes")
     return out

@@ -1,7 +1,9 @@
 """The `tipretrieval` command line: a thin layer over the Python API.
 
 Each sub-module defines `commands`, a list of click commands. Errors the user can act on
-(`TipError`) are printed as one line on stderr with the error's exit code (2 for bad input).
+(`TipError`) are printed as one line on stderr, "error: <problem>: <hint>", with the API
+parameters the hint names shown as options, and the error's exit code (2 for bad input).
+`options` holds the shared options and the naming scheme.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import click
 
 from ..errors import TipError
 from . import cache_cmds, classify_cmds, demo_cmds, encode_cmds, report_cmds, store_cmds
+from .options import cli_message
 
 
 class _Group(click.Group):
@@ -22,7 +25,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except TipError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {cli_message(exc)}", err=True)
             sys.exit(exc.exit_code)
 
 

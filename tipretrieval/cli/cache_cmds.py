@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
 from ..errors import BadInput
 from ..jobs.evaluate import EVAL_METHODS
-from .encode_cmds import load_cli_encoder, model_options
+from ..provenance import Provenance
+from .options import id_list, model_options, overwrite_option, wants_encoder
+
+if TYPE_CHECKING:
+    from ..cache.cache import Cache
+    from ..encode.model import Encoder
+    from ..store.store import Store
 
 METHODS = ",".join(EVAL_METHODS)
 
 
-def _store(path: str):
+def _store(path: str) -> Store:
     from ..store.store import Store
 
     return Store.open(path)
 
 
-def _cache(path: str):
+def _cache(path: str) -> Cache:
     from ..cache.cache import Cache
 
     return Cache.load(path)
@@ -35,24 +42,24 @@ def _shots(value: str) -> int | None:
     except ValueError:
         shots = 0
     if shots <= 0:
-        raise BadInput(f"--shots {value!r} is not a positive number: give K >= 1 or 'all'")
+        raise BadInput(f"--shots {value!r} is not a positive number", "give K >= 1 or 'all'")
     return shots
 
 
-def _id_list(ids: tuple[str, ...], ids_file: str | None) -> list[str]:
-    """Ids from repeated/comma-separated --ids and an --ids-file (one per line)."""
-    out = [i for value in ids for i in value.split(",") if i]
-    if ids_file:
-        out += [line.strip() for line in Path(ids_file).read_text().splitlines() if line.strip()]
-    return out
+def _encoder(provenance: Provenance, model: str | None, pretrained: str | None,
+             checkpoint: str | None, device: str, *, needed: bool = True) -> Encoder | None:
+    """The encoder the options name for these features; None when not needed and not named."""
+    from ..encode.resolve import encoder_for  # start-up time: torch, open_clip
 
-
-def _wants_encoder(model, pretrained, checkpoint) -> bool:
-    return any(v is not None for v in (model, pretrained, checkpoint))
+    if not (needed or wants_encoder(model, pretrained, checkpoint)):
+        return None
+    return encoder_for(provenance, model=model, pretrained=pretrained, checkpoint=checkpoint,
+                       device=device)
 
 
 @click.command("build")
-@click.argument("store_dir", metavar="STORE")
+@click.argument("store_arg", metavar="[STORE]", required=False)
+@click.option("--store", "store_dir", help="Store the shots come from (or give it as STORE).")
 @click.option("--shots", required=True, help="Shots per class (K), or 'all'.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Cache directory.")
 @click.option("--text", "text_file", type=click.Path(dir_okay=False),
@@ -65,20 +72,23 @@ def _wants_encoder(model, pretrained, checkpoint) -> bool:
                    "efSearch=128 (HNSW).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the shot sampling.")
 @click.option("--split", default="train", show_default=True, help="Split the shots come from.")
-@click.option("--force", is_flag=True, help="Replace an existing cache at --out.")
+@overwrite_option("cache")
 @model_options
-def build_cmd(store_dir, shots, out, text_file, templates, index_spec, index_params, seed,
-              split, force, model, pretrained, checkpoint, device):
-    """Build a Tip-Adapter cache from K labelled shots per class of STORE."""
+def build_cmd(store_arg, store_dir, shots, out, text_file, templates, index_spec, index_params,
+              seed, split, overwrite, model, pretrained, checkpoint, device):
+    """Build a Tip-Adapter cache from K labelled shots per class of --store."""
     from ..cache.cache import META, Cache
 
+    if store_arg and store_dir and Path(store_arg) != Path(store_dir):
+        raise BadInput(f"two stores given ({store_arg}, --store {store_dir})", "give one")
+    if not (store_arg or store_dir):
+        raise BadInput("no store given", "pass --store STORE")
     k = _shots(shots)
-    if (Path(out) / META).exists() and not force:
-        raise BadInput(f"{out} already holds a cache: choose another --out or pass --force")
-    store = _store(store_dir)
-    encoder = None
-    if templates and _wants_encoder(model, pretrained, checkpoint):
-        encoder = load_cli_encoder(model, pretrained, checkpoint, device, store.provenance)
+    if (Path(out) / META).exists() and not overwrite:
+        raise BadInput(f"{out} already holds a cache", "choose another --out or pass --overwrite")
+    store = _store(store_dir or store_arg)
+    encoder = _encoder(store.provenance, model, pretrained, checkpoint, device,
+                       needed=False) if templates else None
     cache = Cache.build(store, k, seed=seed, text=text_file, templates=templates,
                         index_spec=index_spec, index_params=index_params, split=split,
                         encoder=encoder)
@@ -90,7 +100,8 @@ def build_cmd(store_dir, shots, out, text_file, templates, index_spec, index_par
 
 @click.command("tune")
 @click.argument("cache_dir", metavar="CACHE")
-@click.option("--val", "val_dir", required=True, help="Store with the validation rows.")
+@click.option("--store", "--val", "val_dir", required=True,
+              help="Store with the validation rows (--val: old name).")
 @click.option("--split", default="val", show_default=True, help="Validation split.")
 @click.option("--scale", nargs=2, type=float, default=(7.0, 3.0), show_default=True,
               help="S_BETA S_ALPHA: grid upper ends.")
@@ -111,16 +122,22 @@ def tune_cmd(cache_dir, val_dir, split, scale, steps):
 
 @click.command("finetune")
 @click.argument("cache_dir", metavar="CACHE")
-@click.option("--train", "train_dir", required=True, help="Store with the shots' augmented views.")
-@click.option("--val", "val_dir", required=True, help="Store with the validation rows.")
+@click.option("--store", "--train", "train_dir", required=True,
+              help="Store with the shots' augmented views (--train: old name).")
+@click.option("--val-store", "--val", "val_dir",
+              help="Store with the validation rows [default: --store] (--val: old name).")
 @click.option("--split", default="val", show_default=True, help="Validation split.")
 @click.option("--epochs", default=20, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def finetune_cmd(cache_dir, train_dir, val_dir, split, epochs, seed):
+@click.option("--device", default="auto", show_default=True,
+              help="cpu, cuda, cuda:N, or auto (CUDA when available).")
+def finetune_cmd(cache_dir, train_dir, val_dir, split, epochs, seed, device):
     """Tip-Adapter-F: fine-tune the keys on stored views, pick the epoch on val, re-search."""
     cache = _cache(cache_dir)
-    result = cache.finetune(_store(train_dir), cache.rows_of(_store(val_dir), split),
-                            epochs=epochs, seed=seed)
+    store = _store(train_dir)
+    val_store = _store(val_dir) if val_dir else store
+    result = cache.finetune(store, cache.rows_of(val_store, split), epochs=epochs, seed=seed,
+                            device=device)
     cache.save()
     click.echo(f"tip-f: best epoch {result.best_epoch + 1} of {epochs} (val top-1 "
                f"{result.val_acc[result.best_epoch]:.2f}%); searched alpha {cache.alpha:.4g}  "
@@ -168,69 +185,31 @@ def add_shots_cmd(cache_dir, store_dir, ids, ids_file, split, images, label, vie
     Either ids of rows already in the store (--ids; none: every labelled SPLIT row that is
     not a key yet), or images (--images SOURCE --label NAME) encoded into the store first.
     """
+    from ..encode.resolve import encode_into_store, labelled_source  # start-up time
+
     cache = _cache(cache_dir)
-    store = _store(store_dir or _cache_store_path(cache))
-    if cache.store_id is not None and store.store_id != cache.store_id:
-        raise BadInput(f"store {store.path} is not the store cache {cache.path} was built from:"
-                       " add shots to that store")
-    wanted = _id_list(ids, ids_file)
+    store = cache.open_store(store_dir)
+    wanted = id_list(ids, ids_file)
+    encoder = _encoder(cache.provenance, model, pretrained, checkpoint, device,
+                       needed=bool(images))
     if images:
         if wanted:
-            raise BadInput("give either --images or --ids, not both")
-        encoder = load_cli_encoder(model, pretrained, checkpoint, device, cache.provenance)
-        wanted = _encode_images(store, images, label, split, views, encoder)
+            raise BadInput("both --images and --ids given", "give one of them")
+        if label and len(label) != len(images):
+            raise BadInput(f"{len(images)} --images for {len(label)} --label",
+                           "give one --label per source, or none for class-folder sources")
+        sources = [labelled_source(spec, label[i] if label else None)
+                   for i, spec in enumerate(images)]
+        wanted = encode_into_store(sources, store.path, encoder, split=split, views=views,
+                                   strict=True)
         store = store.refresh()
-    else:
-        encoder = (load_cli_encoder(model, pretrained, checkpoint, device, cache.provenance)
-                   if _wants_encoder(model, pretrained, checkpoint) else None)
-    rows = store.select(split=split, ids=wanted or None)
-    rows = rows.take(rows.labels >= 0)
-    if wanted:
-        missing = sorted(set(wanted) - set(rows.ids.tolist()))
-        if missing:
-            raise BadInput(f"ids {missing[:5]} are not labelled '{split}' rows of {store.path}: "
-                           "check the ids and --split")
-    else:
-        rows = rows.take(~np.isin(rows.row_ids, cache.row_ids))
-        if not len(rows):
-            raise BadInput(f"every labelled '{split}' row of {store.path} is already a key: "
-                           "add rows to the store first or give --images")
+    rows = cache.new_shots(store, split=split, ids=wanted or None)
     before = cache.num_classes
     cache.add_shots(rows, classes=store.classes, text=text_file, encoder=encoder,
                     store_generation=store.generation)
     cache.save()
     click.echo(f"added {len(rows)} shots ({cache.num_classes - before} new classes): "
                f"{len(cache)} keys, generation {cache.generation}")
-
-
-def _cache_store_path(cache) -> str:
-    if not cache.info.store_path:
-        raise BadInput("the cache does not record its store: pass --store STORE")
-    return cache.info.store_path
-
-
-def _encode_images(store, images, labels, split, views, encoder) -> list[str]:
-    """Encode the --images sources into the store; the ids of their rows."""
-    from ..encode import ImageItem, Source, scan_source
-    from ..encode.extract import ExtractOptions, extract
-
-    if labels and len(labels) != len(images):
-        raise BadInput(f"{len(images)} --images for {len(labels)} --label: give one --label per"
-                       " source, or none for class-folder sources")
-    ids = []
-    for i, spec in enumerate(images):
-        source = scan_source(spec, unlabelled=bool(labels))
-        if labels:
-            source = Source(source.root, [ImageItem(it.id, it.path, labels[i])
-                                          for it in source.items])
-        if not source.labelled:
-            raise BadInput(f"images of {spec} have no class: give --label NAME or class folders")
-        report = extract(source, store.path, encoder, ExtractOptions(split=split, views=views))
-        if report.bad:
-            raise BadInput(f"{len(report.bad)} images of {spec} could not be read (first: "
-                           f"{report.bad[0].path}): fix or remove them and rerun")
-        ids += [it.id for it in source.items]
-    return ids
 
 
 @click.command("remove-shots")
@@ -243,16 +222,12 @@ def _encode_images(store, images, labels, split, views, encoder) -> list[str]:
 def remove_shots_cmd(cache_dir, ids, ids_file, row_ids, store_dir):
     """Remove keys from a cache, e.g. mislabelled shots."""
     cache = _cache(cache_dir)
-    wanted = _id_list(ids, ids_file)
+    wanted = id_list(ids, ids_file)
     targets = list(row_ids)
     if wanted:
-        found = _store(store_dir or _cache_store_path(cache)).select(ids=wanted)
-        missing = sorted(set(wanted) - set(found.ids.tolist()))
-        if missing:
-            raise BadInput(f"ids {missing[:5]} are not in the cache's store: check the ids")
-        targets += found.row_ids.tolist()
+        targets += cache.key_row_ids(cache.open_store(store_dir), wanted).tolist()
     if not targets:
-        raise BadInput("nothing to remove: give --ids, --ids-file or --row-ids")
+        raise BadInput("nothing to remove", "give --ids, --ids-file or --row-ids")
     removed = cache.remove_shots(np.unique(targets))
     cache.save()
     click.echo(f"removed {removed} shots: {len(cache)} keys, generation {cache.generation}")

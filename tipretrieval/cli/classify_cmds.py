@@ -11,6 +11,7 @@ from ..jobs.classify import ClassifyOptions, classify_store, store_from_images
 from ..jobs.classify.output import WRITERS
 from ..method.adapter import METHODS, MODES
 from ..util.ray_setup import ENGINES
+from .options import model_options, overwrite_option
 
 
 @click.command("classify")
@@ -20,11 +21,7 @@ from ..util.ray_setup import ENGINES
 @click.option("--split", default=None, help="Classify only this split of the query store.")
 @click.option("--images", default=None,
               help="Image folder, CSV or glob: encoded with the cache's encoder, then classified.")
-@click.option("--model", default=None,
-              help="With --images: open_clip name or config JSON (default: the cache's encoder).")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="With --images: weights file of the cache's encoder, when it used one.")
-@click.option("--device", default=None, help="With --images: encoder device (cpu, cuda).")
+@model_options
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Output directory (parts + journal.json); rerun to resume.")
 @click.option("--top-k", default=5, show_default=True, help="Classes kept per row.")
@@ -38,23 +35,25 @@ from ..util.ray_setup import ENGINES
 @click.option("--logits", is_flag=True, help="Also write the full logits.")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True)
 @click.option("--ray-address", default=None, help="Existing Ray cluster (default: local Ray).")
-@click.option("--overwrite", is_flag=True, help="Discard an existing output in --out.")
+@overwrite_option("output")
 @click.option("--accept-new-generation", is_flag=True,
               help="Resume although the cache or query store changed since the job started.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def classify(cache: Path, store_path: Path | None, split: str | None, images: str | None,
-             model: str | None, checkpoint: Path | None, device: str | None, out: Path,
+             model: str | None, pretrained: str | None, checkpoint: str | None, device: str,
+             out: Path,
              top_k: int, mode: str, k: int, method: str, fmt: str, batch_size: int,
              logits: bool, engine: str, ray_address: str | None, overwrite: bool,
              accept_new_generation: bool, quiet: bool) -> None:
     """Classify every row of a query store (or image source) with CACHE into --out."""
     if (store_path is None) == (images is None):
-        raise BadInput("give exactly one of --store QUERIES or --images SOURCE")
+        raise BadInput("no query store or images, or both", "give one of --store QUERIES or "
+                       "--images SOURCE")
     options = ClassifyOptions(top_k=top_k, method=method, mode=mode, k=k, fmt=fmt,
                               batch_size=batch_size, logits=logits, split=split)
     if images is not None:
-        store_path = store_from_images(cache, images, out, model=model, checkpoint=checkpoint,
-                                       device=device)
+        store_path = store_from_images(cache, images, out, model=model, pretrained=pretrained,
+                                       checkpoint=checkpoint, device=device)
     journal = classify_store(cache, store_path, out, options, overwrite=overwrite,
                              accept_new_generation=accept_new_generation, engine=engine,
                              ray_address=ray_address, show_progress=not quiet)

@@ -9,56 +9,15 @@ import click
 from ..errors import BadInput
 from ..provenance import Provenance
 from ..util.ray_setup import ENGINES
-
-
-def model_options(f):
-    """--model/--pretrained/--checkpoint/--device, shared by both commands."""
-    f = click.option("--device", default="auto", show_default=True,
-                     help="cpu, cuda, cuda:N, or auto (CUDA when available).")(f)
-    f = click.option("--checkpoint", type=click.Path(dir_okay=False),
-                     help="Local weights file (state_dict, wrapped state_dict or .safetensors).")(f)
-    f = click.option("--pretrained", help="open_clip pretrained tag, e.g. openai.")(f)
-    f = click.option("--model", help="open_clip model name or model-config .json "
-                     "(default: the store's encoder).")(f)
-    return f
+from .options import model_options
 
 
 def _store_provenance(store_dir: Path) -> Provenance | None:
+    """The provenance of the store at `store_dir`, or None when there is none yet."""
     from ..store.manifest import MANIFEST_NAME
     from ..store.store import Store
 
     return Store.open(store_dir).provenance if (store_dir / MANIFEST_NAME).exists() else None
-
-
-def resolve_weights(model, pretrained, checkpoint, store_prov: Provenance | None
-                    ) -> tuple[str, str | None, str | None]:
-    """(model, pretrained, checkpoint) the options name, defaulting to the store's encoder."""
-    from ..encode.model import RANDOM_WEIGHTS
-
-    if store_prov is not None and model is None:
-        model = store_prov.encoder
-    if store_prov is not None and not (pretrained or checkpoint):
-        if store_prov.weights.startswith("sha256:") or store_prov.weights == RANDOM_WEIGHTS:
-            raise BadInput(
-                f"the store's weights are {store_prov.weights}, not a pretrained tag: "
-                "pass the checkpoint file it was encoded with as --checkpoint FILE"
-            )
-        pretrained = store_prov.weights
-    if model is None or not (pretrained or checkpoint):
-        raise BadInput("no encoder given: pass --model NAME with --pretrained TAG or --checkpoint "
-                       "FILE")
-    return model, pretrained, checkpoint
-
-
-def load_cli_encoder(model, pretrained, checkpoint, device, store_prov: Provenance | None):
-    """The encoder the options name, defaulting to (and checked against) the store's encoder."""
-    from ..encode.model import load_encoder
-
-    model, pretrained, checkpoint = resolve_weights(model, pretrained, checkpoint, store_prov)
-    encoder = load_encoder(model, pretrained=pretrained, checkpoint=checkpoint, device=device)
-    if store_prov is not None:
-        store_prov.check_compatible(encoder.provenance, "features of the requested encoder")
-    return encoder
 
 
 @click.command("extract")
@@ -93,6 +52,7 @@ def extract_cmd(source, store_dir, split, views, model, pretrained, checkpoint, 
     already stored; unreadable files are skipped and listed in the report.
     """
     from ..encode.extract import ExtractOptions, default_workers, extract
+    from ..encode.resolve import encoder_for, spec_for
     from ..encode.sources import scan_source
 
     store_path = Path(store_dir)
@@ -104,13 +64,14 @@ def extract_cmd(source, store_dir, split, views, model, pretrained, checkpoint, 
     )
     report_file = Path(report_path) if report_path else store_path / f"extract-report-{split}.json"
     if engine == "ray":
-        from ..encode.ray_extract import EncoderSpec, extract_ray
+        from ..encode.ray_extract import extract_ray
 
-        spec = EncoderSpec(*resolve_weights(model, pretrained, checkpoint, store_prov))
+        spec = spec_for(store_prov, model=model, pretrained=pretrained, checkpoint=checkpoint)
         report = extract_ray(src, store_path, spec, options, report_file, id_prefix=id_prefix,
                              address=ray_address)
     else:
-        encoder = load_cli_encoder(model, pretrained, checkpoint, device, store_prov)
+        encoder = encoder_for(store_prov, model=model, pretrained=pretrained,
+                              checkpoint=checkpoint, device=device)
         report = extract(src, store_path, encoder, options, report_file, id_prefix=id_prefix)
     click.echo(f"encoded {report.encoded}, already stored {report.already_stored}, "
                f"skipped {len(report.bad)} bad files (report: {report_file})")
@@ -128,6 +89,7 @@ def extract_cmd(source, store_dir, split, views, model, pretrained, checkpoint, 
 @model_options
 def text_cmd(classes_file, store_dir, templates, out, model, pretrained, checkpoint, device):
     """Build the CLIP text classifier: one prompt-ensembled, L2-normalised row per class."""
+    from ..encode.resolve import encoder_for
     from ..encode.text import build_text_classifier, read_classnames
     from ..store.store import Store
 
@@ -137,8 +99,8 @@ def text_cmd(classes_file, store_dir, templates, out, model, pretrained, checkpo
     names = read_classnames(classes_file) if classes_file else list(store.classes)
     if not names:
         raise BadInput(f"store {store_dir} has no classes yet: pass --classes FILE")
-    encoder = load_cli_encoder(model, pretrained, checkpoint, device,
-                               store.provenance if store else None)
+    encoder = encoder_for(store.provenance if store else None, model=model,
+                          pretrained=pretrained, checkpoint=checkpoint, device=device)
     build_text_classifier(encoder, names, templates).save(out)
     click.echo(f"text classifier: {len(names)} classes x {templates} -> {out}")
 

@@ -94,7 +94,8 @@ def _fresh_dir(out: Path) -> None:
     """Empty `out` for a new run; refuse a non-empty directory that no demo marked as its own."""
     if out.exists() and any(out.iterdir()):
         if not (out / MARK).is_file():
-            raise BadInput(f"{out} is not empty and holds no previous demo: choose another --out")
+            raise BadInput(f"{out} is not empty and holds no previous demo",
+                           "choose another `out=`")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARK).touch()
@@ -239,9 +240,9 @@ On real images (folders of class sub-folders; an open_clip model in the local ca
   tipretrieval extract photos/val --store feats --split val --views 0
   tipretrieval extract photos/test --store feats --split test --views 0
   tipretrieval text --store feats --templates clip_imagenet --out text.npz
-  tipretrieval build feats --shots 16 --text text.npz --out cache
-  tipretrieval tune cache --val feats
-  tipretrieval finetune cache --train feats --val feats
+  tipretrieval build --store feats --shots 16 --text text.npz --out cache
+  tipretrieval tune cache --store feats
+  tipretrieval finetune cache --store feats
   tipretrieval eval cache --store feats --split test
   tipretrieval extract new_photos --store feats --split query --views 0 --unlabelled
   tipretrieval classify cache --store feats --split query --out predictions

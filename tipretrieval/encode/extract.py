@@ -133,7 +133,7 @@ def _pending(store: Store, items: list[ImageItem], split: str) -> list[ImageItem
         if clash:
             raise BadInput(
                 f"{int(exists.sum())} image ids of this source are already stored under split "
-                f"{clash[0]!r}, not {split!r}: use --id-prefix to give this source distinct ids"
+                f"{clash[0]!r}, not {split!r}", "use `id_prefix=` to give this source distinct ids"
             )
     return [it for it, done in zip(items, exists, strict=True) if not done]
 
@@ -233,7 +233,8 @@ class ExtractJob:
              id_prefix: str = "") -> ExtractJob:
         """Open (or create) the store, add the source's classes and drop the ids already stored."""
         if opts.views < 0 or opts.workers < 0 or opts.batch_size < 1 or opts.chunk < 1:
-            raise BadInput("--views and --workers must be >= 0, --batch-size and --chunk >= 1")
+            raise BadInput("bad extract options", "`views=` and `workers=` must be >= 0, "
+                           "`batch_size=` and `chunk=` >= 1")
         items = [ImageItem(id_prefix + it.id, it.path, it.label) for it in source.items]
         store = open_or_create(store_path, encoder, source.classes)
         labels = _label_ids(store, source)

@@ -86,7 +86,8 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     except RuntimeError as exc:
         raise BadInput(f"unknown device {device!r}: use cpu, cuda or cuda:N") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BadInput(f"device {device} requested but CUDA is not available: use --device cpu")
+        raise BadInput(f"device {device} requested but CUDA is not available",
+                       "use `device=` cpu")
     return dev
 
 
@@ -150,10 +151,9 @@ def load_encoder(
         clip = open_clip.create_model(name, pretrained=weights_path, device="cpu",
                                       force_preprocess_cfg=force_pp)
     except (RuntimeError, KeyError, ValueError) as exc:
-        raise BadInput(
-            f"weights {weights_path} do not fit model {name}: {str(exc).splitlines()[0]} "
-            "(check --model matches the checkpoint)"
-        ) from exc
+        raise BadInput(f"weights {weights_path} do not fit model {name}: "
+                       f"{str(exc).splitlines()[0]}", "check `model=` matches the checkpoint"
+                       ) from exc
     dim = _embed_dim(clip)
     clip = clip.to(dev).eval()
     pp_cfg = merge_preprocess_dict(clip.visual.preprocess_cfg, {})

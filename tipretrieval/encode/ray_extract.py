@@ -14,42 +14,19 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadInput
 from ..provenance import Provenance
 from ..util.progress import progress
 from ..util.ray_setup import actor_resources, init_ray
 from .extract import EncodedBatch, ExtractJob, ExtractOptions, ExtractReport, encode_items
-from .model import Encoder, load_encoder
+from .resolve import EncoderSpec
 from .sources import ImageItem, Source
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """How every actor loads the same encoder: open_clip name (or config .json) and weights."""
-
-    model: str
-    pretrained: str | None = None
-    checkpoint: str | None = None
-
-    def resolved(self) -> EncoderSpec:
-        """This spec with file paths made absolute (actors may run in another directory)."""
-        if not (self.pretrained or self.checkpoint):
-            raise BadInput("--engine ray needs fixed weights (random ones differ per actor): "
-                           "pass --pretrained TAG or --checkpoint FILE")
-        model = str(Path(self.model).resolve()) if self.model.endswith(".json") else self.model
-        checkpoint = str(Path(self.checkpoint).resolve()) if self.checkpoint else None
-        return replace(self, model=model, checkpoint=checkpoint)
-
-    def load(self, device: str) -> Encoder:
-        return load_encoder(self.model, pretrained=self.pretrained, checkpoint=self.checkpoint,
-                            device=device)
 
 
 class BlockEncoder:

@@ -122,9 +122,8 @@ class TextClassifier:
                 weights, classes = z["weights"], [str(c) for c in z["classes"]]
                 meta = json.loads(str(z["meta"]))
         except (OSError, KeyError, ValueError) as exc:
-            raise BadInput(
-                f"{path} is not a text classifier file ({exc}): make one with `tipretrieval text`"
-            ) from exc
+            raise BadInput(f"{path} is not a text classifier file ({exc})",
+                           "make one with the `text` command or `TextClassifier.save`") from exc
         clf = cls(weights, classes, meta["templates"], Provenance.from_json(meta["provenance"]))
         if expect is not None:
             expect.check_compatible(clf.provenance, f"the text classifier {path}")

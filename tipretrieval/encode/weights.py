@@ -1,7 +1,7 @@
 """Find the file behind an open_clip pretrained tag: the local cache first, a download only online.
 
 Offline (HF_HUB_OFFLINE set, or the host unreachable within a second and a half) an uncached tag
-fails at once with one line naming the tag, the cache directory and the `--checkpoint` way out.
+fails at once with one line naming the tag, the cache directory and the checkpoint way out.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def _offline_error(model: str, tag: str, cfg: dict[str, Any], why: str) -> BadIn
     cache = hf_cache_dir() if cfg.get("hf_hub") else URL_CACHE
     return BadInput(
         f"pretrained weights {model}/{tag} are not in the cache {cache} and cannot be "
-        f"downloaded ({why}): download them on a connected machine into that cache, or pass "
-        f"--checkpoint FILE with --model {model}"
+        f"downloaded ({why})", "download them on a connected machine into that cache, or pass "
+        f"`checkpoint=` FILE with `model=` {model}"
     )
 
 
@@ -108,10 +108,8 @@ def resolve_tag(model: str, tag: str) -> ResolvedWeights:
     cfg = get_pretrained_cfg(model, tag)
     if not cfg:
         known = ", ".join(tags_of(model)) or "none"
-        raise BadInput(
-            f"unknown pretrained tag {tag!r} for {model} (known: {known}): "
-            "pick a known tag or pass --checkpoint FILE"
-        )
+        raise BadInput(f"unknown pretrained tag {tag!r} for {model} (known: {known})",
+                       "pick a known tag or pass `checkpoint=` FILE")
     preprocess = merge_preprocess_dict({}, cfg)
     local = cached_file(cfg)
     if local is not None:

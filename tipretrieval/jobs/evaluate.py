@@ -108,8 +108,8 @@ def evaluate(cache, store, *, split: str = "test", methods: Sequence[str] = EVAL
             total += len(batch)
             bar.update(len(batch))
     if total == 0:
-        raise BadInput(f"store {store.path} has no labelled '{split}' rows: choose another "
-                       "--split or add labelled rows")
+        raise BadInput(f"store {store.path} has no labelled '{split}' rows",
+                       "choose another `split=` or add labelled rows")
     scores = [Score(m, *(100.0 * hits[m] / total).tolist()) if notes[m] is None
               else Score(m, None, None, notes[m]) for m in methods]
     return EvalReport(str(store.path), split, total, mode, k if mode == "retrieval" else None,

@@ -155,8 +155,8 @@ class TipAdapter:
     def text_logits(self, x: np.ndarray) -> np.ndarray:
         """100 * x W^T (B, C) float32; needs a text classifier."""
         if self.text is None:
-            raise BadInput("this cache has no text classifier: use method 'cache' or give "
-                           "a text classifier (--text FILE or --templates NAME)")
+            raise BadInput("this cache has no text classifier", "use method 'cache' or build "
+                           "the cache with `text=` FILE or `templates=` NAME")
         q = torch.from_numpy(self._queries(x))
         return (torch.mm(q, torch.from_numpy(self.text).t()) * 100.0).numpy()
 

@@ -123,7 +123,8 @@ def finetune(keys: np.ndarray, labels: np.ndarray, text: np.ndarray, train_views
     _check(views, targets, text.shape[1], text.shape[0])
     if epochs < 1 or batch_size < 1:
         raise BadInput(f"epochs {epochs} and batch size {batch_size} must be positive")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    auto = device in (None, "auto")  # auto: CUDA when available, as everywhere
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else device)
     gen = torch.Generator().manual_seed(seed)
     with _deterministic():
         model = _SlotKeys(sk).to(dev)

@@ -79,7 +79,7 @@ def grid_values(scale: tuple[float, float] = (7.0, 3.0),
     """The official (betas, alphas) lists, computed in double exactly as the official code."""
     (s_beta, s_alpha), (n_beta, n_alpha) = scale, steps
     if n_beta < 1 or n_alpha < 1:
-        raise BadInput(f"grid steps {steps} must be positive: e.g. --steps 200 20")
+        raise BadInput(f"grid steps {steps} must be positive", "e.g. `steps=` 200 20")
     betas = [i * (s_beta - 0.1) / n_beta + 0.1 for i in range(n_beta)]
     alphas = [j * (s_alpha - 0.1) / n_alpha + 0.1 for j in range(n_alpha)]
     return betas, alphas

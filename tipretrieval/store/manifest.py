@@ -118,10 +118,8 @@ class Manifest:
         """Read a store's manifest; BadInput for a non-store or a newer format version."""
         path = store_dir / MANIFEST_NAME
         if not path.is_file():
-            raise BadInput(
-                f"{store_dir} is not a tipretrieval store (no {MANIFEST_NAME}): "
-                "check the path, or create one with `tipretrieval import SOURCE --store DIR`"
-            )
+            raise BadInput(f"{store_dir} is not a tipretrieval store (no {MANIFEST_NAME})",
+                           "check the path, or create one by importing or extracting into it")
         try:
             obj = json.loads(path.read_text())
             version = int(obj["format_version"])

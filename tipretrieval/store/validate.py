@@ -28,10 +28,8 @@ def _check_normalised(x: np.ndarray, ids: np.ndarray, what: str) -> None:
     if bad.ndim > 1:
         bad = bad.any(axis=tuple(range(1, bad.ndim)))
     if bad.any():
-        raise BadInput(
-            f"{what} of {first_bad(bad, ids)} are not L2-normalised: normalise them first "
-            "(`tipretrieval import` does so unless --require-normalized is given)"
-        )
+        raise BadInput(f"{what} of {first_bad(bad, ids)} are not L2-normalised",
+                       "normalise them first (importing does so unless told not to)")
 
 
 def check_finite(x: np.ndarray, ids: np.ndarray, what: str) -> None:
@@ -94,7 +92,7 @@ def check_rows(rows: Rows, keys: IdKeys, manifest: Manifest, provenance: Provena
     if bad.any():
         raise BadInput(
             f"labels of {first_bad(bad, rows.ids)} are outside -1..{k - 1} (the store has "
-            f"{k} classes): fix the labels or extend the class list (import --classes FILE)"
+            f"{k} classes)", "fix the labels or extend the class list (`classes=`)"
         )
     _check_strings(rows.ids, "id")
     if rows.sources is not None:

@@ -15,7 +15,7 @@ def init_ray(address: str | None = None) -> None:
     try:
         import ray
     except ImportError:
-        raise BadInput("--engine ray needs Ray: pip install 'tipretrieval[ray]'") from None
+        raise BadInput("the Ray engine needs Ray", "pip install 'tipretrieval[ray]'") from None
     if ray.is_initialized():
         return
     if address:

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ...cache.cache import Cache
-from ...encode.extract import ExtractOptions, extract
-from ...encode.model import RANDOM_WEIGHTS, load_encoder
+from ...encode.resolve import encode_into_store, encoder_for
 from ...encode.sources import scan_source
 from ...errors import BadInput, CorruptData, TipError
 from ...store.store import Store
@@ -79,7 +78,7 @@ def _make_out(out: str | Path) -> Path:
     """Create the output directory `out`; BadInput when it is a file."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise BadInput(f"{out} is a file: give a directory as --out")
+        raise BadInput(f"{out} is a file", "give a directory as `out=`")
     with _os_errors(out):
         out.mkdir(parents=True, exist_ok=True)
     return out
@@ -127,22 +126,16 @@ QUERY_STORE = "_query_store"
 
 
 def store_from_images(cache_path: str | Path, source: str | Path, out: str | Path, *,
-                      model: str | None = None, checkpoint: str | Path | None = None,
-                      device: str | None = None) -> Path:
+                      model: str | None = None, pretrained: str | None = None,
+                      checkpoint: str | Path | None = None, device: str | None = "auto") -> Path:
     """Encode the images of `source` with the cache's encoder into `out/_query_store`.
 
-    `model` (default: the cache's encoder name) may be an open_clip model-config JSON.
-    Extraction skips images already stored, so a killed job resumes here too.
+    The encoder is `encoder_for(the cache's provenance, ...)`; `model` may be an open_clip
+    model-config JSON. Images already stored are skipped, so a killed job resumes here too.
     """
-    prov = Cache.load(cache_path).provenance
-    if prov.weights.startswith("sha256:") and checkpoint is None:
-        raise BadInput(f"the cache was encoded with a checkpoint file ({prov.weights[:19]}...): "
-                       "pass it with --checkpoint")
-    pretrained = None if checkpoint or prov.weights == RANDOM_WEIGHTS else prov.weights
-    encoder = load_encoder(model or prov.encoder, pretrained=pretrained, checkpoint=checkpoint,
-                           device=device)
-    prov.check_compatible(encoder.provenance, what="the images' encoder")
+    encoder = encoder_for(Cache.load(cache_path).provenance, model=model, pretrained=pretrained,
+                          checkpoint=checkpoint, device=device)
     path = _make_out(out) / QUERY_STORE
-    extract(scan_source(source, unlabelled=True), path, encoder,
-            ExtractOptions(split="query", views=0, progress=False))
+    encode_into_store([scan_source(source, unlabelled=True)], path, encoder, split="query",
+                      show_progress=False)
     return path

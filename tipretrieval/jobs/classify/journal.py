@@ -24,7 +24,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from ...errors import BadInput, CorruptData, TipError
+from ...errors import BadInput, CorruptData, StoreLocked, TipError
 from ...util.atomic import atomic_path, fsync_dir, write_json
 from ...util.checksum import file_sha256
 from .options import ClassifyOptions
@@ -36,6 +36,7 @@ SUCCESS = "_SUCCESS"
 LOCK = ".classify.lock"
 LOCK_WAIT_S = 2.0  # a second job into one directory waits this long, then fails
 _FORMAT_VERSION = 2  # 2: checksums of the journal and of every part
+_FIX = "classify again with `overwrite=`"
 
 
 @dataclass(frozen=True)
@@ -116,15 +117,15 @@ class Journal:
         try:
             obj = json.loads(path.read_bytes())
         except FileNotFoundError:
-            raise TipError(f"{out} has no {JOURNAL}: it is not a classify output") from None
+            raise TipError(f"{out} has no {JOURNAL}", "it is not a classify output") from None
         except (UnicodeDecodeError, ValueError) as exc:
-            raise CorruptData(f"{path} is unreadable ({exc}): rerun with --overwrite") from None
+            raise CorruptData(f"{path} is unreadable ({exc})", _FIX) from None
         if not isinstance(obj, dict) or obj.get("checksum") != _digest(
                 {k: v for k, v in obj.items() if k != "checksum"}):
-            raise CorruptData(f"{path} is damaged (checksum mismatch): rerun with --overwrite")
+            raise CorruptData(f"{path} is damaged (checksum mismatch)", _FIX)
         if obj.get("format_version") != _FORMAT_VERSION:
             raise BadInput(f"{path} has format {obj.get('format_version')}, this tipretrieval "
-                           f"reads {_FORMAT_VERSION}: rerun with --overwrite")
+                           f"reads {_FORMAT_VERSION}", _FIX)
         return cls(
             spec=JobSpec.from_json(obj["spec"]),
             store_rows=int(obj["store_rows"]),
@@ -155,13 +156,13 @@ class Journal:
 
 @contextlib.contextmanager
 def job_lock(out: Path, wait: float = LOCK_WAIT_S) -> Iterator[None]:
-    """Hold the job lock of the directory `out`; TipError when another job holds it `wait` s."""
+    """Hold the job lock of the directory `out`; StoreLocked when another job holds it `wait` s."""
     lock = FileLock(str(out / LOCK))
     try:
         lock.acquire(timeout=wait)
     except Timeout:
-        raise TipError(f"another classify job is writing to {out}: wait until it ends or "
-                       "choose another --out") from None
+        raise StoreLocked(f"another classify job is writing to {out}",
+                          "wait until it ends or choose another `out=`") from None
     try:
         yield
     finally:
@@ -183,7 +184,8 @@ def open_job(out: Path, spec: JobSpec, store_rows: int, *, overwrite: bool = Fal
         _clear(out, keep=set())
     if not (out / JOURNAL).exists():
         if any(p for p in out.iterdir() if not p.name.startswith((".", "_"))):
-            raise BadInput(f"{out} exists and is not a classify output: choose a new --out")
+            raise BadInput(f"{out} exists and is not a classify output",
+                           "choose a new output directory (`out=`)")
         journal = Journal(spec=spec, store_rows=store_rows)
         journal.save(out)
         return journal
@@ -193,16 +195,17 @@ def open_job(out: Path, spec: JobSpec, store_rows: int, *, overwrite: bool = Fal
     if "cache_id" in changed:
         was, now = changed["cache_id"]
         raise BadInput(f"{out} holds a classify job over another cache (cache id {was}, now "
-                       f"{now}: rebuilt or replaced): use a new --out or pass --overwrite")
+                       f"{now}: rebuilt or replaced)", "use a new `out=` or pass `overwrite=`")
     if changed:
-        raise BadInput(f"{out} holds a classify job with other parameters ({_listed(changed)}): "
-                       "use a new --out or pass --overwrite")
+        raise BadInput(f"{out} holds a classify job with other parameters ({_listed(changed)})",
+                       "use a new `out=` or pass `overwrite=`")
     if diffs and journal.complete:
-        raise BadInput(f"{out} holds a finished job over older inputs ({_listed(diffs)}): "
-                       "use a new --out or pass --overwrite to classify the current data")
+        raise BadInput(f"{out} holds a finished job over older inputs ({_listed(diffs)})",
+                       "use a new `out=` or pass `overwrite=` to classify the current data")
     if diffs and not accept_new_generation:
-        raise BadInput(f"the inputs changed since this job started ({_listed(diffs)}): pass "
-                       "--accept-new-generation to finish with the current data, or --overwrite")
+        raise BadInput(f"the inputs changed since this job started ({_listed(diffs)})",
+                       "pass `accept_new_generation=` to finish with the current data, or "
+                       "`overwrite=`")
     if diffs:
         journal = _adopt(journal, spec, store_rows)
         journal.save(out)

@@ -1,0 +1,56 @@
+"""Options shared by several commands, so each is spelled and documented once.
+
+Naming scheme: the object a command acts on is its argument (`info STORE`, `tune CACHE`);
+every store it reads or writes besides is `--store STORE` (a second one: `--val-store`);
+replacing an existing output is `--overwrite`; `--device` defaults to auto.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import TipError
+
+_PARAM = re.compile(r"`([a-z_]+)=`")
+_OPTION = {"keys": "key"}  # API parameters whose option is not their dashed name
+
+
+def cli_message(exc: TipError) -> str:
+    """The one line the CLI prints for `exc`: API parameters (`name=`) become --options."""
+    return _PARAM.sub(lambda m: "--" + _OPTION.get(m[1], m[1]).replace("_", "-"), str(exc))
+
+
+def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--model/--pretrained/--checkpoint/--device: which encoder (`encode.encoder_for`)."""
+    f = click.option("--device", default="auto", show_default=True,
+                     help="cpu, cuda, cuda:N, or auto (CUDA when available).")(f)
+    f = click.option("--checkpoint", type=click.Path(dir_okay=False),
+                     help="Local weights file (state_dict, wrapped state_dict or .safetensors).")(f)
+    f = click.option("--pretrained", help="open_clip pretrained tag, e.g. openai.")(f)
+    f = click.option("--model", help="open_clip model name or model-config .json "
+                     "(default: the encoder of the store or cache).")(f)
+    return f
+
+
+def overwrite_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--overwrite: replace an existing output (`what`) instead of refusing."""
+    return click.option("--overwrite", "--force", "overwrite", is_flag=True,
+                        help=f"Replace an existing {what} at --out (--force: old name).")
+
+
+def id_list(ids: tuple[str, ...], ids_file: str | None) -> list[str]:
+    """Ids from repeated/comma-separated --ids and an --ids-file (one per line)."""
+    out = [i for value in ids for i in value.split(",") if i]
+    if ids_file:
+        out += [line.strip() for line in Path(ids_file).read_text().splitlines() if line.strip()]
+    return out
+
+
+def wants_encoder(model: str | None, pretrained: str | None, checkpoint: str | None) -> bool:
+    """Whether any encoder option was given (otherwise the library picks the encoder)."""
+    return any(v is not None for v in (model, pretrained, checkpoint))
