@@ -12,7 +12,13 @@ from tipretrieval.cache import files as cache_files
 from tipretrieval.cache.cache import Cache, sample_shots
 from tipretrieval.demo.synthetic import SplitSizes, make_dataset, write_store
 from tipretrieval.encode.text import TextClassifier
-from tipretrieval.errors import BadInput, ConcurrentChange, CorruptData, StoreLocked
+from tipretrieval.errors import (
+    BadInput,
+    ConcurrentChange,
+    CorruptData,
+    NewerFormat,
+    StoreLocked,
+)
 from tipretrieval.jobs.evaluate import evaluate
 from tipretrieval.method.tune import search
 from tipretrieval.provenance import Provenance
@@ -223,3 +229,19 @@ def test_cache_lock_times_out_with_one_line_error(store, data, tmp_path):
         with pytest.raises(StoreLocked, match="locked by another writer for over 0.2 s"):
             with cache_files.lock(tmp_path / "c", timeout=0.2):
                 pass
+
+
+def test_cache_json_version_policy(store, data, tmp_path):
+    Cache.build(store, 2, text=data.text).save(tmp_path / "c")
+    meta_file = tmp_path / "c" / "cache.json"
+    meta = json.loads(meta_file.read_text())
+    assert (meta["format"], meta["version"]) == ("tipretrieval-cache", 1)
+    meta_file.write_text(json.dumps({**meta, "from_a_later_release": 1}))
+    assert len(Cache.load(tmp_path / "c")) == 20  # unknown keys are ignored
+    meta_file.write_text(json.dumps({**meta, "version": 2}))
+    with pytest.raises(NewerFormat, match=r"newer tipretrieval \(cache v2; this one reads up "
+                                          r"to v1\): upgrade tipretrieval"):
+        Cache.load(tmp_path / "c")
+    meta_file.write_text(json.dumps({**meta, "format": "something-else"}))
+    with pytest.raises(BadInput, match="is not a cache"):
+        Cache.load(tmp_path / "c")

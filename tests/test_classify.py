@@ -17,7 +17,7 @@ import pytest
 
 from tipretrieval.cache.cache import Cache
 from tipretrieval.demo.synthetic import SplitSizes, make_dataset, write_store
-from tipretrieval.errors import BadInput
+from tipretrieval.errors import BadInput, CorruptData, NewerFormat
 from tipretrieval.jobs.classify import (
     JOURNAL,
     SUCCESS,
@@ -143,6 +143,30 @@ def test_other_parameters_are_refused_unless_overwrite(inputs, reference, tmp_pa
     classify_store(*inputs, out, ClassifyOptions(batch_size=64, split="query", top_k=3),
                    overwrite=True, show_progress=False)
     assert read_output(out).classes.shape[1] == 3
+
+
+def test_journal_version_policy(inputs, reference, tmp_path):
+    out = tmp_path / "out"
+    classify_store(*inputs, out, ClassifyOptions(batch_size=64, split="query"),
+                   show_progress=False)
+    journal = json.loads((out / JOURNAL).read_text())
+    assert journal["format_version"] == 2 and "checksum" in journal
+    older = {**journal, "format_version": 1,  # a version 1 journal: no checksums at all
+             "parts": [{k: v for k, v in p.items() if k != "sha256"} for p in journal["parts"]]}
+    del older["checksum"]
+    older["spec"]["options"]["from_a_later_release"] = True  # unknown keys are ignored
+    (out / JOURNAL).write_text(json.dumps(older))
+    assert_same(read_output(out), read_output(reference))
+    (out / JOURNAL).write_text(json.dumps({**journal, "format_version": 3}))
+    with pytest.raises(NewerFormat, match="newer tipretrieval .classify journal v3.*upgrade"):
+        read_output(out)
+    (out / JOURNAL).write_text(json.dumps({**older, "parts": "garbage"}))
+    with pytest.raises(CorruptData, match="journal.*invalid.*overwrite"):
+        read_output(out)
+    (out / JOURNAL).write_text("{")
+    with pytest.raises(CorruptData, match="journal.json is unreadable"):
+        classify_store(*inputs, out, ClassifyOptions(batch_size=64, split="query"),
+                       show_progress=False)
 
 
 def test_new_cache_generation_needs_consent(tmp_path):

@@ -11,7 +11,6 @@ are kept, older ones deleted. Writers hold `.cache.lock`; readers retry while a 
 
 from __future__ import annotations
 
-import json
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,11 +23,11 @@ from filelock import FileLock, Timeout
 
 from ..errors import BadInput, ConcurrentChange, CorruptData, StoreLocked
 from ..method.index import KeyIndex
-from ..util.atomic import atomic_path, write_json
+from ..util.atomic import atomic_path
+from ..util.jsonfile import DocumentFormat
 from .state import CacheInfo, CacheState, Keys, Segment
 
-FORMAT = "tipretrieval-cache"
-VERSION = 1
+FORMAT = DocumentFormat("cache", 1, tag="tipretrieval-cache")  # cache.json
 META = "cache.json"
 LOCK_NAME = ".cache.lock"
 LOCK_TIMEOUT = 60.0  # seconds a writer waits for another writer, as for a store
@@ -172,8 +171,8 @@ def next_generation(path: Path, loaded: int | None) -> tuple[int, Files | None]:
 def commit(path: Path, generation: int, info: CacheInfo, num_keys: int, files: Files,
            previous: Files | None) -> None:
     """Make `generation` current (replace `cache.json`), then delete files no longer needed."""
-    write_json(path / META, {"format": FORMAT, "version": VERSION, "generation": generation,
-                             **info.to_json(), "num_keys": num_keys, "files": files.to_json()})
+    FORMAT.write(path / META, {"generation": generation, **info.to_json(),
+                               "num_keys": num_keys, "files": files.to_json()})
     _collect_garbage(path, files, previous)
 
 
@@ -207,8 +206,7 @@ def _read_generation(path: Path, meta: dict[str, Any]) -> tuple[CacheDir, CacheS
     text = np.load(path / files.text) if files.text else None
     if not (path / files.index).exists():
         raise FileNotFoundError(path / files.index)
-    info = CacheInfo.from_json({k: v for k, v in meta.items()
-                                if k not in ("format", "version", "generation", "files")})
+    info = CacheInfo.from_json(meta)
     keys = Keys(tuple(segments))
     if len(segments) > 1 and len(np.unique(keys.row_ids)) != len(keys):
         raise CorruptData(f"cache {path} holds repeated row ids", "rebuild it")
@@ -216,16 +214,8 @@ def _read_generation(path: Path, meta: dict[str, Any]) -> tuple[CacheDir, CacheS
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    """The parsed `cache.json` of `path`; CorruptData or BadInput when it cannot be used."""
-    try:
-        meta = json.loads((path / META).read_text())
-    except (OSError, ValueError) as exc:
-        raise CorruptData(f"cannot read {path / META} ({exc})", "restore or rebuild the cache"
-                          ) from exc
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise BadInput(f"{path} holds cache format {meta.get('format')} v{meta.get('version')}"
-                       f", this tipretrieval reads {FORMAT} v{VERSION}: rebuild the cache")
-    return meta
+    """The keys of `cache.json` in `path` (every version up to `FORMAT.version` reads alike)."""
+    return FORMAT.read(path / META, "restore or rebuild the cache").body
 
 
 def _collect_garbage(path: Path, current: Files, previous: Files | None) -> None:

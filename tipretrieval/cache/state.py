@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import BadInput
 from ..provenance import Provenance
+from ..util.jsonfile import known_fields
 from .text import check_text
 
 COMPACT_FRACTION = 0.1  # merge the key segments when the added keys exceed this share
@@ -51,11 +52,10 @@ class CacheInfo:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> CacheInfo:
-        obj = dict(obj)
+        obj = known_fields(cls, obj)
         obj["provenance"] = Provenance.from_json(obj["provenance"])
         obj["history"] = tuple(obj.get("history", ()))
-        names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in obj.items() if k in names})
+        return cls(**obj)
 
     def with_record(self, record: dict[str, Any] | None, **changes: Any) -> CacheInfo:
         """A copy with `changes` and `record` appended to a new history."""

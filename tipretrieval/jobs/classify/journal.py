@@ -27,6 +27,7 @@ from filelock import FileLock, Timeout
 from ...errors import BadInput, CorruptData, StoreLocked, TipError
 from ...util.atomic import atomic_path, fsync_dir, write_json
 from ...util.checksum import file_sha256
+from ...util.jsonfile import DocumentFormat, known_fields
 from .options import ClassifyOptions
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ JOURNAL = "journal.json"
 SUCCESS = "_SUCCESS"
 LOCK = ".classify.lock"
 LOCK_WAIT_S = 2.0  # a second job into one directory waits this long, then fails
-_FORMAT_VERSION = 2  # 2: checksums of the journal and of every part
+# version 2: checksums of the journal and of every part (version 1 journals are read unchecked)
+FORMAT = DocumentFormat("classify journal", 2, version_key="format_version")
 _FIX = "classify again with `overwrite=`"
 
 
@@ -58,7 +60,8 @@ class JobSpec:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> JobSpec:
-        return cls(**{**obj, "options": ClassifyOptions(**obj["options"])})
+        options = ClassifyOptions(**known_fields(ClassifyOptions, obj["options"]))
+        return cls(**{**known_fields(cls, obj), "options": options})
 
     def differences(self, other: JobSpec) -> dict[str, tuple[Any, Any]]:
         """Fields (options flattened) whose values differ, as (self, other)."""
@@ -85,6 +88,8 @@ class PartRecord:
         path = out / self.file
         if not path.is_file():
             return "missing"
+        if not self.sha256:  # a part of a version 1 journal: recorded without a checksum
+            return None
         return None if file_sha256(path) == self.sha256 else "damaged (sha256 mismatch)"
 
 
@@ -98,15 +103,14 @@ class Journal:
     complete: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        body = {
-            "format_version": _FORMAT_VERSION,
+        body = FORMAT.stamp({
             "state": "complete" if self.complete else "running",
             "spec_hash": self.spec.digest(),
             "spec": self.spec.to_json(),
             "store_rows": self.store_rows,
             "rows": sum(p.rows for p in self.parts.values()),
             "parts": [asdict(self.parts[i]) for i in sorted(self.parts)],
-        }
+        })
         return {**body, "checksum": _digest(body)}
 
     @classmethod
@@ -114,24 +118,21 @@ class Journal:
         """Read and check `out/journal.json`; TipError when `out` is not a classify output,
         CorruptData when the journal was damaged or edited."""
         path = out / JOURNAL
-        try:
-            obj = json.loads(path.read_bytes())
-        except FileNotFoundError:
-            raise TipError(f"{out} has no {JOURNAL}", "it is not a classify output") from None
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise CorruptData(f"{path} is unreadable ({exc})", _FIX) from None
-        if not isinstance(obj, dict) or obj.get("checksum") != _digest(
-                {k: v for k, v in obj.items() if k != "checksum"}):
+        if not path.is_file():
+            raise TipError(f"{out} has no {JOURNAL}", "it is not a classify output")
+        doc = FORMAT.read(path, _FIX)
+        content = {k: v for k, v in doc.body.items() if k != "checksum"}
+        if doc.version >= 2 and doc.body.get("checksum") != _digest(
+                FORMAT.stamp(content, doc.version)):
             raise CorruptData(f"{path} is damaged (checksum mismatch)", _FIX)
-        if obj.get("format_version") != _FORMAT_VERSION:
-            raise BadInput(f"{path} has format {obj.get('format_version')}, this tipretrieval "
-                           f"reads {_FORMAT_VERSION}", _FIX)
-        return cls(
+        unchecked = {"sha256": ""} if doc.version < 2 else {}
+        return doc.parse(lambda obj: cls(
             spec=JobSpec.from_json(obj["spec"]),
             store_rows=int(obj["store_rows"]),
-            parts={p["index"]: PartRecord(**p) for p in obj["parts"]},
+            parts={p["index"]: PartRecord(**{**unchecked, **known_fields(PartRecord, p)})
+                   for p in obj["parts"]},
             complete=obj["state"] == "complete",
-        )
+        ), _FIX)
 
     def damaged(self, out: Path) -> dict[int, str]:
         """The committed parts whose files are missing or damaged: {index: problem}."""
