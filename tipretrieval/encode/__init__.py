@@ -1,6 +1,9 @@
 """CLIP encoding: open_clip loading, image sources, transforms, extraction, text classifiers.
 
-`extract` (images -> store) lives in `tipretrieval.encode.extract`.
+`extract` (images -> store) lives in `tipretrieval.encode.extract`; which encoder made some
+features and encoding images with it into a store (`encoder_for`, `encode_into_store`) in
+`tipretrieval.encode.resolve`.
+May import: the contracts, `util` and `store`; never `method`, `cache`, `jobs`, `demo`, `cli`.
 """
 
 from .model import Encoder, load_encoder
