@@ -120,8 +120,8 @@ def read_source(path: Path | str, keys: dict[str, str] | None = None) -> dict[st
             from exc
     found = {f: _numpy(raw[k]) for f, k in keys.items() if k in raw}
     if "features" not in found and "views" not in found:
-        raise BadInput(f"{path} has no {keys['features']!r} array (it has {sorted(raw)})",
-                       "name the features array with `keys=` features=NAME")
+        raise BadInput(f"{path} has no {keys['features']!r} array (it has {sorted(raw)}): "
+                       "name the features array with --key features=NAME")
     return found
 
 
@@ -167,7 +167,7 @@ def _labels(values: Any, vocabulary: list[str]) -> np.ndarray:
     unknown = sorted(set(names.tolist()) - set(index))
     if unknown:
         raise BadInput(f"{len(unknown)} label names are not classes of the store (e.g. "
-                       f"{unknown[0]!r})", "add them to the class list given with `classes=`")
+                       f"{unknown[0]!r}): add them to the class list given with --classes")
     return np.array([index[n] for n in names.tolist()], dtype=np.int64)
 
 
@@ -247,8 +247,8 @@ def import_features(source: Path | str, store_path: Path | str,
     provenance = _provenance(found, opts, dim, source)
     if store is not None:
         if opts.dtype is not None and opts.dtype != store.dtype:
-            raise BadInput(f"store {store_path} keeps {store.dtype} on disk",
-                           f"drop `dtype=` {opts.dtype} or import into a new store")
+            raise BadInput(f"store {store_path} keeps {store.dtype} on disk: drop --dtype "
+                           f"{opts.dtype} or import into a new store")
         made_dir = False
     else:
         made_dir = not store_path.exists()

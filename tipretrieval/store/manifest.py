@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInput
+from ..errors import BadInput, CorruptData
 from ..provenance import Provenance
-from ..util.jsonfile import DocumentFormat
+from ..util.atomic import write_json
 
 FORMAT_VERSION = 1
-FORMAT = DocumentFormat("store manifest", FORMAT_VERSION, version_key="format_version")
 MANIFEST_NAME = "manifest.json"
 DTYPES = ("float16", "float32")
 
@@ -88,6 +88,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "format_version": self.format_version,
             "store_id": self.store_id,
             "generation": self.generation,
             "dim": self.dim,
@@ -99,9 +100,9 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any], format_version: int = FORMAT_VERSION) -> Manifest:
+    def from_json(cls, obj: dict[str, Any]) -> Manifest:
         return cls(
-            format_version=format_version, store_id=str(obj["store_id"]),
+            format_version=int(obj["format_version"]), store_id=str(obj["store_id"]),
             generation=int(obj["generation"]), dim=int(obj["dim"]), dtype=str(obj["dtype"]),
             provenance=Provenance.from_json(obj["provenance"]),
             classes=tuple(str(c) for c in obj["classes"]), next_row_id=int(obj["next_row_id"]),
@@ -109,8 +110,8 @@ class Manifest:
         )
 
     def save(self, store_dir: Path) -> None:
-        """Atomically replace the store's manifest with this one (at its format version)."""
-        FORMAT.write(store_dir / MANIFEST_NAME, self.to_json(), self.format_version)
+        """Atomically replace the store's manifest with this one."""
+        write_json(store_dir / MANIFEST_NAME, self.to_json())
 
     @classmethod
     def load(cls, store_dir: Path) -> Manifest:
@@ -119,5 +120,17 @@ class Manifest:
         if not path.is_file():
             raise BadInput(f"{store_dir} is not a tipretrieval store (no {MANIFEST_NAME})",
                            "check the path, or create one by importing or extracting into it")
-        doc = FORMAT.read(path, "restore it")
-        return doc.parse(lambda body: cls.from_json(body, doc.version), "restore it")
+        try:
+            obj = json.loads(path.read_text())
+            version = int(obj["format_version"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptData(f"{path} is not a valid store manifest ({exc}): restore it") from exc
+        if version > FORMAT_VERSION:
+            raise BadInput(
+                f"store {store_dir} has format version {version}, newer than the supported "
+                f"{FORMAT_VERSION}: upgrade tipretrieval to read it"
+            )
+        try:
+            return cls.from_json(obj)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptData(f"{path} is not a valid store manifest ({exc}): restore it") from exc

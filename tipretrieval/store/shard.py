@@ -162,7 +162,7 @@ class ShardReader:
 
     def _corrupt(self, problem: str) -> CorruptData:
         return CorruptData(
-            f"shard {self.info.name} {problem}", "verify the store (`Store.verify`) and "
+            f"shard {self.info.name} {problem}: run `tipretrieval info STORE --verify` and "
             "restore the shard from a backup or re-import its rows into a new store"
         )
 
