@@ -11,6 +11,7 @@ from tipretrieval.cli import main
 from tipretrieval.encode import load_encoder, scan_source
 from tipretrieval.encode.extract import ExtractOptions, extract
 from tipretrieval.jobs.classify import QUERY_STORE, classify_store, read_output
+from tipretrieval.provenance import Provenance
 from tipretrieval.rows import Rows
 from tipretrieval.store.store import Store
 
@@ -42,3 +43,21 @@ def test_images_equal_the_extracted_store(tiny_clip_config, tiny_checkpoint, ima
                    show_progress=False)
     assert_same(read_output(out), read_output(tmp_path / "expected"))
     assert len(Store.open(out / QUERY_STORE)) == 6
+
+
+def test_images_take_pretrained_and_refuse_in_one_line(image_folder, tmp_path):
+    folder = image_folder(tmp_path / "imgs")
+    rng = np.random.default_rng(1)
+    shots = Rows.make(["k0", "k1"], _unit(rng.standard_normal((2, 512))), [0, 1],
+                      row_ids=np.arange(2))
+    prov = Provenance("ViT-B-32", "openai", 512)
+    Cache.from_rows(shots, ["cat", "dog_breed"], prov,
+                    text=_unit(rng.standard_normal((2, 512)))).save(tmp_path / "cache")
+    res = CliRunner().invoke(main, [
+        "classify", str(tmp_path / "cache"), "--images", str(folder), "--out",
+        str(tmp_path / "out"), "--pretrained", "nope", "--quiet"])
+    assert res.exit_code == 2
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert errors == [errors[0]] and "unknown pretrained tag 'nope' for ViT-B-32" in errors[0]
+    assert errors[0].endswith("pick a known tag or pass --checkpoint FILE")
+    assert not (tmp_path / "out" / QUERY_STORE).exists()

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from tipretrieval.cli import main
 from tipretrieval.encode import load_encoder
 from tipretrieval.encode.extract import ExtractOptions, extract
-from tipretrieval.encode.ray_extract import EncoderSpec, completed_blocks, extract_ray
+from tipretrieval.encode.ray_extract import completed_blocks, extract_ray
+from tipretrieval.encode.resolve import EncoderSpec
 from tipretrieval.encode.sources import Source, scan_source
 from tipretrieval.errors import BadInput
 from tipretrieval.store.store import Store
