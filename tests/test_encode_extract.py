@@ -92,7 +92,7 @@ def test_eval_split_uses_clip_transform_and_needs_distinct_ids(tiny_encoder, fol
     src = scan_source(folder)
     store_dir = tmp_path / "store"
     extract(src, store_dir, tiny_encoder, _opts())
-    with pytest.raises(BadInput, match="--id-prefix"):
+    with pytest.raises(BadInput, match="`id_prefix=`"):
         extract(src, store_dir, tiny_encoder, _opts(split="test"))
     extract(src, store_dir, tiny_encoder, _opts(split="test"), id_prefix="test/")
     test = _by_id(Store.open(store_dir).select(split="test", with_views=True))
