@@ -1,5 +1,5 @@
-"""Versioned JSON documents: one way to read and write every JSON file a tipretrieval directory
-is named by (store manifest, cache.json, classify journal).
+"""Versioned JSON documents: one way to read and write the JSON files a tipretrieval directory
+is named by (cache.json, classify journal; the store manifest follows the same policy).
 
 Version policy, the same for all: a document records the version of its format; a reader
 refuses a newer version with one line ("written by a newer tipretrieval: upgrade"), reads every
@@ -25,7 +25,7 @@ T = TypeVar("T")
 class DocumentFormat:
     """A kind of JSON document: its name, the version written now, how it records them."""
 
-    name: str  # what the document is, for messages ("store manifest")
+    name: str  # what the document is, for messages ("classify journal")
     version: int  # the version this tipretrieval writes and the newest it reads
     version_key: str = "version"
     tag: str | None = None  # the value of the document's "format" key, if it has one
