@@ -8,11 +8,13 @@ from pathlib import Path
 import click
 
 from ..encode.extract import default_workers
+from ..encode.resolve import encoder_for
 from ..jobs.fit_predict import HOLDOUT_RULE, FitPredictOptions, fit_predict
 from ..jobs.report import ReportOptions, ReportResult, build_report
 from ..method.adapter import METHODS
 from .cache_cmds import _shots
-from .encode_cmds import _store_provenance, load_cli_encoder, model_options
+from .encode_cmds import _store_provenance
+from .options import model_options
 
 
 def _report_line(result: ReportResult) -> str:
@@ -78,8 +80,8 @@ def fit_predict_cmd(labelled_dir, new_dir, out: Path, model, pretrained, checkpo
         shots=_shots(shots), finetune=finetune, method=method, templates=templates, views=views,
         epochs=epochs, seed=seed, batch_size=batch_size,
         workers=default_workers() if workers is None else workers)
-    encoder = load_cli_encoder(model, pretrained, checkpoint, device,
-                               _store_provenance(out / "store"))
+    encoder = encoder_for(_store_provenance(out / "store"), model=model, pretrained=pretrained,
+                          checkpoint=checkpoint, device=device)
     r = fit_predict(labelled_dir, new_dir, out, encoder, options)
     click.echo(f"labelled: {r.labelled_new} images encoded this run; {r.val_rows} held out for "
                f"validation ({HOLDOUT_RULE})")

@@ -49,9 +49,9 @@ class ReportOptions:
     def __post_init__(self) -> None:
         for name in ("per_class", "max_rows", "thumb_size"):
             if getattr(self, name) < 1:
-                raise BadInput(f"--{name.replace('_', '-')} must be at least 1")
+                raise BadInput(f"{name} is {getattr(self, name)}", f"`{name}=` must be at least 1")
         if self.to_label < 0:
-            raise BadInput("--to-label must be 0 or more")
+            raise BadInput(f"to_label is {self.to_label}", "`to_label=` must be 0 or more")
 
 
 @dataclass
@@ -71,18 +71,18 @@ class ReportResult:
 def _finished_journal(output: Path) -> Journal:
     """The journal of a finished classify output; BadInput naming the fix otherwise."""
     if not (output / JOURNAL).exists():
-        raise BadInput(f"{output} is not a classify output (no {JOURNAL}): give the --out "
-                       "directory of tipretrieval classify")
+        raise BadInput(f"{output} is not a classify output (no {JOURNAL})",
+                       "give the output directory of a classify job")
     journal = Journal.load(output)
     if not journal.complete:
-        raise BadInput(f"{output} is incomplete: rerun its classify command to finish it")
+        raise BadInput(f"{output} is incomplete", "rerun its classify job to finish it")
     return journal
 
 
 def _open_cache(output: Path, journal: Journal, cache_path: str | Path | None) -> Cache:
     path = Path(cache_path or journal.spec.cache_id)
     if not (path / META).exists():
-        raise BadInput(f"the cache of {output} ({path}) is gone: pass the cache with --cache")
+        raise BadInput(f"the cache of {output} ({path}) is gone", "pass the cache as `cache=`")
     return Cache.load(path)
 
 
@@ -94,8 +94,8 @@ def _open_store(output: Path, journal: Journal, store_path: str | Path | None) -
             return None
     store = Store.open(store_path)
     if store.store_id != journal.spec.store_id:
-        raise BadInput(f"store {store_path} is not the store {output} classified: pass that "
-                       "store with --store")
+        raise BadInput(f"store {store_path} is not the store {output} classified",
+                       "pass that store as `store=`")
     return store
 
 
