@@ -6,7 +6,9 @@ FAISS index (`index-g<N>.faiss`) plus how many segments that index already holds
 writes one small segment and a new JSON, so a cache of a million keys grows without rewriting
 its keys or index; segments are merged once the deltas grow past `COMPACT_FRACTION`. A reader
 that loaded generation g keeps working while g+1 is written: files of the previous generation
-are kept, older ones deleted. Writers hold `.cache.lock`; readers retry while a writer moves on.
+are kept, older ones deleted. Writers hold `.cache.lock` (StoreLocked after 60 s); readers
+retry while a writer moves on. `CacheDir` is one generation and the files it lists: `save`
+writes only what a `CacheState` does not share with it.
 """
 
 from __future__ import annotations
