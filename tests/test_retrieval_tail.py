@@ -1,0 +1,77 @@
+"""The retrieval tail: m_c * exp(-beta (1 - mu_c)) against numpy, and exact when keys coincide."""
+
+import numpy as np
+import pytest
+
+from tipretrieval.method import affinity
+from tipretrieval.method.adapter import TipAdapter
+
+
+def unit(a):
+    return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def by_hand(x, keys, labels, c, beta, pos):
+    """Per query and class, in float64 loops: (the retrieved keys' exact terms, the tail
+    m_c * exp(-beta * (1 - mu_c)) of the m_c keys not retrieved, mu_c their mean similarity)."""
+    x, keys = x.astype(np.float64), keys.astype(np.float64)
+    retrieved, tail = np.zeros((len(x), c)), np.zeros((len(x), c))
+    for b in range(len(x)):
+        got = {int(p) for p in pos[b] if p >= 0}
+        for cls in range(c):
+            members = np.flatnonzero(labels == cls)
+            sims = keys[members] @ x[b]
+            hit = np.array([m in got for m in members], dtype=bool)
+            retrieved[b, cls] = np.exp(-beta * (1 - sims[hit])).sum()
+            m = int((~hit).sum())
+            if m:
+                tail[b, cls] = m * np.exp(-beta * (1 - sims[~hit].mean()))
+    return retrieved, tail
+
+
+@pytest.mark.parametrize("beta", [0.7, 6.0])
+def test_tail_equals_the_mean_field_formula(beta):
+    rng = np.random.default_rng(11)
+    c, d = 5, 16
+    counts = np.array([1, 4, 0, 7, 3])  # a single-key class, an empty class, unequal sizes
+    labels = np.repeat(np.arange(c), counts)
+    centres = unit(rng.standard_normal((c, d)))
+    keys = unit(centres[labels] + 0.6 * rng.standard_normal((len(labels), d)))
+    x = unit(rng.standard_normal((40, d)))
+    sk = affinity.SortedKeys.build(keys, labels, c)  # already sorted: positions are indices
+    for k in (1, 3, 6):
+        # each query retrieves k random keys; some fewer (-1 padding, as FAISS gives)
+        pos = np.stack([rng.choice(len(keys), size=k, replace=False) for _ in x])
+        pos[::4, -1] = -1
+        sims = affinity.retrieved_sims(x, sk, pos)
+        retrieved, tail = by_hand(x, keys, labels, c, beta, pos)
+        np.testing.assert_allclose(affinity.retrieval(x, sk, beta, pos, sims),
+                                   retrieved + tail, rtol=2e-5, atol=1e-7)
+        np.testing.assert_allclose(affinity.retrieval(x, sk, beta, pos, sims, tail=False),
+                                   retrieved, rtol=2e-5, atol=1e-7)
+        assert np.all(tail[:, 2] == 0) and np.all(tail[:, [0, 1, 3, 4]].max(axis=0) > 0)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_retrieval_is_exact_when_each_class_has_identical_keys(k):
+    """With equal keys within a class the unretrieved similarities are all equal, so the
+    mean-field tail is exact: retrieval without rescoring equals exact mode for any k."""
+    rng = np.random.default_rng(12)
+    c, d = 6, 24
+    counts = np.array([3, 9, 1, 6, 12, 4])
+    centres = unit(rng.standard_normal((c, d)))
+    labels = rng.permutation(np.repeat(np.arange(c), counts))
+    keys = centres[labels]
+    text = unit(rng.standard_normal((c, d)))
+    x = unit(centres[rng.integers(0, c, 60)] + 0.5 * rng.standard_normal((60, d)))
+    for beta in (0.5, 7.0):
+        ad = TipAdapter(keys, labels, c, text, alpha=2.5, beta=beta,
+                        row_ids=rng.permutation(500)[: len(keys)])
+        exact = ad.cache_term(x)
+        sims = x.astype(np.float64) @ centres.T.astype(np.float64)
+        np.testing.assert_allclose(exact, counts * np.exp(-beta * (1 - sims)), rtol=1e-5)
+        np.testing.assert_allclose(ad.cache_term(x, mode="retrieval", k=k), exact, rtol=1e-5)
+        np.testing.assert_allclose(ad.logits(x, mode="retrieval", k=k, rescore=0),
+                                   ad.logits(x), rtol=1e-5, atol=1e-4)
+        trunc = ad.cache_term(x, mode="retrieval", k=k, tail=False)
+        assert np.all(trunc <= exact * (1 + 1e-6)) and np.mean(trunc < 0.9 * exact) > 0.5
