@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,9 @@ from tipretrieval.cache.cache import Cache
 from tipretrieval.demo.synthetic import SplitSizes, make_dataset, write_store
 from tipretrieval.errors import BadInput
 from tipretrieval.jobs.classify import (
-    JOURNAL,
     SUCCESS,
     ClassifyOptions,
+    Journal,
     classify_store,
     local,
     read_output,
@@ -56,10 +55,10 @@ def computed(monkeypatch) -> list[tuple[int, int]]:
 def kill_after(out: Path, lost: list[int]) -> None:
     """Make `out` look like a run killed after committing every part but `lost` (their files
     may or may not have been renamed into place before the kill)."""
-    journal = json.loads((out / JOURNAL).read_text())
-    journal["parts"] = [p for p in journal["parts"] if p["index"] not in lost]
-    journal["state"] = "running"
-    (out / JOURNAL).write_text(json.dumps(journal))
+    journal = Journal.load(out)
+    journal.parts = {i: p for i, p in journal.parts.items() if i not in lost}
+    journal.complete = False
+    journal.save(out)
     (out / SUCCESS).unlink()
 
 
