@@ -235,12 +235,15 @@ def test_cache_json_version_policy(store, data, tmp_path):
     Cache.build(store, 2, text=data.text).save(tmp_path / "c")
     meta_file = tmp_path / "c" / "cache.json"
     meta = json.loads(meta_file.read_text())
-    assert (meta["format"], meta["version"]) == ("tipretrieval-cache", 1)
+    assert (meta["format"], meta["version"]) == ("tipretrieval-cache", 2)
     meta_file.write_text(json.dumps({**meta, "from_a_later_release": 1}))
     assert len(Cache.load(tmp_path / "c")) == 20  # unknown keys are ignored
-    meta_file.write_text(json.dumps({**meta, "version": 2}))
-    with pytest.raises(NewerFormat, match=r"newer tipretrieval \(cache v2; this one reads up "
-                                          r"to v1\): upgrade tipretrieval"):
+    files = {k: v for k, v in meta["files"].items() if k != "sha256"}
+    meta_file.write_text(json.dumps({**meta, "version": 1, "files": files}))
+    assert len(Cache.load(tmp_path / "c")) == 20  # version 1: no checksums, read unchecked
+    meta_file.write_text(json.dumps({**meta, "version": 3}))
+    with pytest.raises(NewerFormat, match=r"newer tipretrieval \(cache v3; this one reads up "
+                                          r"to v2\): upgrade tipretrieval"):
         Cache.load(tmp_path / "c")
     meta_file.write_text(json.dumps({**meta, "format": "something-else"}))
     with pytest.raises(BadInput, match="is not a cache"):

@@ -33,13 +33,16 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 def cli(*args, code: int) -> str:
-    """Run the CLI in-process; assert the exit code and a one-line error; return stderr."""
+    """Run the CLI in-process; assert the exit code and, on failure, one error line (after any
+    progress bar) and no traceback; return that line (stderr on success)."""
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == code, (result.output, result.exception)
-    if code:
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
-    return result.stderr
+    if not code:
+        return result.stderr
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    assert sum("error" in line.lower() for line in lines) == 1, result.stderr
+    return lines[-1]
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from . import files as cache_files
 from .files import META, CacheDir
 from .labels import class_map, relabel
 from .shots import check_store, new_shots, row_ids_of, sample_shots, stored_shots
-from .state import CacheInfo, CacheState, Keys, Segment
+from .state import CacheInfo, CacheState, Keys, Segment, new_cache_id
 from .text import TextInput, check_text, new_class_text, resolve_text
 
 if TYPE_CHECKING:
@@ -64,7 +64,8 @@ class Cache:
         """A cache whose keys are exactly `rows` (features, labels, row ids)."""
         if rows.row_ids is None:
             raise BadInput("cache rows need store row ids", "append them to a store first")
-        meta = CacheInfo(classes=list(classes), provenance=provenance, **info)
+        meta = CacheInfo(classes=list(classes), provenance=provenance,
+                         **{"cache_id": new_cache_id(), **info})
         order = np.lexsort((rows.row_ids, rows.labels))
         return cls(CacheState.make(rows.features[order], rows.labels[order],
                                    rows.row_ids[order], meta, text))
@@ -232,6 +233,7 @@ class Cache:
         if self.text is None:
             raise BadInput("tuning needs a text classifier",
                            "rebuild the cache with `text=` or `templates=`")
+        _check_grid(scale, steps)
         result = search(val.features, val.labels, self.keys, self.labels, self.text,
                         scale=scale, steps=steps)
         self.set_params(result.alpha, result.beta, {
@@ -247,6 +249,7 @@ class Cache:
         if self.text is None:
             raise BadInput("fine-tuning needs a text classifier",
                            "rebuild the cache with `text=` or `templates=`")
+        _check_grid(scale, steps)
         views = self.shot_views(store)
         result = finetune(self.keys, self.labels, self.text, views, self.labels, val.features,
                           val.labels, self.alpha, self.beta, epochs=epochs, seed=seed,
@@ -362,6 +365,8 @@ class Cache:
             raise BadInput("this cache has no directory yet", "give a path to save it to")
         target = self._dir.path if path is None else Path(path)
         same = self._dir is not None and target.resolve() == self._dir.path.resolve()
+        if self._dir is not None and not same:  # a copy in another directory is another cache
+            self.state = replace(self.state, info=replace(self.info, cache_id=new_cache_id()))
         directory, keys = cache_files.save(target, self.state, lambda: self.index,
                                            self._dir if same else None)
         # the same keys, now in files: the live index still holds them
@@ -376,3 +381,12 @@ class Cache:
         """Open the current generation of the cache directory `path`."""
         directory, state = cache_files.load(Path(path))
         return cls(state, directory)
+
+
+def _check_grid(scale: tuple[float, float], steps: tuple[int, int]) -> None:
+    """BadInput unless the alpha/beta search grid has positive finite ends and sizes."""
+    if not all(np.isfinite(v) and v > 0 for v in scale):
+        raise BadInput(f"scale {tuple(scale)} must be two finite numbers > 0",
+                       "give `scale=` S_BETA S_ALPHA > 0")
+    if not all(int(n) >= 1 for n in steps):
+        raise BadInput(f"steps {tuple(steps)} must be two numbers >= 1", "give `steps=` >= 1")

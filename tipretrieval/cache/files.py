@@ -9,10 +9,15 @@ that loaded generation g keeps working while g+1 is written: files of the previo
 are kept, older ones deleted. Writers hold `.cache.lock` (StoreLocked after 60 s); readers
 retry while a writer moves on. `CacheDir` is one generation and the files it lists: `save`
 writes only what a `CacheState` does not share with it.
+
+Version 2 records the sha256 of every file (`files.sha256`): segments and text are checked on
+load, the index when it is first loaded (exact mode never needs it). A failed save removes the
+files it wrote (and the directory, if it made it); an OSError is one line (TipError).
 """
 
 from __future__ import annotations
 
+import re
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,18 +28,20 @@ from typing import Any
 import numpy as np
 from filelock import FileLock, Timeout
 
-from ..errors import BadInput, ConcurrentChange, CorruptData, StoreLocked
+from ..errors import BadInput, ConcurrentChange, CorruptData, StoreLocked, TipError
 from ..method.index import KeyIndex
 from ..util.atomic import atomic_path
-from ..util.jsonfile import DocumentFormat
+from ..util.checksum import file_sha256
+from ..util.jsonfile import Document, DocumentFormat
 from .state import CacheInfo, CacheState, Keys, Segment
 
-FORMAT = DocumentFormat("cache", 1, tag="tipretrieval-cache")  # cache.json
+FORMAT = DocumentFormat("cache", 2, tag="tipretrieval-cache")  # cache.json; 2: sha256 of files
 META = "cache.json"
 LOCK_NAME = ".cache.lock"
 LOCK_TIMEOUT = 60.0  # seconds a writer waits for another writer, as for a store
 _PREFIXES = ("keys-g", "text-g", "index-g")
 _LOAD_TRIES = 5
+_FIX = "restore or rebuild the cache"
 
 
 @dataclass(frozen=True)
@@ -45,17 +52,32 @@ class Files:
     text: str | None
     index: str
     index_segments: int  # how many leading segments `index` holds
+    sha256: dict[str, str]  # of every file (empty in a version 1 cache: not checked)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> Files:
-        return cls(list(obj["segments"]), obj.get("text"), obj["index"],
-                   int(obj["index_segments"]))
+    def from_json(cls, obj: dict[str, Any], version: int = FORMAT.version) -> Files:
+        """The files `obj` lists; TypeError or ValueError when it is malformed."""
+        files = cls(list(obj["segments"]), obj.get("text"), obj["index"],
+                    int(obj["index_segments"]), dict(obj.get("sha256", {})))
+        names = files.names()
+        if not all(isinstance(n, str) and "/" not in n for n in names):
+            raise ValueError(f"bad file names {sorted(map(str, names))}")
+        if version >= 2 and not names <= set(files.sha256):
+            raise ValueError(f"no sha256 of {sorted(names - set(files.sha256))}")
+        return files
 
     def names(self) -> set[str]:
         return {*self.segments, self.index, *([self.text] if self.text else [])}
+
+    def checked(self, directory: Path, name: str) -> Path:
+        """The path of file `name`; CorruptData when its sha256 is not the recorded one."""
+        path = directory / name
+        if name in self.sha256 and file_sha256(path) != self.sha256[name]:
+            raise CorruptData(f"cache {directory} has a damaged {name} (sha256 mismatch)", _FIX)
+        return path
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,10 +98,12 @@ class CacheDir:
     def load_index(self, keys: Keys) -> KeyIndex:
         """This generation's index plus the segments of `keys` added after it was written."""
         path = self.path / self.files.index
-        if not path.exists():
-            raise ConcurrentChange(f"cache {self.path} moved on two generations past the one "
-                                   f"loaded (g{self.generation})", "load it again")
-        index = KeyIndex.load(path)
+        if not path.is_file():
+            if _read_meta(self.path)["generation"] != self.generation:
+                raise ConcurrentChange(f"cache {self.path} moved on two generations past the "
+                                       f"one loaded (g{self.generation})", "load it again")
+            raise CorruptData(f"cache {self.path} lacks {self.files.index}", _FIX)
+        index = KeyIndex.load(self.files.checked(self.path, self.files.index))
         for seg in keys.segments[self.files.index_segments:]:
             index.add(seg.keys, seg.row_ids)
         return index
@@ -109,28 +133,71 @@ def save(target: Path, state: CacheState, index: Callable[[], KeyIndex],
     files that still hold the same content are listed again rather than rewritten.
     ConcurrentChange when another writer has moved `target` on since `base`.
     """
-    target.mkdir(parents=True, exist_ok=True)
-    with lock(target):
-        gen, previous = next_generation(target, base.generation if base else None)
-        keys = state.keys if base is not None else state.keys.unsaved()
-        if keys.needs_compaction():
-            keys = keys.whole()
-        keys = Keys(tuple(s if s.file is not None else write_segment(target, gen, i, s)
-                          for i, s in enumerate(keys.segments)))
-        if state.text is None:
-            text = None
-        elif base is not None and state.text is base.text:
-            text = base.files.text
-        else:
-            text = write_text(target, gen, state.text)
-        if base is not None and base.holds_index_of(keys):
-            index_file, covered = base.files.index, base.files.index_segments
-        else:
-            index_file, covered = index_name(gen), len(keys.segments)
-            index().save(target / index_file)
-        files = Files([s.file for s in keys.segments], text, index_file, covered)
-        commit(target, gen, state.info, len(keys), files, previous)
+    created = not target.exists()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with lock(target):
+            gen, previous = next_generation(target, base.generation if base else None)
+            try:
+                directory, keys = _write(target, gen, state, index, base)
+            except BaseException:
+                _remove_generation(target, gen)  # not committed: nothing refers to its files
+                raise
+            commit(target, gen, state.info, len(keys), directory.files, previous)
+            return directory, keys
+    except OSError as exc:
+        raise TipError(f"cannot write cache {target}: {exc.strerror or exc}"
+                       f"{f' ({exc.filename})' if exc.filename else ''}",
+                       "fix that and retry (the cache is unchanged)") from exc
+    finally:
+        if created and not (target / META).exists():
+            _remove_new_dir(target)
+
+
+def _write(target: Path, gen: int, state: CacheState, index: Callable[[], KeyIndex],
+           base: CacheDir | None) -> tuple[CacheDir, Keys]:
+    """Write the files of generation `gen` of `target` (holding its lock), not committed."""
+    if base is not None:
+        lost = sorted(n for n in base.files.names() if not (target / n).is_file())
+        if lost:
+            raise CorruptData(f"cache {target} lacks {', '.join(lost)}", _FIX)
+    keys = state.keys if base is not None else state.keys.unsaved()
+    if keys.needs_compaction():
+        keys = keys.whole()
+    keys = Keys(tuple(s if s.file is not None else write_segment(target, gen, i, s)
+                      for i, s in enumerate(keys.segments)))
+    if state.text is None:
+        text = None
+    elif base is not None and state.text is base.text:
+        text = base.files.text
+    else:
+        text = write_text(target, gen, state.text)
+    if base is not None and base.holds_index_of(keys):
+        index_file, covered = base.files.index, base.files.index_segments
+    else:
+        index_file, covered = index_name(gen), len(keys.segments)
+        index().save(target / index_file)
+    known = base.files.sha256 if base is not None else {}
+    names = [s.file for s in keys.segments] + [index_file] + ([text] if text else [])
+    sha256 = {n: known.get(n) or file_sha256(target / n) for n in names}
+    files = Files([s.file for s in keys.segments], text, index_file, covered, sha256)
     return CacheDir(target, gen, files, state.text), keys
+
+
+def _remove_generation(path: Path, generation: int) -> None:
+    """Delete the files of the uncommitted `generation` (a failed save's)."""
+    for f in path.iterdir():
+        if re.fullmatch(rf"(keys|text|index)-g{generation}(-\d+)?\.[a-z]+", f.name):
+            f.unlink(missing_ok=True)
+
+
+def _remove_new_dir(path: Path) -> None:
+    """Remove the directory a failed first save made: its lock file, then it if empty."""
+    try:
+        (path / LOCK_NAME).unlink(missing_ok=True)
+        path.rmdir()
+    except OSError:
+        pass  # not empty (another writer's files) or gone: leave it
 
 
 def write_segment(path: Path, generation: int, i: int, segment: Segment) -> Segment:
@@ -167,7 +234,7 @@ def next_generation(path: Path, loaded: int | None) -> tuple[int, Files | None]:
         raise ConcurrentChange(f"cache {path} changed since it was loaded (generation "
                                f"{meta['generation']}, loaded {loaded})",
                                "load it again and repeat the change")
-    return meta["generation"] + 1, Files.from_json(meta["files"])
+    return meta["generation"] + 1, Files.from_json(meta["files"], 1)
 
 
 def commit(path: Path, generation: int, info: CacheInfo, num_keys: int, files: Files,
@@ -184,40 +251,48 @@ def load(path: Path) -> tuple[CacheDir, CacheState]:
         raise BadInput(f"{path} is not a cache (no {META})",
                        "build one with `Cache.build(store, shots).save(path)`")
     for _ in range(_LOAD_TRIES):
-        meta = _read_meta(path)
+        doc = _read_doc(path)
         try:
-            return _read_generation(path, meta)
-        except FileNotFoundError as exc:
-            if _read_meta(path)["generation"] == meta["generation"]:
-                raise CorruptData(f"cache {path} lacks {Path(exc.filename).name}",
-                                  "restore or rebuild the cache") from exc
-        except (KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise CorruptData(f"cannot read cache {path} ({exc!r})",
-                              "restore or rebuild the cache") from exc
+            return _read_generation(path, doc)
+        except (FileNotFoundError, CorruptData) as exc:
+            if _read_doc(path).body != doc.body:
+                continue  # a writer replaced the generation while it was read
+            if isinstance(exc, CorruptData):
+                raise
+            name = Path(exc.filename).name if exc.filename else exc
+            raise CorruptData(f"cache {path} lacks {name}", _FIX) from exc
+        except (KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            raise CorruptData(f"cannot read cache {path} ({exc!r})", _FIX) from exc
     raise ConcurrentChange(f"cache {path} keeps changing while it is read",
                            "retry when writes stop")
 
 
-def _read_generation(path: Path, meta: dict[str, Any]) -> tuple[CacheDir, CacheState]:
-    """The arrays of the generation `meta` describes; FileNotFoundError when one is gone."""
-    files = Files.from_json(meta["files"])
+def _read_generation(path: Path, doc: Document) -> tuple[CacheDir, CacheState]:
+    """The arrays of the generation `doc` describes, each file checked against its sha256;
+    FileNotFoundError when one is gone. The index is checked when it is first loaded."""
+    meta = doc.body
+    files = Files.from_json(meta["files"], doc.version)
     segments = []
     for name in files.segments:
-        with np.load(path / name) as z:
+        with np.load(files.checked(path, name)) as z:
             segments.append(Segment(z["keys"], z["labels"], z["row_ids"], name))
-    text = np.load(path / files.text) if files.text else None
-    if not (path / files.index).exists():
-        raise FileNotFoundError(path / files.index)
-    info = CacheInfo.from_json(meta)
-    keys = Keys(tuple(segments))
-    if len(segments) > 1 and len(np.unique(keys.row_ids)) != len(keys):
-        raise CorruptData(f"cache {path} holds repeated row ids", "rebuild it")
-    return CacheDir(path, int(meta["generation"]), files, text), CacheState(info, keys, text)
+    text = np.load(files.checked(path, files.text)) if files.text else None
+    try:
+        info = CacheInfo.from_json(meta)
+        state = CacheState(info, Keys(tuple(segments)), text).checked()
+    except BadInput as exc:
+        raise CorruptData(f"cache {path / META} is invalid: {exc.problem}", _FIX) from exc
+    return CacheDir(path, int(meta["generation"]), files, text), state
+
+
+def _read_doc(path: Path) -> Document:
+    """`cache.json` of `path` as read (every version up to `FORMAT.version` reads alike)."""
+    return FORMAT.read(path / META, _FIX)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    """The keys of `cache.json` in `path` (every version up to `FORMAT.version` reads alike)."""
-    return FORMAT.read(path / META, "restore or rebuild the cache").body
+    """The keys of `cache.json` in `path`."""
+    return _read_doc(path).body
 
 
 def _collect_garbage(path: Path, current: Files, previous: Files | None) -> None:

@@ -56,6 +56,8 @@ def new_shots(store: Store, keys: np.ndarray, store_id: str | None, split: str,
     """The labelled `split` rows of `store` to add as shots: those of `ids` (each must be one),
     or with no ids every one whose row id is not in `keys` yet."""
     check_store(store, store_id)
+    if ids is not None and not len(ids):
+        raise BadInput("an empty list of ids", "give ids, or `ids=None` for every new row")
     rows = store.select(split=split, ids=list(ids) if ids else None)
     rows = rows.take(rows.labels >= 0)
     if ids:

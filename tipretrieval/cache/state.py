@@ -7,10 +7,14 @@ computed from.
 
 from __future__ import annotations
 
+import functools
+import math
+import types
+import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
@@ -43,6 +47,23 @@ class CacheInfo:
     templates: str | None = None  # prompt templates used for the text classifier, if known
     text_source: str | None = None  # text-classifier file the text came from, if any
     history: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # tune/finetune records
+    cache_id: str | None = None  # made once per cache (`new_cache_id`), kept by every generation
+
+    def __post_init__(self) -> None:
+        """BadInput when a field has the wrong type or alpha/beta are not usable."""
+        for f in fields(self):
+            value, hint = getattr(self, f.name), _hints()[f.name]
+            if not _has_type(value, hint):
+                raise BadInput(f"cache field {f.name} is {value!r}, not "
+                               f"{getattr(hint, '__name__', hint)}")
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise BadInput(f"alpha must be a finite number >= 0, got {self.alpha}",
+                           "give `alpha=` >= 0")
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise BadInput(f"beta must be a finite number > 0, got {self.beta}",
+                           "give `beta=` > 0")
+        if self.method not in ("tip", "tip-f"):
+            raise BadInput(f"cache method {self.method!r} is not tip or tip-f")
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -61,6 +82,32 @@ class CacheInfo:
         """A copy with `changes` and `record` appended to a new history."""
         history = self.history if record is None else (*self.history, dict(record))
         return replace(self, **changes, history=history)
+
+
+def new_cache_id() -> str:
+    """A new unique cache id: a rebuilt cache is another cache, even at the same path."""
+    return uuid.uuid4().hex
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return get_type_hints(CacheInfo)
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether `value` (as read from JSON) fits the annotation `hint` of a `CacheInfo` field."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if origin in (list, tuple):
+        return isinstance(value, origin) and all(_has_type(v, args[0]) for v in value)
+    if hint is Any:
+        return True
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,6 +195,19 @@ class CacheState:
             raise BadInput("row ids of the cache keys must be unique")
         return cls(info, Keys((segment,)), check_text(text, len(info.classes), dim))
 
+    def checked(self) -> CacheState:
+        """This state, if its arrays agree with its info (as read from files); else BadInput."""
+        keys, dim = self.keys, self.info.provenance.dim
+        if keys.keys.ndim != 2 or keys.keys.shape[1] != dim or keys.keys.dtype != np.float32:
+            raise BadInput(f"keys are {keys.keys.dtype} {keys.keys.shape}, not (M, {dim})")
+        if not (len(keys.labels) == len(keys.row_ids) == len(keys.keys)):
+            raise BadInput("keys, labels and row ids need one entry per key")
+        _check_labels(keys.labels, len(self.info.classes))
+        if len(np.unique(keys.row_ids)) != len(keys):
+            raise BadInput("the cache holds repeated row ids")
+        check_text(self.text, len(self.info.classes), dim)
+        return self
+
     def with_keys(self, keys: np.ndarray, method: str) -> CacheState:
         """The same cache with every key replaced (same order, labels and row ids)."""
         keys = np.ascontiguousarray(keys, dtype=np.float32)
@@ -163,7 +223,7 @@ class CacheState:
         missing = row_ids[~np.isin(row_ids, self.keys.row_ids)]
         if len(missing):
             raise BadInput(f"row ids {missing[:5].tolist()} are not keys of this cache",
-                           "check the ids (the cache's `row_ids` lists them)")
+                           "check the ids: the keys' row ids are `Cache.load(path).row_ids`")
         keep = ~np.isin(self.keys.row_ids, row_ids)
         kept = Segment(self.keys.keys[keep], self.keys.labels[keep], self.keys.row_ids[keep])
         return replace(self, keys=Keys((kept,)))

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ..errors import TipError
+from ..errors import BadInput, TipError
 
 _PARAM = re.compile(r"`([a-z_]+)=`")
 _OPTION = {"keys": "key"}  # API parameters whose option is not their dashed name
@@ -44,10 +44,18 @@ def overwrite_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., 
 
 
 def id_list(ids: tuple[str, ...], ids_file: str | None) -> list[str]:
-    """Ids from repeated/comma-separated --ids and an --ids-file (one per line)."""
+    """Ids from repeated/comma-separated --ids and an --ids-file (UTF-8, one per line);
+    BadInput when the options were given but name no id (never "no ids" = "all rows")."""
     out = [i for value in ids for i in value.split(",") if i]
     if ids_file:
-        out += [line.strip() for line in Path(ids_file).read_text().splitlines() if line.strip()]
+        try:
+            text = Path(ids_file).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"--ids-file {ids_file} is not UTF-8 text (byte {exc.start})",
+                           "save it as UTF-8, one id a line") from None
+        out += [line.strip() for line in text.splitlines() if line.strip()]
+    if (ids or ids_file) and not out:
+        raise BadInput("--ids/--ids-file name no id", "give at least one id")
     return out
 
 

@@ -36,8 +36,9 @@ def classify_store(cache_path: str | Path, store_path: str | Path, out: str | Pa
     store = Store.open(store_path)
     cache.provenance.check_compatible(store.provenance, what=f"query store {store_path}")
     _check_split(store, options.split)
-    spec = JobSpec(cache_id=str(Path(cache_path).resolve()), cache_generation=cache.generation,
-                   store_id=store.store_id, store_generation=store.generation, options=options)
+    spec = JobSpec(cache_id=cache.info.cache_id or str(Path(cache_path).resolve()),  # old caches
+                   cache_generation=cache.generation, store_id=store.store_id,
+                   store_generation=store.generation, options=options)
     out = _make_out(out)
     with _os_errors(out):
         with job_lock(out):
