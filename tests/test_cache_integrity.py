@@ -14,6 +14,7 @@ from test_classify_integrity import cli, read_only, tree
 from tipretrieval.cache.cache import Cache
 from tipretrieval.cache.files import META
 from tipretrieval.demo.synthetic import SplitSizes, make_dataset, write_store
+from tipretrieval.encode.text import TextClassifier
 from tipretrieval.errors import BadInput, CorruptData
 from tipretrieval.jobs.classify import ClassifyOptions, Journal, classify_store, read_output
 from tipretrieval.store.store import Store
@@ -207,13 +208,13 @@ def test_unwritable_cache_is_one_line_exit_1(store, cache_dir):
 
 # --- 23: a failed build leaves nothing ----------------------------------------------------------
 def test_failed_build_leaves_no_files(store, data, tmp_path):
-    out = tmp_path / "new"
-    err = cli("build", store.path, "--shots", 2, "--index", "IVF4096,Flat", "--out", out,
-              code=2)
-    assert not out.exists(), (err, list(out.iterdir()))
+    text = tmp_path / "text.npz"
+    TextClassifier(data.text, data.classes, "synthetic", store.provenance).save(text)
+    args = ["build", store.path, "--shots", 2, "--text", text, "--index", "IVF4096,Flat"]
+    err = cli(*args, "--out", tmp_path / "new", code=2)  # fails after writing keys and text
+    assert "cannot train index" in err and not (tmp_path / "new").exists()
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "notes.txt").write_text("mine")
-    cli("build", store.path, "--shots", 2, "--index", "IVF4096,Flat", "--out", existing,
-        code=2)
-    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+    cli(*args, "--out", existing, code=2)
+    assert sorted(p.name for p in existing.iterdir()) == [".cache.lock", "notes.txt"]
