@@ -74,6 +74,9 @@ def test_job_over_a_rebuilt_cache_is_refused(store, data, cache_dir, tmp_path, f
               "--batch-size", 32, "--out", out, code=2)
     assert "over another cache" in err and "--overwrite" in err and "--out" in err
     assert tree(out) == before
+    if finished:  # nor is the report drawn with the rebuilt cache's shots
+        err = cli("report", out, "--html", tmp_path / "html", "--store", store.path, code=2)
+        assert "is not the one" in err and "classified with" in err
     classify_store(cache_dir, store.path, out, OPTIONS, overwrite=True, show_progress=False)
     assert np.array_equal(read_output(out).classes[:, 0],
                           Cache.load(cache_dir).classify(
@@ -218,3 +221,11 @@ def test_failed_build_leaves_no_files(store, data, tmp_path):
     (existing / "notes.txt").write_text("mine")
     cli(*args, "--out", existing, code=2)
     assert sorted(p.name for p in existing.iterdir()) == [".cache.lock", "notes.txt"]
+
+
+def test_a_file_dropped_from_cache_json_is_corrupt_not_ignored(cache_dir):
+    doc = meta(cache_dir)
+    doc["files"]["text"] = None  # found by the property test: the text classifier vanished
+    (cache_dir / META).write_text(json.dumps(doc))
+    with pytest.raises(CorruptData, match="sha256 of"):
+        Cache.load(cache_dir)

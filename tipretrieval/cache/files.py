@@ -65,8 +65,8 @@ class Files:
         names = files.names()
         if not all(isinstance(n, str) and "/" not in n for n in names):
             raise ValueError(f"bad file names {sorted(map(str, names))}")
-        if version >= 2 and not names <= set(files.sha256):
-            raise ValueError(f"no sha256 of {sorted(names - set(files.sha256))}")
+        if version >= 2 and names != set(files.sha256):  # e.g. a file name edited or dropped
+            raise ValueError(f"files {sorted(names)} but sha256 of {sorted(files.sha256)}")
         return files
 
     def names(self) -> set[str]:

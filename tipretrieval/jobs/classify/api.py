@@ -54,7 +54,8 @@ def _run(cache: Cache, store: Store, out: Path, spec: JobSpec, *, overwrite: boo
          show_progress: bool) -> Journal:
     """Open (or resume) the job in `out`, classify the parts it lacks and mark it complete."""
     journal = open_job(out, spec, store.manifest.next_row_id, overwrite=overwrite,
-                       accept_new_generation=accept_new_generation)
+                       accept_new_generation=accept_new_generation,
+                       cache_path=str(cache.path.resolve()))
     if journal.complete:
         log.info("%s was already complete", out)
     elif engine == "ray":

@@ -101,6 +101,7 @@ class Journal:
     store_rows: int
     parts: dict[int, PartRecord] = field(default_factory=dict)
     complete: bool = False
+    cache_path: str | None = None  # where the cache was last read (not part of the job's identity)
 
     def to_json(self) -> dict[str, Any]:
         body = FORMAT.stamp({
@@ -108,6 +109,7 @@ class Journal:
             "spec_hash": self.spec.digest(),
             "spec": self.spec.to_json(),
             "store_rows": self.store_rows,
+            "cache_path": self.cache_path,
             "rows": sum(p.rows for p in self.parts.values()),
             "parts": [asdict(self.parts[i]) for i in sorted(self.parts)],
         })
@@ -132,6 +134,7 @@ class Journal:
             parts={p["index"]: PartRecord(**{**unchecked, **known_fields(PartRecord, p)})
                    for p in obj["parts"]},
             complete=obj["state"] == "complete",
+            cache_path=obj.get("cache_path"),
         ), _FIX)
 
     def damaged(self, out: Path) -> dict[int, str]:
@@ -171,7 +174,7 @@ def job_lock(out: Path, wait: float = LOCK_WAIT_S) -> Iterator[None]:
 
 
 def open_job(out: Path, spec: JobSpec, store_rows: int, *, overwrite: bool = False,
-             accept_new_generation: bool = False) -> Journal:
+             accept_new_generation: bool = False, cache_path: str | None = None) -> Journal:
     """The journal to continue in `out`: new, resumed, or refused when the job differs.
 
     Call it holding `job_lock(out)`. Parts whose files are missing or damaged are dropped from
@@ -187,10 +190,11 @@ def open_job(out: Path, spec: JobSpec, store_rows: int, *, overwrite: bool = Fal
         if any(p for p in out.iterdir() if not p.name.startswith((".", "_"))):
             raise BadInput(f"{out} exists and is not a classify output",
                            "choose a new output directory (`out=`)")
-        journal = Journal(spec=spec, store_rows=store_rows)
+        journal = Journal(spec=spec, store_rows=store_rows, cache_path=cache_path)
         journal.save(out)
         return journal
     journal = Journal.load(out)
+    journal.cache_path = cache_path or journal.cache_path  # saved with the next part
     diffs = journal.spec.differences(spec)
     changed = {k: v for k, v in diffs.items() if not k.endswith("_generation")}
     if "cache_id" in changed:

@@ -80,10 +80,14 @@ def _finished_journal(output: Path) -> Journal:
 
 
 def _open_cache(output: Path, journal: Journal, cache_path: str | Path | None) -> Cache:
-    path = Path(cache_path or journal.spec.cache_id)
+    path = Path(cache_path or journal.cache_path or journal.spec.cache_id)  # older: a path
     if not (path / META).exists():
         raise BadInput(f"the cache of {output} ({path}) is gone", "pass the cache as `cache=`")
-    return Cache.load(path)
+    cache = Cache.load(path)
+    if journal.cache_path and cache.info.cache_id not in (None, journal.spec.cache_id):
+        raise BadInput(f"the cache at {path} is not the one {output} was classified with "
+                       "(rebuilt?)", "pass that cache as `cache=`, or classify again")
+    return cache
 
 
 def _open_store(output: Path, journal: Journal, store_path: str | Path | None) -> Store | None:
