@@ -13,9 +13,10 @@ from report_helpers import read_page
 from tipretrieval.cache.cache import Cache
 from tipretrieval.cli import main
 from tipretrieval.demo.synthetic import SplitSizes, make_dataset, write_store
-from tipretrieval.jobs.classify import ClassifyOptions, classify_store, read_output
+from tipretrieval.jobs.classify import ClassifyOptions, Results, classify_store, read_output
 from tipretrieval.jobs.report import ReportOptions, build_report
 from tipretrieval.jobs.report.html import class_file
+from tipretrieval.jobs.report.select import Smallest, take
 from tipretrieval.jobs.report.stats import BINS
 
 
@@ -131,3 +132,22 @@ def test_report_bad_input(labelled_output, tmp_path):
                                     "--per-class", "0"])
     assert res.exit_code == 2 and "--per-class" in res.output
     assert not (tmp_path / "h").exists()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint64])
+def test_smallest_per_class_equals_a_global_stable_sort(dtype):
+    rng = np.random.default_rng(0)
+    n = 3000
+    groups, scores = rng.integers(0, 7, n), rng.integers(0, 40, n).astype(dtype)  # many ties
+    results = Results(ids=np.array([f"r{i}" for i in range(n)], dtype=object),
+                      row_ids=np.arange(n), classes=groups[:, None],
+                      names=np.full((n, 1), "x", dtype=object),
+                      probs=np.ones((n, 1), dtype=np.float32))
+    kept = Smallest(cap=9)
+    cuts = np.sort(rng.choice(np.arange(1, n), 40, replace=False))
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, n], strict=True):
+        kept.add(take(results, np.arange(a, b)), scores[a:b])
+    for c, rows in kept.by_class().items():
+        expected = sorted(np.flatnonzero(groups == c), key=lambda i: (scores[i], i))[:9]
+        assert rows.row_ids.tolist() == expected
+    assert sorted(kept.by_class()) == list(range(7))

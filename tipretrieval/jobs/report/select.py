@@ -56,11 +56,24 @@ class Smallest:
         if self.cap < 1 or not len(part):
             return
         if self.results is not None:
+            contenders = self._contenders(part.classes[:, 0], score)
+            part, score = take(part, contenders), score[contenders]
             part = Results.concat([self.results, part])
             score = np.concatenate([self.score, score])
         order, rank = rank_in_group(part.classes[:, 0], score)
         keep = order[rank < self.cap]
         self.results, self.score = take(part, keep), score[keep]
+
+    def _contenders(self, group: np.ndarray, score: np.ndarray) -> np.ndarray:
+        """Rows of a new part that can still be kept: their class has fewer than `cap` rows
+        or they beat its worst kept score (a tie loses to the earlier row, as in the sort)."""
+        kept = self.results.classes[:, 0]
+        size = int(max(kept.max(), group.max())) + 1
+        full = np.bincount(kept, minlength=size) >= self.cap
+        worst = np.full(size, np.iinfo(score.dtype).min if score.dtype.kind in "iu" else -np.inf,
+                        dtype=score.dtype)
+        np.maximum.at(worst, kept, self.score)
+        return np.flatnonzero(~full[group] | (score < worst[group]))
 
     def spread(self, n: int) -> Results | None:
         """Up to `n` kept rows, round-robin over classes: every class's best before any
