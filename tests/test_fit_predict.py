@@ -5,6 +5,7 @@ loop, and the report opened in headless Chromium."""
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -51,12 +52,16 @@ def model_args(tiny_clip_config, tiny_checkpoint):
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, model_args):
     root = tmp_path_factory.mktemp("fitpredict")
-    labelled, new = _folders(root)
-    out = root / "run"
-    res = CliRunner().invoke(main, ["fit-predict", str(labelled), str(new), "--out", str(out),
-                                    *model_args])
+    _folders(root)
+    here = os.getcwd()
+    os.chdir(root)  # relative folders: the report still links the images by absolute path
+    try:
+        res = CliRunner().invoke(main, ["fit-predict", "labelled", "new", "--out", "run",
+                                        *model_args])
+    finally:
+        os.chdir(here)
     assert res.exit_code == 0, res.output
-    return root, out, res.output
+    return root, root / "run", res.output
 
 
 def _run(root: Path, model_args) -> str:
@@ -82,6 +87,9 @@ def test_stages_and_files(first_run):
     assert cache.info.history[-1]["job"] == "tune" and cache.info.history[-1]["n_val"] == 2
     results = read_output(out / "predictions")
     assert sorted(results.ids.tolist()) == sorted(p.name for p in (root / "new").iterdir())
+    for path in ("store", "new-store"):  # given relative, recorded absolute: reports link them
+        sources = Store.open(out / path).select(columns=("features", "sources")).sources
+        assert all(Path(s).is_absolute() and Path(s).is_file() for s in sources)
     assert "6 rows classified" in text and "open " in text
 
     index = read_page(out / "report" / "index.html")

@@ -183,7 +183,9 @@ def fit_predict(labelled_dir: str | Path, new_dir: str | Path, out: str | Path,
     """Run (or resume) every stage; see the module docstring."""
     options = options or FitPredictOptions()
     out = Path(out)
-    labelled, new = _labelled_source(labelled_dir), scan_source(new_dir, unlabelled=True)
+    # absolute paths: the stores record them as the images' sources, for the report's links
+    labelled = _labelled_source(Path(labelled_dir).resolve())
+    new = scan_source(Path(new_dir).resolve(), unlabelled=True)
     out.mkdir(parents=True, exist_ok=True)
     result = FitPredictResult(str(out))
     store_path = out / "store"
