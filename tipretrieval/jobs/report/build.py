@@ -3,7 +3,6 @@ parts, then thumbnails (made once, reused) of the few rows it shows, then the pa
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,6 @@ from .model import Card, Report, Shot
 from .select import Smallest, margins, rank_in_group, sample_key
 from .stats import Stats
 from .thumbs import make_thumbnails
-
-log = logging.getLogger(__name__)
 
 TOP_SHOWN = 3  # classes shown per row
 SHOTS_SHOWN = 8  # cache keys shown per class page
@@ -179,6 +176,23 @@ def _notes(stats: Stats, cap: int, has_images: bool, has_evidence: bool, labelle
     return notes
 
 
+@dataclass
+class _Scan:
+    """What one pass over an output's parts gathers."""
+
+    stats: Stats
+    sample: Smallest  # per predicted class, the rows its page shows
+    unsure: Smallest  # per predicted class, the least sure rows
+    has_evidence: bool = False
+
+    def add(self, part: Results, labels: np.ndarray | None, seed: int) -> None:
+        self.stats.add(part, labels)
+        self.sample.add(part, sample_key(part.row_ids, seed))
+        self.unsure.add(part, margins(part) if part.top_k > 1 else part.probs[:, 0])
+        self.has_evidence = self.has_evidence or getattr(part, "evidence_row_ids",
+                                                         None) is not None
+
+
 def build_report(output: str | Path, html_dir: str | Path, *, store: str | Path | None = None,
                  cache: str | Path | None = None, options: ReportOptions | None = None
                  ) -> ReportResult:
@@ -196,45 +210,35 @@ def build_report(output: str | Path, html_dir: str | Path, *, store: str | Path 
     classes = list(cache_obj.classes)
     labels = _labels_by_row(query, classes, journal.spec.options.split)
     cap = max(1, min(options.per_class, options.max_rows // max(1, len(classes))))
-    stats = Stats(len(classes))
-    sample, unsure = Smallest(cap), Smallest(options.to_label)
-    has_evidence = False
+    scan = _Scan(Stats(len(classes)), Smallest(cap), Smallest(options.to_label))
     for part in iter_output(output):
-        stats.add(part, None if labels is None else labels[part.row_ids])
-        sample.add(part, sample_key(part.row_ids, options.seed))
-        unsure.add(part, margins(part) if part.top_k > 1 else part.probs[:, 0])
-        has_evidence = has_evidence or getattr(part, "evidence_row_ids", None) is not None
-    chosen = unsure.spread(options.to_label)
-    shown = [r for r in (sample.results, chosen) if r is not None]
+        scan.add(part, None if labels is None else labels[part.row_ids], options.seed)
+    chosen = scan.unsure.spread(options.to_label)
+    shown = [r for r in (scan.sample.results, chosen) if r is not None]
     class_keys = _class_keys(cache_obj)
     sources, key_ids = _image_sources(shown, class_keys, query, cache_obj)
     html_dir.mkdir(parents=True, exist_ok=True)
-    thumbs = make_thumbnails({k: v for k, v in sources.items() if k.startswith("q")},
-                             html_dir, options.thumb_size)
+    row_images = {k: v for k, v in sources.items() if k.startswith("q")}
+    thumbs = make_thumbnails(row_images, html_dir, options.thumb_size)
     thumbs |= make_thumbnails({k: v for k, v in sources.items() if k.startswith("k")},
                               html_dir, SHOT_THUMB)
-    samples = {c: _cards(r, labels, classes, thumbs, sources)
-               for c, r in sample.by_class().items()}
     uncertain = _cards(chosen, labels, classes, thumbs, sources)
-    class_shots = _class_shots(class_keys, classes, thumbs, sources, key_ids)
-    row_images = {k: v for k, v in sources.items() if k.startswith("q")}
-    label_files = write_label_files(html_dir, uncertain, row_images)
     report = Report(
         title=options.title or f"Report of {output.name}", output=str(output.resolve()),
-        classes=classes, stats=stats, shots=cache_obj.class_counts(), samples=samples,
-        class_shots=class_shots,
+        classes=classes, stats=scan.stats, shots=cache_obj.class_counts(),
+        samples={c: _cards(r, labels, classes, thumbs, sources)
+                 for c, r in scan.sample.by_class().items()},
+        class_shots=_class_shots(class_keys, classes, thumbs, sources, key_ids),
         per_class_cap=cap, uncertain=uncertain,
-        notes=[*options.notes, *_notes(stats, cap, bool(row_images), has_evidence,
+        notes=[*options.notes, *_notes(scan.stats, cap, bool(row_images), scan.has_evidence,
                                        labels is not None, cache_obj, journal)],
-        label_files=label_files, has_evidence=has_evidence, links=list(options.links))
+        label_files=write_label_files(html_dir, uncertain, row_images),
+        links=list(options.links))
     pages = _write_pages(html_dir, report)
     size = sum(p.stat().st_size for p in html_dir.rglob("*") if p.is_file())
-    result = ReportResult(html_dir / html.INDEX, stats.rows, pages,
-                          sum(len(v) for v in samples.values()), len(set(thumbs.values())),
-                          size, time.perf_counter() - started, report.notes)
-    log.debug("report: %d rows, %d pages, %.1f MB in %.1f s -> %s", result.rows, pages,
-             size / 1e6, result.seconds, result.index)
-    return result
+    return ReportResult(html_dir / html.INDEX, scan.stats.rows, pages,
+                        sum(len(v) for v in report.samples.values()), len(set(thumbs.values())),
+                        size, time.perf_counter() - started, report.notes)
 
 
 def _class_keys(cache: Cache) -> dict[int, np.ndarray]:

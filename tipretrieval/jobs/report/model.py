@@ -49,5 +49,4 @@ class Report:
     uncertain: list[Card]
     notes: list[str]  # caveats shown on every page's summary (sampling, missing images)
     label_files: dict[str, str]  # what -> file name of the files listing `uncertain`
-    has_evidence: bool
     links: list[tuple[str, str]] = field(default_factory=list)  # (text, href) of related pages
