@@ -170,6 +170,27 @@ def test_labelling_loop_through_add_shots(first_run, model_args):
         Cache.load(out / "cache").generation
 
 
+def test_finetune_then_back_to_training_free(first_run, model_args):
+    root, _, _ = first_run
+    out = root / "run-f"
+    args = ["fit-predict", str(root / "labelled"), str(root / "new"), "--out", str(out),
+            *model_args, "--epochs", "2"]
+    res = CliRunner().invoke(main, [*args, "--finetune"])
+    assert res.exit_code == 0, res.output
+    assert "Tip-Adapter-F epoch" in res.output
+    tuned = Cache.load(out / "cache")
+    assert tuned.method == "tip-f"
+    res = CliRunner().invoke(main, args)  # the option changed: refit without fine-tuning
+    assert res.exit_code == 0, res.output
+    plain = Cache.load(out / "cache")
+    assert plain.method == "tip" and "Tip-Adapter-F" not in res.output
+    store = Store.open(out / "store")
+    raw = store.select(row_ids=plain.row_ids, columns=("features", "row_ids"))
+    order = np.argsort(raw.row_ids)[np.searchsorted(np.sort(raw.row_ids), plain.row_ids)]
+    assert np.allclose(plain.keys, raw.features[order], atol=1e-6)  # the stored features again
+    assert Journal.load(out / "predictions").spec.cache_generation == plain.generation
+
+
 def test_no_class_folders_is_bad_input(tmp_path, model_args):
     flat = tmp_path / "flat"
     _image(flat / "a.png", (1, 2, 3), np.random.default_rng(0))

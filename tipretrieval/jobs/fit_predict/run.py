@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -124,9 +124,7 @@ def _fit_cache(out: Path, store: Store, encoder: Encoder, options: FitPredictOpt
         raise BadInput(f"{out} was fitted with --shots {cache.info.shots or 'all'} and templates "
                        f"{cache.info.templates}: use the same options or a new --out")
     new = _new_shots(cache, store, options.shots)
-    if len(new):
-        if cache.method == "tip-f":  # fine-tuned keys: restart from the training-free cache
-            cache = cache.training_free(store)
+    if len(new):  # on fine-tuned keys too: `_tune` then restarts from the training-free keys
         cache.add_shots(new, classes=store.classes, encoder=encoder,
                         store_generation=store.generation)
         cache.save(path)
@@ -135,17 +133,21 @@ def _fit_cache(out: Path, store: Store, encoder: Encoder, options: FitPredictOpt
 
 
 def _tune(out: Path, cache: Cache, store: Store, options: FitPredictOptions,
-          result: FitPredictResult) -> None:
-    """Search alpha/beta (and fine-tune) on val, unless the cache is unchanged since the last
-    time; the cache generation that was fitted is kept in `out/fit-predict.json`."""
+          result: FitPredictResult) -> Cache:
+    """Search alpha/beta (and fine-tune) on val, unless neither the cache nor these options
+    changed since the last fit (recorded in `out/fit-predict.json`); returns the fitted cache."""
     state_file = out / STATE
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    if state.get("fitted_generation") == cache.generation:
+    fit = {"finetune": options.finetune, "epochs": options.epochs, "seed": options.seed}
+    if state.get("fitted_generation") == cache.generation and state.get("fit") == fit:
         result.tuned = "unchanged since the last run"
-        return
+        return cache
+    if cache.method == "tip-f":  # refit from the training-free keys, never fine-tune twice
+        cache = cache.training_free(store)
+        cache.save(out / "cache")
     if not store.split_counts().get(VAL):
         result.tuned = ("skipped: no class has enough images to hold out validation rows "
-                        "(alpha 1, beta 1)")
+                        f"(alpha 1, beta 1{'; no Tip-Adapter-F' if options.finetune else ''})")
     else:
         val = cache.rows_of(store, VAL)
         tuned = cache.tune(val)
@@ -159,9 +161,8 @@ def _tune(out: Path, cache: Cache, store: Store, options: FitPredictOptions,
             result.tuned += (f"; Tip-Adapter-F epoch {fine.best_epoch + 1}: alpha "
                              f"{cache.alpha:.4g}, beta {cache.beta:.4g} (val top-1 "
                              f"{fine.tuned.val_acc:.2f}%)")
-    write_json(state_file, {"fitted_generation": cache.generation,
-                            "options": {k: v for k, v in asdict(options).items()
-                                        if k not in ("report", "workers")}})
+    write_json(state_file, {"fitted_generation": cache.generation, "fit": fit})
+    return cache
 
 
 def _classify(cache: Cache, store: Path, out: Path, options: ClassifyOptions) -> int:
@@ -199,7 +200,7 @@ def fit_predict(labelled_dir: str | Path, new_dir: str | Path, out: str | Path,
     store = Store.open(store_path)
     result.val_rows = store.split_counts().get(VAL, 0)
     cache = _fit_cache(out, store, encoder, options, result)
-    _tune(out, cache, store, options, result)
+    cache = _tune(out, cache, store, options, result)
     result.keys, result.classes = len(cache), cache.num_classes
     encoded, bad = _extract(new, out / "new-store", encoder, "query", 0, options)
     result.new_images, result.bad_files = encoded, result.bad_files + bad
