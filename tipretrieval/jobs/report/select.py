@@ -11,7 +11,7 @@ import numpy as np
 from ..classify.output import Results
 
 
-def take(results: Results, index: np.ndarray) -> Results:
+def take(results: Results, index: np.ndarray | slice) -> Results:
     """The rows `index` of `results` (every per-row array, optional ones included)."""
     return Results(**{f.name: None if getattr(results, f.name) is None
                       else getattr(results, f.name)[index] for f in fields(Results)})
@@ -89,7 +89,8 @@ class Smallest:
         if self.results is None:
             return {}
         order, _ = rank_in_group(self.results.classes[:, 0], self.score)
-        top = self.results.classes[order, 0]
+        ordered = take(self.results, order)  # once: each class is then a slice (views)
+        top = ordered.classes[:, 0]
         bounds = np.flatnonzero(np.r_[True, top[1:] != top[:-1], True])
-        return {int(top[a]): take(self.results, order[a:b])
+        return {int(top[a]): take(ordered, slice(a, b))
                 for a, b in zip(bounds[:-1], bounds[1:], strict=True)}
