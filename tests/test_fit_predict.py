@@ -189,6 +189,10 @@ def test_finetune_then_back_to_training_free(first_run, model_args):
     order = np.argsort(raw.row_ids)[np.searchsorted(np.sort(raw.row_ids), plain.row_ids)]
     assert np.allclose(plain.keys, raw.features[order], atol=1e-6)  # the stored features again
     assert Journal.load(out / "predictions").spec.cache_generation == plain.generation
+    res = CliRunner().invoke(main, [*args, "--shots", "2"])
+    assert res.exit_code == 2 and "use the same --shots and --templates, or a new --out" in \
+        res.output
+    assert Cache.load(out / "cache").generation == plain.generation
 
 
 def test_no_class_folders_is_bad_input(tmp_path, model_args):

@@ -76,8 +76,9 @@ class FitPredictResult:
 def _labelled_source(labelled_dir: str | Path) -> Source:
     source = scan_source(labelled_dir)
     if not source.labelled:
-        raise BadInput(f"{labelled_dir} holds no class folders: put the labelled images in one "
-                       "sub-folder per class (and no files beside the folders)")
+        raise BadInput(f"{labelled_dir} holds no class folders",
+                       "put the labelled images in one sub-folder per class (and no files "
+                       "beside the folders)")
     return source
 
 
@@ -121,8 +122,9 @@ def _fit_cache(out: Path, store: Store, encoder: Encoder, options: FitPredictOpt
         return cache
     cache = Cache.load(path)
     if (cache.info.shots, cache.info.templates) != (options.shots, options.templates):
-        raise BadInput(f"{out} was fitted with --shots {cache.info.shots or 'all'} and templates "
-                       f"{cache.info.templates}: use the same options or a new --out")
+        raise BadInput(f"{out} was fitted with {cache.info.shots or 'all'} shots and templates "
+                       f"{cache.info.templates}", "use the same `shots=` and `templates=`, or "
+                       "a new `out=`")
     new = _new_shots(cache, store, options.shots)
     if len(new):  # on fine-tuned keys too: `_tune` then restarts from the training-free keys
         cache.add_shots(new, classes=store.classes, encoder=encoder,
