@@ -10,7 +10,7 @@ from tipretrieval.jobs.classify import ClassifyOptions, Journal, classify_store,
 ray = pytest.importorskip("ray")
 
 OPTIONS = ClassifyOptions(batch_size=64, logits=True, split="query", fmt="h5", mode="retrieval",
-                          k=8)
+                          k=8, evidence=3)
 
 
 @pytest.fixture(scope="module", autouse=True)

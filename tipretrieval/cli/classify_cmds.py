@@ -33,6 +33,9 @@ from .options import model_options, overwrite_option
 @click.option("--batch-size", default=8192, show_default=True,
               help="Store rows per part: bounds memory; parts are the resume unit.")
 @click.option("--logits", is_flag=True, help="Also write the full logits.")
+@click.option("--evidence", default=0, show_default=True,
+              help="Also write, per row, the N cache keys that contributed most to its top "
+                   "class (ids, labels, similarities).")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True)
 @click.option("--ray-address", default=None, help="Existing Ray cluster (default: local Ray).")
 @overwrite_option("output")
@@ -43,14 +46,15 @@ def classify(cache: Path, store_path: Path | None, split: str | None, images: st
              model: str | None, pretrained: str | None, checkpoint: str | None, device: str,
              out: Path,
              top_k: int, mode: str, k: int, method: str, fmt: str, batch_size: int,
-             logits: bool, engine: str, ray_address: str | None, overwrite: bool,
+             logits: bool, evidence: int, engine: str, ray_address: str | None, overwrite: bool,
              accept_new_generation: bool, quiet: bool) -> None:
     """Classify every row of a query store (or image source) with CACHE into --out."""
     if (store_path is None) == (images is None):
         raise BadInput("no query store or images, or both", "give one of --store QUERIES or "
                        "--images SOURCE")
     options = ClassifyOptions(top_k=top_k, method=method, mode=mode, k=k, fmt=fmt,
-                              batch_size=batch_size, logits=logits, split=split)
+                              batch_size=batch_size, logits=logits, split=split,
+                              evidence=evidence)
     if images is not None:
         store_path = store_from_images(cache, images, out, model=model, pretrained=pretrained,
                                        checkpoint=checkpoint, device=device)

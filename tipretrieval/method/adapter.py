@@ -19,6 +19,7 @@ import torch
 
 from ..errors import BadInput, TipError
 from . import affinity
+from .evidence import top_keys
 from .index import KeyIndex
 
 Method = Literal["zero-shot", "cache", "tip"]
@@ -172,6 +173,14 @@ class TipAdapter:
         pos = self._positions(ids)
         sims = affinity.retrieved_sims(x, self._sk, pos)
         return affinity.retrieval(x, self._sk, self.beta, pos, sims, tail=tail)
+
+    def evidence(self, x: np.ndarray, classes: np.ndarray, n: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Row ids (B, n) int64 and similarities (B, n) float32 of the n keys of class
+        `classes[b]` contributing most to x[b]'s cache term, best first (-1 / NaN padding)."""
+        found = top_keys(self._queries(x), self._sk, classes, n)
+        ids = np.where(found.positions >= 0, self.row_ids[found.positions], -1)
+        return ids.astype(np.int64), found.sims
 
     def _positions(self, ids: np.ndarray) -> np.ndarray:
         """Sorted-key positions of index row ids (-1 stays -1); unknown ids are an error."""

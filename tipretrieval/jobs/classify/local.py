@@ -13,6 +13,7 @@ import torch
 
 from ...rows import Rows
 from ...util.progress import progress
+from .evidence import KeyIds
 from .journal import Journal
 from .output import Results
 from .parts import classify_rows, part_ranges, query_rows, read_part, write_part
@@ -48,6 +49,7 @@ def run_local(cache, store, out: Path, journal: Journal, show_progress: bool = T
     todo = [r for r in part_ranges(journal.store_rows, options.batch_size)
             if r[0] not in journal.parts]
     pending: deque[Future] = deque()
+    key_ids = KeyIds.of(cache) if options.evidence and todo else None
     with progress(query_rows(store, options.split), "classify",
                   disable=not show_progress) as bar, \
             ThreadPoolExecutor(1, thread_name_prefix="writer") as writer:
@@ -55,7 +57,7 @@ def run_local(cache, store, out: Path, journal: Journal, show_progress: bool = T
         for index, start, stop, rows in read_ahead(store, todo, options.split):
             if not len(rows):
                 continue
-            results = classify_rows(cache, rows, options)
+            results = classify_rows(cache, rows, options, key_ids)
             pending.append(writer.submit(_write_and_commit, out, journal, index, start, stop,
                                          results))
             while len(pending) > 2:

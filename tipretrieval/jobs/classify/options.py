@@ -21,6 +21,7 @@ class ClassifyOptions:
     batch_size: int = 8192
     logits: bool = False
     split: str | None = None
+    evidence: int = 0  # cache keys behind each row's top class to write (0 = none)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -30,6 +31,11 @@ class ClassifyOptions:
         for name in ("top_k", "k", "batch_size"):
             if getattr(self, name) < 1:
                 raise BadInput(f"{name.replace('_', '-')} must be at least 1")
+        if self.evidence < 0:
+            raise BadInput(f"evidence is {self.evidence}: give 0 (none) or more keys per row")
+        if self.evidence and self.method == "zero-shot":
+            raise BadInput("zero-shot uses no cache keys, so there is no evidence: drop "
+                           "--evidence or use method tip or cache")
         writer_for(self.fmt)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +25,11 @@ class Results:
     names: np.ndarray  # (N, k) object array of str class names
     probs: np.ndarray  # (N, k) float32 softmax probabilities
     logits: np.ndarray | None = None  # (N, C) float32
+    # with evidence E: the E cache keys contributing most to the top class, best first
+    evidence_row_ids: np.ndarray | None = None  # (N, E) int64 key store row ids, -1 = padding
+    evidence_ids: np.ndarray | None = None      # (N, E) object array of str key ids, "" = padding
+    evidence_labels: np.ndarray | None = None   # (N, E) int64 key class, -1 = padding
+    evidence_sims: np.ndarray | None = None     # (N, E) float32 x . key, NaN = padding
 
     def __len__(self) -> int:
         return int(self.row_ids.shape[0])
@@ -33,20 +38,31 @@ class Results:
     def top_k(self) -> int:
         return int(self.classes.shape[1])
 
+    @property
+    def evidence(self) -> int:
+        """Evidence keys per row (0 when not computed)."""
+        return 0 if self.evidence_ids is None else int(self.evidence_ids.shape[1])
+
     @classmethod
     def concat(cls, parts: list[Results]) -> Results:
-        """Concatenate parts in order (logits kept only when every part has them)."""
+        """Concatenate parts in order (optional columns kept only when every part has them)."""
         if not parts:
             raise ValueError("concat needs at least one Results")
-        logits = [p.logits for p in parts]
-        return cls(
-            ids=np.concatenate([p.ids for p in parts]),
-            row_ids=np.concatenate([p.row_ids for p in parts]),
-            classes=np.concatenate([p.classes for p in parts]),
-            names=np.concatenate([p.names for p in parts]),
-            probs=np.concatenate([p.probs for p in parts]),
-            logits=None if any(x is None for x in logits) else np.concatenate(logits),
-        )
+
+        def join(name: str) -> np.ndarray | None:
+            arrays = [getattr(p, name) for p in parts]
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+        return cls(**{f.name: join(f.name) for f in fields(cls)})
+
+
+# Evidence columns: Results field, arrow type, numpy dtype, CSV column prefix (`<prefix>_<rank>`).
+EVIDENCE = (
+    ("evidence_row_ids", pa.int64(), np.int64, "evidence_row_id"),
+    ("evidence_ids", pa.string(), object, "evidence_id"),
+    ("evidence_labels", pa.int64(), np.int64, "evidence_label"),
+    ("evidence_sims", pa.float32(), np.float32, "evidence_sim"),
+)
 
 
 class Writer(Protocol):
@@ -86,6 +102,9 @@ class ParquetWriter:
         }
         if results.logits is not None:
             columns["logits"] = _fixed(results.logits, pa.float32())
+        if results.evidence:
+            for name, type_, _, _ in EVIDENCE:
+                columns[name] = _fixed(getattr(results, name), type_)
         pq.write_table(pa.table(columns), path, compression="zstd")
 
     def read(self, path: Path) -> Results:
@@ -98,6 +117,8 @@ class ParquetWriter:
             probs=_unfixed(table["probs"], np.float32),
             logits=_unfixed(table["logits"], np.float32) if "logits" in table.column_names
             else None,
+            **{name: _unfixed(table[name], dtype) for name, _, dtype, _ in EVIDENCE
+               if name in table.column_names},
         )
 
 
@@ -116,6 +137,10 @@ class H5Writer:
             f.create_dataset("probs", data=results.probs.astype(np.float32))
             if results.logits is not None:
                 f.create_dataset("logits", data=results.logits.astype(np.float32))
+            for name, _, dtype, _ in EVIDENCE if results.evidence else ():
+                values = getattr(results, name)
+                f.create_dataset(name, data=values.astype(dtype),
+                                 dtype=text if dtype is object else None)
 
     def read(self, path: Path) -> Results:
         with h5py.File(path, "r") as f:
@@ -126,6 +151,8 @@ class H5Writer:
                 names=f["class_names"].asstr()[()].astype(object),
                 probs=f["probs"][()],
                 logits=f["logits"][()] if "logits" in f else None,
+                **{name: f[name].asstr()[()].astype(object) if dtype is object else f[name][()]
+                   for name, _, dtype, _ in EVIDENCE if name in f},
             )
 
 
@@ -144,6 +171,11 @@ class CsvWriter:
         if results.logits is not None:
             for c in range(results.logits.shape[1]):
                 columns[f"logit_{c}"] = pa.array(results.logits[:, c], type=pa.float32())
+        for j in range(results.evidence):
+            for name, type_, _, prefix in EVIDENCE:
+                values = getattr(results, name)[:, j]
+                columns[f"{prefix}_{j + 1}"] = pa.array(
+                    values.tolist() if type_ == pa.string() else values, type=type_)
         pacsv.write_csv(pa.table(columns), path)
 
     def read(self, path: Path) -> Results:
@@ -155,6 +187,9 @@ class CsvWriter:
             types.update({f"class_{j}": pa.int64(), f"name_{j}": pa.string(),
                           f"prob_{j}": pa.float32()})
         types.update({f"logit_{c}": pa.float32() for c in range(n_logits)})
+        n_evidence = sum(name.startswith("evidence_id_") for name in header)
+        for j in range(1, n_evidence + 1):
+            types.update({f"{prefix}_{j}": type_ for _, type_, _, prefix in EVIDENCE})
         table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
             column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False))
 
@@ -171,6 +206,8 @@ class CsvWriter:
             probs=stack("prob_", ranks, np.float32),
             logits=stack("logit_", [str(c) for c in range(n_logits)], np.float32)
             if n_logits else None,
+            **{name: stack(f"{prefix}_", [str(j) for j in range(1, n_evidence + 1)], dtype)
+               for name, _, dtype, prefix in EVIDENCE if n_evidence},
         )
 
 

@@ -11,6 +11,7 @@ from ...rows import Rows
 from ...store.store import Store
 from ...util.atomic import atomic_path
 from ...util.checksum import file_sha256
+from .evidence import KeyIds, evidence_columns
 from .journal import JobSpec, PartRecord
 from .options import ClassifyOptions
 from .output import Results, writer_for
@@ -26,14 +27,18 @@ def part_ranges(store_rows: int, batch_size: int) -> list[tuple[int, int, int]]:
             for i, s in enumerate(range(0, store_rows, batch_size))]
 
 
-def classify_rows(cache, rows: Rows, options: ClassifyOptions) -> Results:
-    """Logits, top-k classes and softmax probabilities of one batch of query rows."""
+def classify_rows(cache, rows: Rows, options: ClassifyOptions,
+                  key_ids: KeyIds | None = None) -> Results:
+    """Logits, top-k classes and softmax probabilities of one batch of query rows (and the
+    evidence of the top class when `options.evidence`; `key_ids` names the keys)."""
     logits = cache.logits(rows.features, method=options.method, mode=options.mode, k=options.k)
     best = top_k(logits, options.top_k)
+    evidence = {} if not options.evidence else evidence_columns(
+        cache, key_ids or KeyIds.of(cache), rows.features, best.classes[:, 0], options.evidence)
     return Results(
         ids=rows.ids, row_ids=rows.row_ids, classes=best.classes,
         names=np.asarray(cache.classes, dtype=object)[best.classes], probs=best.probs,
-        logits=np.asarray(logits, dtype=np.float32) if options.logits else None,
+        logits=np.asarray(logits, dtype=np.float32) if options.logits else None, **evidence,
     )
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from ...store.store import Store
 from ...util.progress import progress
 from ...util.ray_setup import actor_resources, init_ray
+from .evidence import KeyIds
 from .journal import JobSpec, Journal, PartRecord
 from .parts import classify_rows, part_ranges, query_rows, read_part, write_part
 
@@ -35,6 +36,7 @@ class PartClassifier:
         self.store = Store.open(store_path)
         self.out = Path(out)
         self.spec = JobSpec.from_json(spec)
+        self.key_ids = KeyIds.of(self.cache) if self.spec.options.evidence else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         done: dict[str, list] = {k: [] for k in _FIELDS}
@@ -44,7 +46,8 @@ class PartClassifier:
             if not len(rows):
                 continue
             record = write_part(self.out, self.spec, int(index), int(start), int(stop),
-                                classify_rows(self.cache, rows, options))
+                                classify_rows(self.cache, rows, options,
+                                                              self.key_ids))
             for key in done:
                 done[key].append(getattr(record, key))
         return {k: np.asarray(v) for k, v in done.items()}
