@@ -104,11 +104,18 @@ class KeyIndex:
             raise BadInput(f"bad index parameters {params!r} for {self.spec!r}: use "
                            "'nprobe=N' for IVF or 'efSearch=N' for HNSW") from err
 
-    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product: sims (B, k) float32, ids (B, k) int64 (-1 where fewer)."""
+    def search(self, x: np.ndarray, k: int, selector: faiss.IDSelector | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: sims (B, k) float32, ids (B, k) int64 (-1 where fewer).
+
+        `selector` (over row ids) restricts the search to the ids it selects, on the CPU index.
+        """
         x = _as_matrix(x, self.dim, "queries")
         if k < 1:
             raise BadInput(f"k is {k}: ask for at least one neighbour")
+        if selector is not None:
+            sims, ids = self._cpu.search(x, int(k), params=_selecting(self._cpu.index, selector))
+            return sims.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
         gpu = self._gpu is not None and k <= GPU_MAX_K
         sims, ids = (self._gpu if gpu else self._cpu).search(x, int(k))
         return sims.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
@@ -117,7 +124,10 @@ class KeyIndex:
         """Add keys under new row ids (no rebuild); ids already present are refused."""
         keys = _as_matrix(keys, self.dim, "keys")
         ids = _as_ids(ids, keys.shape[0])
-        clash = ids[np.isin(ids, self.ids())]  # a lookup table over dense row ids: O(M), no sort
+        if self.ntotal and len(ids) and ids.min() <= self.ids().max():
+            clash = ids[np.isin(ids, self.ids())]  # a lookup table over dense row ids: O(M)
+        else:  # ids above every indexed id (appends in row-id order) cannot clash
+            clash = ids[:0]
         if clash.size:
             raise BadInput(f"{clash.size} ids are already indexed (e.g. {clash[0]}): "
                            "remove them first or use new row ids")
@@ -190,6 +200,17 @@ class KeyIndex:
             log.warning("index %s has no GPU version (%s); searching on CPU", self.spec, err)
             return
         log.info("key index on %d GPU(s)", gpu_count())
+
+
+def _selecting(inner: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    """Search parameters carrying `selector` and the index's current nprobe / efSearch."""
+    ivf = faiss.try_extract_index_ivf(inner)
+    if ivf is not None:
+        return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+    base = faiss.downcast_index(inner)
+    if isinstance(base, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=base.hnsw.efSearch)
+    return faiss.SearchParameters(sel=selector)
 
 
 def _spec_of(index: faiss.IndexIDMap2) -> str:
