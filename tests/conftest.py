@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# ray.init() without an address joins any Ray already running on this machine (another test
+# run's, or a test cluster); "local" always starts a private one.
+os.environ.setdefault("RAY_ADDRESS", "local")
 
 from pathlib import Path  # noqa: E402
 
