@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from ..errors import BadInput
+from ..store.dump_read import Columns, is_dump
+from ..store.dumps import SHARD_ROWS, DumpOptions, import_dump
 from ..store.ingest import FIELDS, ImportOptions, import_features
 from ..store.manifest import DTYPES
 from ..store.store import Store
@@ -36,7 +38,7 @@ def _keys(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command("import")
-@click.argument("source", type=_FILE)
+@click.argument("source", type=click.Path(path_type=Path))
 @click.option("--store", "store_path", required=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Store directory; created when it does not exist.")
@@ -56,15 +58,39 @@ def _keys(pairs: tuple[str, ...]) -> dict[str, str]:
               help="On-disk dtype of a new store [default: float16].")
 @click.option("--require-normalized", is_flag=True,
               help="Refuse unnormalised features instead of L2-normalising them.")
+@click.option("--embedding-column", default="embedding", show_default=True,
+              help="Dumps: parquet column (or .npz array) of the embeddings.")
+@click.option("--id-column", help="Dumps: column of row ids [default: FILE:ROW].")
+@click.option("--label-column", help="Dumps: column of labels (class names or indices).")
+@click.option("--path-column", help="Dumps: column of source paths (e.g. image_path).")
+@click.option("--shard-rows", default=SHARD_ROWS, show_default=True,
+              help="Dumps: rows per shard (bounds memory).")
+@click.option("--quiet", is_flag=True, help="Dumps: no progress bar.")
 def import_cmd(source: Path, store_path: Path, split: str | None, classes_file: Path | None,
                ids_file: Path | None, labels_file: Path | None, keys: tuple[str, ...],
                encoder: str | None, weights: str | None, dtype: str | None,
-               require_normalized: bool) -> None:
+               require_normalized: bool, embedding_column: str, id_column: str | None,
+               label_column: str | None, path_column: str | None, shard_rows: int,
+               quiet: bool) -> None:
     """Import precomputed features from SOURCE (.npy, .npz, .pt or .h5) into a store.
 
     .npz/.pt/.h5 sources hold arrays named features, labels (indices or class names), ids,
-    split, sources, views (N, V, D) and classes; a .npy holds features only.
+    split, sources, views (N, V, D) and classes; a .npy holds features only. A folder, a glob
+    or a .parquet file is a dump (e.g. clip-retrieval's img_emb/ + metadata/): streamed in
+    shards of --shard-rows rows; rerun to resume after an interruption.
     """
+    if is_dump(source):
+        if ids_file or labels_file or keys:
+            raise BadInput("a dump names its fields by column: use --id-column, "
+                           "--label-column and --embedding-column, not --ids/--labels/--key")
+        columns = Columns(embedding_column, id_column, label_column, path_column)
+        done = import_dump(source, store_path, DumpOptions(
+            columns=columns, shard_rows=shard_rows, split=split or "train",
+            classes=_lines(classes_file), encoder=encoder, weights=weights, dtype=dtype,
+            normalize=not require_normalized, progress=not quiet))
+        click.echo(f"imported {done.rows} rows from {done.parts} files ({done.skipped} already "
+                   f"imported) into {done.store.path}; it now holds {len(done.store)} rows")
+        return
     opts = ImportOptions(
         keys=_keys(keys), split=split, ids=_lines(ids_file), labels=_lines(labels_file),
         classes=_lines(classes_file), encoder=encoder, weights=weights, dtype=dtype,

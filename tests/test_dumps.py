@@ -1,0 +1,170 @@
+"""Streaming import of embedding dumps: layouts, formats, resume after kill -9, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from tipretrieval.cli import main
+from tipretrieval.store.dump_read import Columns, DumpPart, read_chunks
+from tipretrieval.store.dumps import JOURNAL, DumpOptions, import_dump
+from tipretrieval.store.store import Store
+
+CLI = [sys.executable, "-m", "tipretrieval"]
+DIM = 16
+
+
+def clip_dump(root: Path, files: int = 3, rows: int = 500, seed: int = 0) -> np.ndarray:
+    """A clip-retrieval folder (img_emb/img_emb_N.npy float16 + metadata/metadata_N.parquet);
+    returns all embeddings in order (float32)."""
+    rng = np.random.default_rng(seed)
+    (root / "img_emb").mkdir(parents=True)
+    (root / "metadata").mkdir()
+    out = []
+    for n in range(files):
+        x = rng.standard_normal((rows, DIM)).astype(np.float16)
+        np.save(root / "img_emb" / f"img_emb_{n}.npy", x)
+        pq.write_table(pa.table({
+            "image_path": [f"imgs/{n}/{i}.jpg" for i in range(rows)],
+            "caption": ["x"] * rows,
+            "label": [["cat", "dog", None][i % 3] for i in range(rows)],
+        }), root / "metadata" / f"metadata_{n}.parquet", row_group_size=170)
+        out.append(x.astype(np.float32))
+    return np.concatenate(out)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def stored(path: Path):
+    return Store.open(path).select(columns=("ids", "features", "labels", "sources", "row_ids"))
+
+
+def test_clip_retrieval_layout_by_cli(tmp_path):
+    x = clip_dump(tmp_path / "dump")
+    res = CliRunner().invoke(main, [
+        "import", str(tmp_path / "dump"), "--store", str(tmp_path / "s"), "--id-column",
+        "image_path", "--path-column", "image_path", "--label-column", "label",
+        "--shard-rows", "200", "--quiet", "--encoder", "ViT-B-32", "--weights", "openai"])
+    assert res.exit_code == 0, res.output
+    assert "imported 1500 rows from 3 files (0 already imported)" in res.output
+    store = Store.open(tmp_path / "s")
+    assert [s.rows for s in store.manifest.shards] == [200, 200, 100] * 3
+    assert store.classes == ["cat", "dog"] and store.provenance.encoder == "ViT-B-32"
+    rows = stored(tmp_path / "s")
+    assert rows.ids[:2].tolist() == ["imgs/0/0.jpg", "imgs/0/1.jpg"]
+    assert rows.ids[-1] == "imgs/2/499.jpg" and rows.sources[700] == "imgs/1/200.jpg"
+    assert rows.labels[:4].tolist() == [0, 1, -1, 0]
+    np.testing.assert_allclose(rows.features, unit(x), atol=2e-3)  # float16 on disk
+    again = CliRunner().invoke(main, ["import", str(tmp_path / "dump"), "--store",
+                                      str(tmp_path / "s"), "--quiet", "--id-column",
+                                      "image_path"])
+    assert "imported 0 rows from 0 files (3 already imported)" in again.output
+
+
+@pytest.mark.parametrize("kind", ["fixed", "variable", "npz", "npy-glob"])
+def test_formats(tmp_path, kind):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((300, DIM)).astype(np.float32)
+    ids = [f"r{i}" for i in range(300)]
+    for part, (a, b) in enumerate([(0, 120), (120, 300)]):
+        if kind in ("fixed", "variable"):
+            values = pa.array(x[a:b].reshape(-1))
+            emb = (pa.FixedSizeListArray.from_arrays(values, DIM) if kind == "fixed" else
+                   pa.ListArray.from_arrays(pa.array(np.arange(0, (b - a + 1) * DIM, DIM,
+                                                               dtype=np.int32)), values))
+            pq.write_table(pa.table({"emb": emb, "key": ids[a:b]}),
+                           tmp_path / f"part{part}.parquet", row_group_size=50)
+        elif kind == "npz":
+            np.savez_compressed(tmp_path / f"part{part}.npz", features=x[a:b],
+                                ids=np.array(ids[a:b]))
+        else:
+            np.save(tmp_path / f"part{part}.npy", x[a:b])
+    source = str(tmp_path / "part*.npy") if kind == "npy-glob" else str(tmp_path)
+    columns = Columns("emb", "key") if kind in ("fixed", "variable") else Columns()
+    done = import_dump(source, tmp_path / "s", DumpOptions(columns=columns, shard_rows=64,
+                                                           progress=False))
+    rows = stored(tmp_path / "s")
+    assert done.rows == 300 and len(rows) == 300
+    np.testing.assert_allclose(rows.features, unit(x), atol=2e-3)
+    want = ([f"part0.npy:{i}" for i in range(120)] + [f"part1.npy:{i}" for i in range(180)]
+            if kind == "npy-glob" else ids)
+    assert rows.ids.tolist() == want
+
+
+def test_npz_streaming_equals_load(tmp_path):
+    x = np.random.default_rng(2).standard_normal((257, 8)).astype(np.float16)
+    np.savez_compressed(tmp_path / "a.npz", features=x)
+    chunks = list(read_chunks(DumpPart(tmp_path / "a.npz"), Columns(), 100, start=50))
+    assert [c.start for c in chunks] == [50, 150, 250]
+    np.testing.assert_array_equal(np.concatenate([c.features for c in chunks]), x[50:])
+
+
+def test_lost_journal_write_does_not_duplicate_rows(tmp_path):
+    clip_dump(tmp_path / "dump", files=2, rows=300)
+    opts = DumpOptions(columns=Columns(ids="image_path"), shard_rows=100, progress=False)
+    import_dump(tmp_path / "dump", tmp_path / "s", opts)
+    reference = stored(tmp_path / "s")
+    journal = json.loads((tmp_path / "s" / JOURNAL).read_text())
+    second = sorted(journal["parts"])[1]
+    journal["parts"][second].update(rows=200, done=False)  # killed before the last write
+    (tmp_path / "s" / JOURNAL).write_text(json.dumps(journal))
+    done = import_dump(tmp_path / "dump", tmp_path / "s", opts)
+    assert done.skipped == 1 and done.parts == 1 and done.rows == 0  # 200-300 was stored
+    rows = stored(tmp_path / "s")
+    assert rows.ids.tolist() == reference.ids.tolist()
+
+
+def test_kill_9_during_import_then_rerun_imports_every_row_once(tmp_path):
+    x = clip_dump(tmp_path / "dump", files=4, rows=1500)
+    cmd = [*CLI, "import", str(tmp_path / "dump"), "--store", str(tmp_path / "s"),
+           "--id-column", "image_path", "--shard-rows", "100", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = tmp_path / "s" / "shards"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if shards.is_dir() and len(list(shards.glob("*.h5"))) >= 22:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(Store.open(tmp_path / "s"))
+    assert 0 < before < 6000, "the kill should land mid-import"
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rows = stored(tmp_path / "s")
+    assert rows.ids.tolist() == [f"imgs/{n}/{i}.jpg" for n in range(4) for i in range(1500)]
+    np.testing.assert_allclose(rows.features, unit(x), atol=2e-3)
+    Store.open(tmp_path / "s").verify()
+
+
+def test_bad_dumps_exit_2_and_store_nothing(tmp_path):
+    clip_dump(tmp_path / "dump", files=1, rows=50)
+    pq.write_table(pa.table({"image_path": ["a"] * 49}),
+                   tmp_path / "dump" / "metadata" / "metadata_0.parquet")
+    res = CliRunner().invoke(main, ["import", str(tmp_path / "dump"), "--store",
+                                    str(tmp_path / "s"), "--id-column", "image_path"])
+    assert res.exit_code == 2 and "fewer rows" in res.output
+    assert not (tmp_path / "s").exists()
+    (tmp_path / "v").mkdir()
+    emb = pa.array([[0.1, 0.2], [0.3, 0.4, 0.5]], type=pa.list_(pa.float32()))
+    pq.write_table(pa.table({"embedding": emb}), tmp_path / "v" / "a.parquet")
+    res = CliRunner().invoke(main, ["import", str(tmp_path / "v" / "a.parquet"), "--store",
+                                    str(tmp_path / "s")])
+    assert res.exit_code == 2 and "same dimension" in res.output
+    assert not (tmp_path / "s").exists()
+    res = CliRunner().invoke(main, ["import", str(tmp_path / "dump"), "--store",
+                                    str(tmp_path / "s"), "--id-column", "nope"])
+    assert res.exit_code == 2 and "no column 'nope'" in res.output

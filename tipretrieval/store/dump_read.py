@@ -1,0 +1,269 @@
+"""Reading embedding dumps in bounded chunks: .npy, .npz, .parquet and clip-retrieval pairs.
+
+A dump is a folder, a glob or one file. A folder with `img_emb/` and `metadata/` is the
+clip-retrieval layout: `img_emb/img_emb_N.npy` paired with `metadata/metadata_N.parquet` by N
+(row i of one is row i of the other). Otherwise every .npy/.npz/.parquet file matched is a part,
+in natural name order. Features are read `rows` at a time: .npy through a memory map, .npz by
+streaming the member's bytes out of the zip (stored or deflated), parquet by record batches
+(fixed-size or variable list column). Other .npz arrays (ids, labels, sources) are small and
+read whole. Only pyarrow and numpy are used: embedding-reader pins pandas<3 (this project runs
+pandas 3 through Ray) and reads whole files per batch across a thread pool, which is what the
+memory bound here avoids.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import BadInput
+
+DUMP_SUFFIXES = (".npy", ".npz", ".parquet")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Where the fields are: npz array / parquet column names (None: absent)."""
+
+    features: str = "embedding"  # parquet column; .npz: this array, else "features"
+    ids: str | None = None
+    labels: str | None = None
+    sources: str | None = None
+
+
+@dataclass(frozen=True)
+class DumpPart:
+    """One unit of resumption: a features file and, in the clip-retrieval layout, its metadata."""
+
+    features: Path
+    metadata: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.features.name
+
+
+@dataclass
+class Chunk:
+    """Up to `rows` consecutive rows of a part, starting at row `start` of the part."""
+
+    start: int
+    features: np.ndarray            # (n, D) as stored in the dump
+    ids: list[str] | None = None
+    labels: np.ndarray | None = None
+    sources: list[str] | None = None
+
+
+def _natural(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def is_dump(source: str | Path) -> bool:
+    """True for a folder, a glob pattern or a .parquet file (what `import_dump` reads)."""
+    text = str(source)
+    return (Path(text).is_dir() or glob.has_magic(text)
+            or Path(text).suffix.lower() == ".parquet")
+
+
+def find_parts(source: str | Path) -> list[DumpPart]:
+    """The parts of a dump, in order; BadInput when there are none or a pair is missing."""
+    root = Path(source)
+    if (root / "img_emb").is_dir() and (root / "metadata").is_dir():
+        parts = []
+        for emb in sorted((root / "img_emb").glob("img_emb_*.npy"), key=_natural):
+            n = emb.stem.removeprefix("img_emb_")
+            meta = root / "metadata" / f"metadata_{n}.parquet"
+            if not meta.is_file():
+                raise BadInput(f"{emb} has no metadata file {meta}: restore it or remove the "
+                               "embeddings file")
+            parts.append(DumpPart(emb, meta))
+    else:
+        files = sorted(root.iterdir()) if root.is_dir() else [Path(p) for p in
+                                                              glob.glob(str(source))]
+        parts = [DumpPart(p) for p in sorted(files, key=_natural)
+                 if p.is_file() and p.suffix.lower() in DUMP_SUFFIXES]
+    if not parts:
+        raise BadInput(f"{source} holds no {', '.join(DUMP_SUFFIXES)} files: give a folder, "
+                       "a glob such as 'emb/*.npy' or a clip-retrieval output folder")
+    return parts
+
+
+def part_rows(part: DumpPart, columns: Columns) -> int:
+    """Rows in a part, from file headers only."""
+    suffix = part.features.suffix.lower()
+    if suffix == ".parquet":
+        return pq.ParquetFile(part.features).metadata.num_rows
+    if suffix == ".npy":
+        return int(np.load(part.features, mmap_mode="r").shape[0])
+    with zipfile.ZipFile(part.features) as z, z.open(_npz_member(z, columns, part)) as f:
+        return int(_npy_header(f, part)[0][0])
+
+
+def read_chunks(part: DumpPart, columns: Columns, rows: int, start: int = 0
+                ) -> Iterator[Chunk]:
+    """Chunks of at most `rows` rows of `part` from row `start` on (bounded memory)."""
+    try:
+        suffix = part.features.suffix.lower()
+        if suffix == ".parquet":
+            yield from _parquet_chunks(part.features, columns, rows, start)
+            return
+        feats = _npy_chunks(part, rows, start) if suffix == ".npy" else _npz_chunks(
+            part, columns, rows, start)
+        if part.metadata is None:
+            yield from feats
+            return
+        meta = _parquet_chunks(part.metadata, columns, rows, start, features=False)
+        for chunk in feats:
+            info = next(meta, None)
+            if info is None or len(info.features) != len(chunk.features):
+                raise BadInput(f"{part.metadata} has fewer rows than {part.features}: they "
+                               "must pair row for row")
+            chunk.ids, chunk.labels, chunk.sources = info.ids, info.labels, info.sources
+            yield chunk
+        if next(meta, None) is not None:
+            raise BadInput(f"{part.metadata} has more rows than {part.features}: they must "
+                           "pair row for row")
+    except (OSError, ValueError, zipfile.BadZipFile, pa.ArrowException) as err:
+        raise BadInput(f"cannot read {part.features} ({err}): check that it is a valid "
+                       f"{part.features.suffix} file") from err
+
+
+def _npy_chunks(part: DumpPart, rows: int, start: int) -> Iterator[Chunk]:
+    arr = np.load(part.features, mmap_mode="r")
+    _check_matrix(arr.shape, arr.dtype, part)
+    for a in range(start, arr.shape[0], rows):
+        yield Chunk(a, arr[a:a + rows])  # a view of the memory map: read on conversion
+
+
+def _npz_member(z: zipfile.ZipFile, columns: Columns, part: DumpPart) -> str:
+    names = [n.removesuffix(".npy") for n in z.namelist()]
+    for want in (columns.features, "features"):
+        if want in names:
+            return f"{want}.npy"
+    raise BadInput(f"{part.features} has no {columns.features!r} or 'features' array (it has "
+                   f"{sorted(names)}): name it with --embedding-column")
+
+
+def _npy_header(f, part: DumpPart) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(f)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = read(f)
+    if fortran:
+        raise BadInput(f"{part.features} stores features in Fortran order: save them C-ordered")
+    _check_matrix(shape, dtype, part)
+    return shape, dtype
+
+
+def _npz_chunks(part: DumpPart, columns: Columns, rows: int, start: int) -> Iterator[Chunk]:
+    with zipfile.ZipFile(part.features) as z:
+        extra = {}
+        with np.load(part.features, allow_pickle=False) as whole:
+            for field in ("ids", "labels", "sources"):
+                key = getattr(columns, field) or field
+                if key in whole.files:
+                    extra[field] = whole[key]
+        with z.open(_npz_member(z, columns, part)) as f:
+            (n, d), dtype = _npy_header(f, part)
+            width = d * dtype.itemsize
+            f.read(start * width)  # zip members are read forward only
+            for a in range(start, n, rows):
+                b = min(a + rows, n)
+                data = f.read((b - a) * width)
+                if len(data) != (b - a) * width:
+                    raise BadInput(f"{part.features} is truncated: re-export it")
+                yield Chunk(a, np.frombuffer(data, dtype=dtype).reshape(b - a, d),
+                            *_fields(extra, a, b))
+
+
+def _fields(extra: dict, a: int, b: int) -> tuple:
+    ids = extra.get("ids")
+    labels = extra.get("labels")
+    sources = extra.get("sources")
+    return (None if ids is None else [str(v) for v in ids[a:b]],
+            None if labels is None else np.asarray(labels[a:b]),
+            None if sources is None else [str(v) for v in sources[a:b]])
+
+
+def _check_matrix(shape: tuple, dtype: np.dtype, part: DumpPart) -> None:
+    if len(shape) != 2 or np.dtype(dtype).kind != "f":
+        raise BadInput(f"{part.features} holds a {np.dtype(dtype)} array of shape {shape}: "
+                       "give 2-D floating-point embeddings (rows x dim)")
+
+
+def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """Tables of exactly `rows` rows (the last may be shorter) from record batches."""
+    pending: list[pa.RecordBatch] = []
+    have = 0
+    for batch in batches:
+        pending.append(batch)
+        have += batch.num_rows
+        while have >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, have = rest.to_batches(), rest.num_rows
+    if have:
+        yield pa.Table.from_batches(pending)
+
+
+def _parquet_chunks(path: Path, columns: Columns, rows: int, start: int,
+                    features: bool = True) -> Iterator[Chunk]:
+    file = pq.ParquetFile(path)
+    have = set(file.schema_arrow.names)
+    wanted = {f: getattr(columns, f) for f in ("ids", "labels", "sources")}
+    if features:
+        wanted["features"] = columns.features
+    missing = sorted(c for c in wanted.values() if c is not None and c not in have)
+    if missing:
+        raise BadInput(f"{path} has no column {missing[0]!r} (it has {sorted(have)}): name "
+                       "the right one with --embedding-column/--id-column/--label-column/"
+                       "--path-column")
+    names = [c for c in wanted.values() if c is not None]
+    at = 0
+    for table in _rebatch(file.iter_batches(batch_size=min(rows, 65_536), columns=names),
+                          rows):
+        a, at = at, at + table.num_rows
+        if at <= start:
+            continue
+        table = table.slice(max(0, start - a))
+        a = max(a, start)
+        yield Chunk(
+            a, _embeddings(table[columns.features], path) if features
+            else np.empty((table.num_rows, 0)),
+            ids=None if columns.ids is None else [str(v) for v in table[columns.ids].to_pylist()],
+            labels=None if columns.labels is None else np.asarray(
+                table[columns.labels].to_pylist()),
+            sources=None if columns.sources is None else [
+                "" if v is None else str(v) for v in table[columns.sources].to_pylist()],
+        )
+
+
+def _embeddings(column: pa.ChunkedArray, path: Path) -> np.ndarray:
+    """(n, D) floats from a fixed-size or variable list column (every list of length D)."""
+    array = column.combine_chunks()
+    if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)
+            or pa.types.is_fixed_size_list(array.type)):
+        raise BadInput(f"{path}: the embedding column is {array.type}, not a list of floats")
+    if array.null_count:
+        raise BadInput(f"{path}: {array.null_count} rows have no embedding: drop them")
+    if pa.types.is_fixed_size_list(array.type):
+        width = array.type.list_size
+    else:
+        lengths = np.diff(array.offsets.to_numpy())
+        width = int(lengths[0]) if len(lengths) else 0
+        if (lengths != width).any():
+            raise BadInput(f"{path}: embeddings have lengths {sorted(set(lengths.tolist()))[:3]}"
+                           ": every row needs the same dimension")
+    values = array.flatten().to_numpy(zero_copy_only=False)
+    if values.dtype.kind != "f":
+        raise BadInput(f"{path}: embeddings are {values.dtype}, not floating point")
+    return values.reshape(len(array), width)

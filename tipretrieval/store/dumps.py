@@ -1,0 +1,203 @@
+"""Streaming import of embedding dumps into a store: bounded memory, resumable per file.
+
+Each part of a dump (`dump_read`) is read `shard_rows` rows at a time; every chunk is converted
+to float32 once, L2-normalised in place and appended as one shard (the store validates it as
+it does every append), so memory is bounded by a few chunk-sized arrays whatever the dump size.
+After each append `STORE/import-journal.json` (replaced atomically) records how many rows of
+the part are committed, and a finished part is marked done, so a rerun skips finished parts
+and continues a part where it stopped. A kill between an append and the journal write leaves
+a chunk whose ids are already stored: the rerun finds them (`Store.existing_ids`) and skips
+that chunk. Ids come from the id column/array, else `<part file>:<row>`, so every run agrees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from ..errors import BadInput, TipError
+from ..provenance import Provenance
+from ..rows import Rows
+from ..util.atomic import write_json
+from ..util.progress import progress
+from .dump_read import Chunk, Columns, DumpPart, find_parts, part_rows, read_chunks
+from .manifest import MANIFEST_NAME
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+JOURNAL = "import-journal.json"
+SHARD_ROWS = 131_072
+
+
+@dataclass
+class DumpOptions:
+    """How to read a dump and which store settings to use when creating the store."""
+
+    columns: Columns = field(default_factory=Columns)
+    shard_rows: int = SHARD_ROWS
+    split: str = "train"
+    classes: list[str] | None = None
+    encoder: str | None = None
+    weights: str | None = None
+    dtype: str | None = None
+    normalize: bool = True
+    progress: bool = True
+
+
+@dataclass
+class DumpResult:
+    """What an import did: rows appended now, parts skipped as already imported."""
+
+    store: Store
+    rows: int
+    parts: int
+    skipped: int
+
+
+def _journal(store_path: Path) -> dict:
+    path = store_path / JOURNAL
+    return json.loads(path.read_text()) if path.exists() else {"format": 1, "parts": {}}
+
+
+def _key(part: DumpPart) -> str:
+    return str(part.features.resolve())
+
+
+def import_dump(source: str | Path, store_path: str | Path,
+                opts: DumpOptions | None = None) -> DumpResult:
+    """Import every part of the dump `source` into the store (created if missing), resuming."""
+    opts = opts or DumpOptions()
+    if opts.shard_rows < 1:
+        raise BadInput(f"--shard-rows is {opts.shard_rows}: give a positive row count")
+    store_path = Path(store_path)
+    parts = find_parts(source)
+    sizes = {_key(p): part_rows(p, opts.columns) for p in parts}
+    created = not (store_path / MANIFEST_NAME).exists()
+    made_dir = not store_path.exists()
+    store = _open_or_create(store_path, parts[0], opts)
+    try:
+        return _import(parts, sizes, store, opts, str(source))
+    except TipError:
+        if created and not len(store.refresh()):  # nothing imported: leave no empty store
+            _remove_new_store(store_path, made_dir)
+        raise
+
+
+def _remove_new_store(path: Path, made_dir: bool) -> None:
+    """Undo a store this import created (its directory was new or empty before)."""
+    if made_dir:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for child in path.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _import(parts: list[DumpPart], sizes: dict[str, int], store: Store, opts: DumpOptions,
+            source: str) -> DumpResult:
+    """The import loop, under the store's import lock (one import at a time)."""
+    store_path = store.path
+    with FileLock(str(store_path / ".import.lock")):
+        journal = _journal(store_path)
+        done = journal["parts"]
+        for part in parts:
+            record = done.get(_key(part))
+            if record and record["size"] != part.features.stat().st_size:
+                raise BadInput(f"{part.features} changed since it was imported: restore it "
+                               "or import it into a new store")
+        todo = [p for p in parts if not done.get(_key(p), {}).get("done")]
+        left = sum(sizes[_key(p)] - done.get(_key(p), {}).get("rows", 0) for p in todo)
+        appended = 0
+        with progress(left, "import", disable=not opts.progress) as bar:
+            for part in todo:
+                key = _key(part)
+                record = done.setdefault(key, {"rows": 0, "done": False,
+                                               "size": part.features.stat().st_size})
+                first = True
+                for chunk in read_chunks(part, opts.columns, opts.shard_rows, record["rows"]):
+                    store, n = _append(store, part, chunk, opts, check_existing=first)
+                    first = False
+                    appended += n
+                    record["rows"] = chunk.start + len(chunk.features)
+                    write_json(store_path / JOURNAL, journal)
+                    bar.update(len(chunk.features))
+                record["done"] = True
+                write_json(store_path / JOURNAL, journal)
+    log.info("imported %d rows from %d parts of %s into %s (%d parts already done)",
+             appended, len(todo), source, store_path, len(parts) - len(todo))
+    return DumpResult(store.refresh(), appended, len(todo), len(parts) - len(todo))
+
+
+def _open_or_create(path: Path, part: DumpPart, opts: DumpOptions) -> Store:
+    """The store at `path`, or a new one with the dump's dimension."""
+    if (path / MANIFEST_NAME).exists():
+        store = Store.open(path)
+        if opts.dtype is not None and opts.dtype != store.dtype:
+            raise BadInput(f"store {path} keeps {store.dtype} on disk: drop --dtype "
+                           f"{opts.dtype} or import into a new store")
+        return store
+    first = next(read_chunks(part, opts.columns, 1), None)
+    if first is None:
+        raise BadInput(f"{part.features} has no rows: remove it from the dump")
+    dim = first.features.shape[1]
+    return Store.create(path, dim=dim, dtype=opts.dtype or "float16",
+                        classes=opts.classes or (), provenance=Provenance(
+                            opts.encoder or "external", opts.weights or "unknown", dim,
+                            preprocess={"imported_from": part.name}))
+
+
+def _append(store: Store, part: DumpPart, chunk: Chunk, opts: DumpOptions,
+            check_existing: bool) -> tuple[Store, int]:
+    """Append one chunk (minus a chunk committed before a kill); returns the store and rows."""
+    n = len(chunk.features)
+    ids = chunk.ids or [f"{part.name}:{i}" for i in range(chunk.start, chunk.start + n)]
+    if check_existing:
+        there = store.existing_ids(ids)
+        if there.all():
+            log.info("%s rows %d-%d were committed before an interruption: skipped",
+                     part.name, chunk.start, chunk.start + n)
+            return store, 0
+    vocabulary = list(store.classes)
+    labels = None if chunk.labels is None else _label_indices(chunk.labels, vocabulary)
+    features = chunk.features.astype(np.float32)  # the chunk's one float32 copy
+    if opts.normalize:
+        _unit_rows_(features, ids)
+    rows = Rows.make(ids, features, labels, opts.split, chunk.sources)
+    store.append(rows, provenance=_provenance(opts, store.dim), classes=vocabulary)
+    return store, n
+
+
+def _unit_rows_(x: np.ndarray, ids: list[str]) -> None:
+    """L2-normalise float32 rows in place (no temporaries of x's size); all-zero rows are
+    refused, NaN/inf rows stay non-finite and the store's checks name them."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    zero = norms == 0
+    if zero.any():
+        raise BadInput(f"{int(zero.sum())} rows are all zero (first: id "
+                       f"{ids[int(np.flatnonzero(zero)[0])]!r}): drop them, they cannot be "
+                       "normalised")
+    x /= norms[:, None]
+
+
+def _label_indices(labels: np.ndarray, vocabulary: list[str]) -> np.ndarray:
+    """Class indices of integer labels or class names; names not yet known extend `vocabulary`
+    (in sorted order per chunk, so reruns agree); None/empty names are unlabelled (-1)."""
+    if labels.dtype.kind in "iu":
+        return labels.astype(np.int64)
+    names = ["" if v is None else str(v) for v in labels.tolist()]
+    vocabulary += sorted(set(names) - set(vocabulary) - {""})
+    index = {c: i for i, c in enumerate(vocabulary)}
+    return np.array([index[n] if n else -1 for n in names], dtype=np.int64)
+
+
+def _provenance(opts: DumpOptions, dim: int) -> Provenance | None:
+    """The encoder the user says made the dump (checked against the store's), or None."""
+    if opts.encoder is None and opts.weights is None:
+        return None
+    return Provenance(opts.encoder or "external", opts.weights or "unknown", dim)
