@@ -6,9 +6,9 @@ clip-retrieval layout: `img_emb/img_emb_N.npy` paired with `metadata/metadata_N.
 in natural name order. Features are read `rows` at a time: .npy through a memory map, .npz by
 streaming the member's bytes out of the zip (stored or deflated), parquet by record batches
 (fixed-size or variable list column). Other .npz arrays (ids, labels, sources) are small and
-read whole. Only pyarrow and numpy are used: embedding-reader pins pandas<3 (this project runs
-pandas 3 through Ray) and reads whole files per batch across a thread pool, which is what the
-memory bound here avoids.
+read whole. Only pyarrow and numpy are used: embedding-reader 1.8.1 pins pandas<3 (installing it
+would downgrade this environment's pandas 3.1) and adds a thread pool and fsspec layer that a
+local, sequential, bounded-memory reader does not need.
 """
 
 from __future__ import annotations
