@@ -80,6 +80,8 @@ def test_appends_extend_the_index_with_new_rows_only(store, tmp_path):
     want_ids, _ = brute(store.refresh(), x, 8)
     assert hits.row_ids.tolist() == want_ids.tolist()  # nprobe = all lists: exact
     assert sorted((again.path).glob("index-*.faiss")) == [again.path / "index-2.faiss"]
+    StoreIndex.ensure(store, params="nprobe=2", show_progress=False)
+    assert StoreIndex.load(store.path).info.params == "nprobe=2"  # kept without new rows
 
 
 def test_split_index_and_missing_index(store):

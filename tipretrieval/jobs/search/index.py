@@ -120,6 +120,7 @@ class StoreIndex:
             if params and params != current.info.params:
                 current.index.set_params(params)
                 current.info.params = params
+                write_json(path / META, asdict(current.info))  # files unchanged: safe first
             current._extend(store, show_progress)
             return current
 
