@@ -14,7 +14,15 @@ import sys
 import click
 
 from ..errors import TipError
-from . import cache_cmds, classify_cmds, demo_cmds, encode_cmds, report_cmds, search_cmds, store_cmds
+from . import (
+    cache_cmds,
+    classify_cmds,
+    demo_cmds,
+    encode_cmds,
+    report_cmds,
+    search_cmds,
+    store_cmds,
+)
 from .options import cli_message
 
 
@@ -42,6 +50,7 @@ def main(verbose: bool) -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-variant probing noise
 
 
-for _module in (store_cmds, encode_cmds, cache_cmds, classify_cmds, report_cmds, search_cmds, demo_cmds):
+for _module in (store_cmds, encode_cmds, cache_cmds, classify_cmds, report_cmds, search_cmds,
+                demo_cmds):
     for _command in _module.commands:
         main.add_command(_command)
