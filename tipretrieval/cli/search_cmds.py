@@ -10,6 +10,7 @@ import click
 from ..jobs.search import Query, StoreIndex, search
 from ..jobs.search.choose import DEFAULT_BUDGET
 from ..store.store import Store
+from .options import model_options
 
 _STORE = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -44,21 +45,18 @@ def index_cmd(store_path: Path, split: str | None, spec: str, memory: str, param
 @click.option("-k", "k", default=10, show_default=True, help="Results to return.")
 @click.option("--split", default=None, help="Only rows of this split.")
 @click.option("--label", default=None, help="Only rows of this class name.")
-@click.option("--model", default=None, help="open_clip name or config JSON of the store's "
-                                            "encoder [default: its name].")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="Weights file of the store's encoder, when it used one.")
-@click.option("--device", default=None, help="Encoder device (cpu, cuda).")
+@model_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the results to a .parquet or .json file.")
 def search_cmd(store_path: Path, text: str | None, image: Path | None, row: str | None, k: int,
                split: str | None, label: str | None, model: str | None,
-               checkpoint: Path | None, device: str | None, as_json: bool,
+               pretrained: str | None, checkpoint: str | None, device: str, as_json: bool,
                out: Path | None) -> None:
     """The k rows of STORE nearest to a text, an image or a stored row."""
     hits = search(store_path, Query(text=text, image=image, row=row), k=k, split=split,
-                  label=label, model=model, checkpoint=checkpoint, device=device)
+                  label=label, model=model, pretrained=pretrained, checkpoint=checkpoint,
+                  device=device)
     if out is not None:
         hits.write(out)
     click.echo(json.dumps(hits.records(), indent=1) if as_json else hits.to_text())

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ...encode.model import encoder_for
+from ...encode.resolve import encoder_for
 from ...encode.transforms import decode_image
 from ...errors import BadInput
 from ...store.store import Store
@@ -31,13 +31,13 @@ class Query:
         if sum(v is not None for v in (self.text, self.image, self.row)) != 1:
             raise BadInput("give exactly one query: --text, --image or --id")
 
-    def vector(self, store: Store, *, model: str | None = None,
-               checkpoint: Path | str | None = None, device: str | None = None) -> np.ndarray:
+    def vector(self, store: Store, *, model: str | None = None, pretrained: str | None = None,
+               checkpoint: Path | str | None = None, device: str | None = "auto") -> np.ndarray:
         """The (1, D) float32 feature of this query, in the store's encoder space."""
         if self.row is not None:
             return _stored(store, str(self.row)).features[:1].astype(np.float32)
-        encoder = encoder_for(store.provenance, model=model, checkpoint=checkpoint,
-                              device=device)
+        encoder = encoder_for(store.provenance, model=model, pretrained=pretrained,
+                              checkpoint=checkpoint, device=device)
         if self.text is not None:
             return encoder.encode_text([self.text])
         path = Path(self.image)
@@ -112,8 +112,8 @@ class Hits:
 
 def search(store_path: Path | str, query: Query, *, k: int = 10, split: str | None = None,
            label: str | None = None, index_split: str | None = None,
-           model: str | None = None, checkpoint: Path | str | None = None,
-           device: str | None = None) -> Hits:
+           model: str | None = None, pretrained: str | None = None,
+           checkpoint: Path | str | None = None, device: str | None = "auto") -> Hits:
     """The `k` stored rows nearest to `query` (of `split`, with class `label`), best first.
 
     Uses the store's search index of `index_split` (default: the index of `split` when one was
@@ -132,7 +132,8 @@ def search(store_path: Path | str, query: Query, *, k: int = 10, split: str | No
         index_split = split
     require(store.path, index_split)
     index = StoreIndex.ensure(store, split=index_split, show_progress=False)
-    x = query.vector(store, model=model, checkpoint=checkpoint, device=device)
+    x = query.vector(store, model=model, pretrained=pretrained, checkpoint=checkpoint,
+                     device=device)
     sims, row_ids = index.search(x, k, label=label_index, split=split)
     found = row_ids[0] >= 0
     return describe(store, row_ids[0][found], sims[0][found])
