@@ -18,7 +18,8 @@ from test_classify import make_inputs, part_bytes
 
 from tipretrieval.encode import load_encoder, scan_source
 from tipretrieval.encode.extract import ExtractOptions, extract
-from tipretrieval.encode.ray_extract import EncoderSpec, extract_ray
+from tipretrieval.encode.ray_extract import extract_ray
+from tipretrieval.encode.resolve import EncoderSpec
 from tipretrieval.jobs.classify import ClassifyOptions, classify_store, read_output
 from tipretrieval.store.store import Store
 
