@@ -44,9 +44,9 @@ def computed(monkeypatch) -> list[tuple[int, int]]:
     calls: list[tuple[int, int]] = []
     real = local.classify_rows
 
-    def spy(cache, rows, options):
+    def spy(cache, rows, options, *rest):
         calls.append((int(rows.row_ids[0]), int(rows.row_ids[-1])))
-        return real(cache, rows, options)
+        return real(cache, rows, options, *rest)
 
     monkeypatch.setattr(local, "classify_rows", spy)
     return calls
