@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean mutation
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,13 @@ demo: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q tests
 
+# Mutation testing of the core (tools/mutation.py, [mutmut] in setup.cfg); not part of `test`.
+mutation: $(STAMP)
+	$(BIN)/python tools/mutation.py --fresh
+
 lint: $(STAMP)
 	$(BIN)/ruff check tipretrieval tests tools
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out .pytest_cache mutants
