@@ -101,27 +101,35 @@ def test_stages_and_files(first_run):
     assert val_index.having("data-accuracy", "p")[0]["data-rows"] == "2"
 
 
-def test_class_pages_link_thumbnails_and_images(first_run):
+def test_class_pages_link_thumbnails_images_and_evidence(first_run):
     root, out, _ = first_run
     results = read_output(out / "predictions")
+    evidence = {i: [e for e in ids if e] for i, ids in zip(results.ids.tolist(),
+                                                          results.evidence_ids.tolist(),
+                                                          strict=True)}
+    assert all(len(ids) == 3 for ids in evidence.values())  # --evidence 3; every class has 3+
     cache = Cache.load(out / "cache")
     seen = set()
     for c, name in enumerate(cache.classes):
         page = read_page(out / "report" / class_file(c))
         thumbs = [a["src"] for a in page.having("src", "img")]
         for src in thumbs:
-            assert (out / "report" / src).stat().st_size > 0
             with Image.open(out / "report" / src) as img:
-                assert max(img.size) <= 128
+                assert 0 < max(img.size) <= 128
         links = [Path(unquote(urlparse(a["href"]).path)) for a in page.having("href", "a")
                  if a["href"].startswith("file://")]
         rows = {p.name for p in links if p.parent == (root / "new").resolve()}
         assert rows == set(results.ids[results.names[:, 0] == name].tolist())
-        shots = {p for p in links if p.parent.parent == (root / "labelled").resolve()}
-        assert {p.parent.name for p in shots} <= {name} and len(shots) == min(
-            8, int((cache.labels == c).sum()))
+        shot_links = [p for p in links if p.parent.parent == (root / "labelled").resolve()]
+        assert {p.parent.name for p in shot_links} <= {name}  # keys of the top class
+        shots = [a for a in page.having("data-kind", "div")]
+        class_shots = [a for a in shots if a["data-kind"] == "class"]
+        assert len(class_shots) == min(8, int((cache.labels == c).sum()))
+        cards = [a["data-id"] for a in page.having("data-id", "div") if "card" in a["class"]]
+        shown = [a["data-id"] for a in shots if a["data-kind"] == "evidence"]
+        assert shown == [e for i in cards for e in evidence[i]]
+        assert len(thumbs) == len(rows) + len(shots) == len(links)
         seen |= rows
-        assert len(thumbs) == len(rows) + len(shots)
     assert seen == set(results.ids.tolist())
 
 

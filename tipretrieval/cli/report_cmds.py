@@ -58,6 +58,8 @@ def report_cmd(output: Path, html_dir: Path, store_path: Path | None, cache_path
               help="Shots per class (K), or 'all' labelled training images.")
 @click.option("--finetune", is_flag=True, help="Also Tip-Adapter-F (needs validation rows).")
 @click.option("--method", type=click.Choice(METHODS), default="tip", show_default=True)
+@click.option("--evidence", default=3, show_default=True,
+              help="Cache keys shown behind each prediction (ignored by zero-shot).")
 @click.option("--templates", default="tip_imagenet", show_default=True,
               help="Prompt templates of the text classifier (class names = folder names).")
 @click.option("--views", default=10, show_default=True,
@@ -68,8 +70,8 @@ def report_cmd(output: Path, html_dir: Path, store_path: Path | None, cache_path
               help="Decoding worker processes [default: CPU cores - 1, at most 16].")
 @click.option("--seed", default=0, show_default=True)
 def fit_predict_cmd(labelled_dir, new_dir, out: Path, model, pretrained, checkpoint, device,
-                    shots, finetune, method, templates, views, epochs, batch_size, workers,
-                    seed) -> None:
+                    shots, finetune, method, evidence, templates, views, epochs, batch_size,
+                    workers, seed) -> None:
     """Fit a cache on LABELLED_DIR (one sub-folder per class), classify NEW_DIR, write the report.
 
     Labelled images are encoded with --views augmented views; some are held out per class to
@@ -77,7 +79,8 @@ def fit_predict_cmd(labelled_dir, new_dir, out: Path, model, pretrained, checkpo
     either folder, and only the new ones are encoded (new labelled images become shots).
     """
     options = FitPredictOptions(
-        shots=_shots(shots), finetune=finetune, method=method, templates=templates, views=views,
+        shots=_shots(shots), finetune=finetune, method=method, evidence=evidence,
+        templates=templates, views=views,
         epochs=epochs, seed=seed, batch_size=batch_size,
         workers=default_workers() if workers is None else workers)
     encoder = encoder_for(_store_provenance(out / "store"), model=model, pretrained=pretrained,

@@ -138,7 +138,8 @@ def _classify_queries(cache_dir: str, store_path: Path, out: Path,
 
     pred_dir = out / "predictions"
     classify_store(cache_dir, store_path, pred_dir,
-                   ClassifyOptions(top_k=5, fmt="csv", split="query"), show_progress=False)
+                   ClassifyOptions(top_k=5, fmt="csv", split="query", evidence=3),
+                   show_progress=False)
     results = read_output(pred_dir)
     truth = dataset.labels_for("query", per_class)
     index = np.array([int(i.split("/")[1]) for i in results.ids])
@@ -151,8 +152,8 @@ def _reports(cache_dir: str, store_path: Path, out: Path, pred_dir: Path) -> tup
     from ..jobs.report import ReportOptions, build_report
 
     test_dir = out / "test-predictions"
-    classify_store(cache_dir, store_path, test_dir, ClassifyOptions(top_k=5, split="test"),
-                   show_progress=False)
+    classify_store(cache_dir, store_path, test_dir,
+                   ClassifyOptions(top_k=5, split="test", evidence=3), show_progress=False)
     query = build_report(pred_dir, out / "report", store=store_path, options=ReportOptions(
         title="Demo: query rows (synthetic)",
         links=(("test rows (labelled)", "../report-test/index.html"),)))

@@ -50,6 +50,7 @@ class FitPredictOptions:
     epochs: int = 20
     seed: int = 0
     top_k: int = 5
+    evidence: int = 3  # cache keys shown behind each prediction (not with zero-shot)
     batch_size: int = 256
     workers: int = field(default_factory=default_workers)
     report: ReportOptions = field(default_factory=ReportOptions)
@@ -207,12 +208,13 @@ def fit_predict(labelled_dir: str | Path, new_dir: str | Path, out: str | Path,
     encoded, bad = _extract(new, out / "new-store", encoder, "query", 0, options)
     result.new_images, result.bad_files = encoded, result.bad_files + bad
     classify = ClassifyOptions(top_k=min(options.top_k, cache.num_classes),
-                               method=options.method)
+                               method=options.method,
+                               evidence=0 if options.method == "zero-shot" else options.evidence)
     result.predicted = _classify(cache, out / "new-store", out / "predictions", classify)
     val_link = ()
     if result.val_rows:
         _classify(cache, store_path, out / "val-predictions",
-                  ClassifyOptions(top_k=classify.top_k, method=options.method, split=VAL))
+                  replace(classify, split=VAL))
         result.val_report = build_report(
             out / "val-predictions", out / "report-val", store=store_path,
             options=replace(options.report, title="Validation rows (labelled)", notes=(VAL_NOTE,),

@@ -69,7 +69,9 @@ def _image(thumb: str | None, image: str | None, text: str, css: str = "img") ->
 
 def _shot(shot: Shot) -> str:
     sim = "" if shot.sim is None else f" {shot.sim:.2f}"
-    return (f'<div class="shot" data-id="{escape(shot.id)}" title="{escape(shot.id)}">'
+    kind = "class" if shot.sim is None else "evidence"
+    return (f'<div class="shot" data-id="{escape(shot.id)}" data-kind="{kind}" '
+            f'title="{escape(shot.id)}">'
             f'{_image(shot.thumb, shot.image, shot.id, css="")}{escape(shot.label)}{sim}</div>')
 
 
