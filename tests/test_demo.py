@@ -112,6 +112,7 @@ def test_ends_with_the_reports(demo):
     assert counts == {n: int((predicted.classes[:, 0] == c).sum())
                       for c, n in enumerate(cache.classes)}
     assert "ids are shown instead of thumbnails" in " ".join(index.text)
+    assert "no evidence shots" not in " ".join(index.text)  # classified with evidence
     cards = [a for a in read_page(Path(results["report"]).parent / "label.html")
              .having("data-id", "div") if "card" in a["class"]]
     assert len(cards) == min(50, len(predicted))

@@ -134,7 +134,7 @@ def _cards(results: Results | None, labels: np.ndarray | None, classes: list[str
     if results is None:
         return []
     names = np.asarray(classes, dtype=object)
-    ev_rows = getattr(results, "evidence_row_ids", None)
+    ev_rows = results.evidence_row_ids
     out = []
     for i, (row_id, row_margin) in enumerate(zip(results.row_ids.tolist(),
                                                  margins(results).tolist(), strict=True)):
@@ -189,8 +189,7 @@ class _Scan:
         self.stats.add(part, labels)
         self.sample.add(part, sample_key(part.row_ids, seed))
         self.unsure.add(part, margins(part) if part.top_k > 1 else part.probs[:, 0])
-        self.has_evidence = self.has_evidence or getattr(part, "evidence_row_ids",
-                                                         None) is not None
+        self.has_evidence = self.has_evidence or part.evidence > 0
 
 
 def build_report(output: str | Path, html_dir: str | Path, *, store: str | Path | None = None,
@@ -261,7 +260,7 @@ def _image_sources(shown: list[Results], class_keys: dict[int, np.ndarray],
         rows = np.concatenate([r.row_ids for r in shown])
         found = {f"q{r}": v for r, v in _sources(query, rows).items()}
     keys = [r.evidence_row_ids.reshape(-1) for r in shown
-            if getattr(r, "evidence_row_ids", None) is not None] + list(class_keys.values())
+            if r.evidence_row_ids is not None] + list(class_keys.values())
     if keys and cache.info.store_path and Path(cache.info.store_path).exists():
         keys = np.concatenate(keys)
         shots = Store.open(cache.info.store_path)
