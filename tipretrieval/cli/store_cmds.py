@@ -18,12 +18,19 @@ from ..store.store import Store
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-def _lines(path: Path | None) -> list[str] | None:
-    """The non-blank lines of a text file, stripped."""
+def _lines(path: Path | None, option: str) -> list[str] | None:
+    """The non-blank lines of a UTF-8 text file, stripped; BadInput when it cannot be read."""
     if path is None:
         return None
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{option} file {path} is not UTF-8 text ({exc.reason} at byte "
+                       f"{exc.start}): convert it, e.g. iconv -f latin1 -t utf-8") from exc
+    except OSError as exc:
+        raise BadInput(f"cannot read {option} file {path} ({exc.strerror}): check the file "
+                       "and its permissions") from exc
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _keys(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -79,6 +86,8 @@ def import_cmd(source: Path, store_path: Path, split: str | None, classes_file: 
     or a .parquet file is a dump (e.g. clip-retrieval's img_emb/ + metadata/): streamed in
     shards of --shard-rows rows; rerun to resume after an interruption.
     """
+    if split is not None and not split.strip():
+        raise BadInput("--split is empty: give a split name such as train, val or query")
     if is_dump(source):
         if ids_file or labels_file or keys:
             raise BadInput("a dump names its fields by column: use --id-column, "
@@ -86,15 +95,15 @@ def import_cmd(source: Path, store_path: Path, split: str | None, classes_file: 
         columns = Columns(embedding_column, id_column, label_column, path_column)
         done = import_dump(source, store_path, DumpOptions(
             columns=columns, shard_rows=shard_rows, split=split or "train",
-            classes=_lines(classes_file), encoder=encoder, weights=weights, dtype=dtype,
-            normalize=not require_normalized, progress=not quiet))
+            classes=_lines(classes_file, "--classes"), encoder=encoder, weights=weights,
+            dtype=dtype, normalize=not require_normalized, progress=not quiet))
         click.echo(f"imported {done.rows} rows from {done.parts} files ({done.skipped} already "
                    f"imported) into {done.store.path}; it now holds {len(done.store)} rows")
         return
     opts = ImportOptions(
-        keys=_keys(keys), split=split, ids=_lines(ids_file), labels=_lines(labels_file),
-        classes=_lines(classes_file), encoder=encoder, weights=weights, dtype=dtype,
-        normalize=not require_normalized,
+        keys=_keys(keys), split=split, ids=_lines(ids_file, "--ids"),
+        labels=_lines(labels_file, "--labels"), classes=_lines(classes_file, "--classes"),
+        encoder=encoder, weights=weights, dtype=dtype, normalize=not require_normalized,
     )
     result = import_features(source, store_path, opts)
     store, ids = result.store, result.row_ids
@@ -117,6 +126,8 @@ def describe(store: Store) -> dict[str, Any]:
         "splits": store.split_counts(),
         "shards": [{"name": s.name, "rows": s.rows, "first_row_id": s.first_row_id,
                     "nbytes": s.nbytes, "views": s.views, "sha256": s.sha256} for s in m.shards],
+        "orphans": [{"path": str(p), "nbytes": p.stat().st_size} for p in store.orphans()
+                    if p.exists()],
     }
 
 
@@ -146,6 +157,11 @@ def _text(d: dict[str, Any]) -> str:
     lines += [f"  {s['name']}  {s['rows']:>10,} rows  from row {s['first_row_id']:<10}  "
               f"{_mb(s['nbytes']):>10}  views {s['views']}  sha256 {s['sha256'][:12]}"
               for s in d["shards"]]
+    if d["orphans"]:
+        size = _mb(sum(o["nbytes"] for o in d["orphans"]))
+        lines.append(f"orphans     {len(d['orphans'])} files ({size}) not in the manifest, left "
+                     "by an interrupted (or running) write; the next append removes them")
+        lines += [f"  {o['path']}" for o in d["orphans"]]
     return "\n".join(lines)
 
 
@@ -154,8 +170,12 @@ def _text(d: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--verify", is_flag=True, help="Check every shard's sha256 first (reads all data).")
 def info_cmd(store_path: Path, as_json: bool, verify: bool) -> None:
-    """Describe a store: rows, dim, classes with counts, splits, provenance, shards, bytes."""
+    """Describe a store: rows, dim, classes with counts, splits, provenance, shards, bytes.
+
+    Every shard is checked to exist with its recorded size (--verify also reads it all).
+    """
     store = Store.open(store_path)
+    store.check_files()
     if verify:
         store.verify()
     d = describe(store)
@@ -169,4 +189,23 @@ def info_cmd(store_path: Path, as_json: bool, verify: bool) -> None:
         click.echo(f"verified    all {len(d['shards'])} shard checksums match")
 
 
-commands = [import_cmd, info_cmd]
+@click.command("compact")
+@click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
+@click.option("--target-mb", type=click.FloatRange(min=0, min_open=True), default=64.0,
+              show_default=True, help="Largest merged shard, in MB.")
+def compact_cmd(store_path: Path, target_mb: float) -> None:
+    """Merge runs of small shards of STORE into fewer, larger ones (atomic; rows unchanged).
+
+    Many small appends make many small shards; merging them makes reads and `info` faster.
+    A kill at any point leaves the old or the new state.
+    """
+    store = Store.open(store_path)
+    result = store.compact(int(target_mb * 1e6))
+    if not result.merged:
+        click.echo(f"nothing to merge in store {store.path} ({result.shards_before} shards)")
+        return
+    click.echo(f"compacted store {store.path}: {result.shards_before} shards -> "
+               f"{result.shards_after} ({result.merged} merged), generation {result.generation}")
+
+
+commands = [import_cmd, info_cmd, compact_cmd]

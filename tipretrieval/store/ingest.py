@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
-from ..errors import BadInput, TipError
+from ..errors import BadInput
 from ..provenance import Provenance
 from ..rows import Rows
 from .manifest import MANIFEST_NAME
-from .store import Store
-from .validate import check_finite
+from .store import Store, check_can_create
+from .validate import DuplicateIds, check_finite, check_normalised
 
 log = logging.getLogger(__name__)
 
@@ -56,44 +56,69 @@ class ImportResult:
 
 def _numpy(value: Any) -> Any:
     """Tensors, lists and bytes as numpy arrays / str; other scalars unchanged."""
-    if hasattr(value, "detach"):
+    if hasattr(value, "detach"):  # a torch tensor, in its own precision (bfloat16: float32)
         value = value.detach().cpu()
-        return value.float().numpy() if value.is_floating_point() else value.numpy()
+        return value.float().numpy() if str(value.dtype) == "torch.bfloat16" else value.numpy()
     if isinstance(value, bytes):
         return value.decode("utf-8")
     if isinstance(value, (list, tuple, np.ndarray)):
         arr = np.asarray(value)
         if arr.dtype.kind == "S":
             return np.char.decode(arr, "utf-8")
+        if arr.dtype.kind == "O" and any(isinstance(v, bytes) for v in arr.reshape(-1)):
+            return np.array([v.decode("utf-8") if isinstance(v, bytes) else v
+                             for v in arr.reshape(-1)], dtype=object).reshape(arr.shape)
         return arr
     return value
 
 
 def _read_h5(path: Path, names: set[str]) -> dict[str, Any]:
-    import h5py
-
     with h5py.File(path, "r") as f:
-        out = {k: _numpy(v) for k, v in f.attrs.items() if k in names}
+        out = {k: v for k, v in f.attrs.items() if k in names}
         for key in names & set(f.keys()):
             ds = f[key]
-            out[key] = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
+            if not isinstance(ds, h5py.Dataset):
+                raise BadInput(f"{key!r} in {path} is an HDF5 {type(ds).__name__.lower()}, not "
+                               f"an array: point --key {key}=NAME at a dataset")
+            out[key] = ds[()]
         return out
 
 
 def _read_pt(path: Path) -> dict[str, Any]:
-    import torch
+    import torch  # only .pt sources need torch, which takes seconds to import
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for unreadable or unsafe files
-        raise BadInput(f"cannot load {path} with torch ({exc}): save a dict of tensors, "
-                       "lists and strings with torch.save") from exc
+        raise BadInput(f"cannot load {path} with torch ({_reason(exc)}): save a dict of "
+                       "tensors, lists and strings with torch.save") from exc
     if hasattr(obj, "detach"):
         return {"features": obj}
     if not isinstance(obj, dict):
         raise BadInput(f"{path} holds a {type(obj).__name__}: save a dict such as "
                        "{'features': tensor, 'labels': tensor, 'ids': [...]}")
     return obj
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one line: its message, or its type when the message is empty."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}
+
+
+def _check_magic(path: Path, suffix: str) -> None:
+    """BadInput for an empty file, or a .npy/.npz whose first bytes are not that format's."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        raise BadInput(f"source {path} is empty: check that it was written completely")
+    magic = _MAGIC.get(suffix)
+    if magic and not head.startswith(magic):
+        raise BadInput(f"source {path} is not a {suffix} file (it does not start with "
+                       f"{magic!r}): save it with numpy.{'save' if suffix == '.npy' else 'savez'}")
 
 
 def read_source(path: Path | str, keys: dict[str, str] | None = None) -> dict[str, Any]:
@@ -106,6 +131,7 @@ def read_source(path: Path | str, keys: dict[str, str] | None = None) -> dict[st
     if suffix not in SUFFIXES:
         raise BadInput(f"source {path} has an unsupported type: give one of {SUFFIXES}")
     try:
+        _check_magic(path, suffix)
         if suffix == ".npy":
             raw = {keys["features"]: np.load(path, allow_pickle=False)}
         elif suffix == ".npz":
@@ -116,9 +142,16 @@ def read_source(path: Path | str, keys: dict[str, str] | None = None) -> dict[st
         else:
             raw = _read_h5(path, set(keys.values()))
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise BadInput(f"cannot read {path} ({exc}): check that it is a valid {suffix} file") \
-            from exc
-    found = {f: _numpy(raw[k]) for f, k in keys.items() if k in raw}
+        raise BadInput(f"cannot read {path} ({_reason(exc)}): check that it is a valid "
+                       f"{suffix} file") from exc
+    found = {}
+    for name, key in keys.items():
+        if key in raw:
+            try:
+                found[name] = _numpy(raw[key])
+            except UnicodeDecodeError as exc:
+                raise BadInput(f"{name} in {path} are bytes that are not UTF-8 ({exc.reason} "
+                               f"at byte {exc.start}): store them as UTF-8 text") from exc
     if "features" not in found and "views" not in found:
         raise BadInput(f"{path} has no {keys['features']!r} array (it has {sorted(raw)}): "
                        "name the features array with --key features=NAME")
@@ -126,24 +159,47 @@ def read_source(path: Path | str, keys: dict[str, str] | None = None) -> dict[st
 
 
 def _float_array(value: Any, ndim: int, what: str) -> np.ndarray:
+    """`value` as a floating-point array in its own precision (float16/32/64)."""
     arr = np.asarray(value)
     if arr.dtype.kind != "f":
         raise BadInput(f"{what} have dtype {arr.dtype}: give floating-point {what}")
     if arr.ndim != ndim:
         raise BadInput(f"{what} have shape {arr.shape}: give a {ndim}-D array")
-    return arr.astype(np.float32)
+    return arr.astype(np.float64) if arr.dtype.itemsize > 8 else arr
 
 
-def _normalised(x: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
-    """`x` scaled to unit rows; BadInput for NaN/inf or all-zero rows (they cannot be scaled)."""
+# A row whose norm is within this of 1 is kept as given (its dtype's rounding of a unit vector
+# is within ~1 ulp of norm 1); other rows are scaled.
+UNIT_TOLERANCE = {2: 2.0**-10, 4: 2.0**-17, 8: 2.0**-17}
+
+
+def _unit(x: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
+    """`x` (float16/32/64) as float32 unit rows: rows already unit-norm within their dtype's
+    tolerance are kept exactly, the others scaled (in float64 for float64 input, so values
+    beyond float32's range are fine); BadInput for NaN/inf or all-zero rows."""
     check_finite(x, ids, what)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    zero = (norms == 0).any(axis=tuple(range(1, x.ndim)))
+    work = x.astype(np.float64 if x.dtype == np.float64 else np.float32)
+    with np.errstate(over="ignore"):
+        norms = np.sqrt(np.einsum("...i,...i->...", work, work))
+    scale = np.abs(work).max(axis=-1)
+    zero = (scale == 0).reshape(len(x), -1).any(axis=1)
     if zero.any():
         i = int(np.flatnonzero(zero)[0])
         raise BadInput(f"{what} of {int(zero.sum())} rows are all zero (first: id {ids[i]!r}): "
                        "drop those rows, they cannot be normalised")
-    return x / norms
+    bad = ~(np.abs(norms - 1.0) <= UNIT_TOLERANCE[x.dtype.itemsize])
+    if bad.any():
+        y = work[bad] / scale[bad][:, None]
+        work[bad] = y / np.linalg.norm(y, axis=-1, keepdims=True)
+    return work.astype(np.float32, copy=False)
+
+
+def _as_float32(x: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
+    """`x` as float32 for --require-normalized: BadInput unless finite and unit-norm first
+    (so out-of-range values are reported as unnormalised, not as inf after the cast)."""
+    check_finite(x, ids, what)
+    check_normalised(x, ids, what)
+    return x.astype(np.float32)
 
 
 def _names(values: Any) -> np.ndarray | None:
@@ -156,15 +212,25 @@ def _names(values: Any) -> np.ndarray | None:
 
 
 def _labels(values: Any, vocabulary: list[str]) -> np.ndarray:
-    """Label indices from integers or class names (names must be in `vocabulary`)."""
-    names = _names(values)
-    if names is None:
-        arr = np.asarray(values).reshape(-1)
-        if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
+    """Label indices from labels given as integers or as strings.
+
+    Numbers are class indices. Strings are class names when any of them is a name of
+    `vocabulary` (then all must be); otherwise strings of digits are indices. So a class
+    named "0" is matched by name, never read as index 0.
+    """
+    arr = np.asarray(values).reshape(-1)
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        if not np.all((arr == np.round(arr)) & (np.abs(arr) < 2.0**53)):
             raise BadInput("labels are fractional numbers: give integer class indices or names")
         return arr.astype(np.int64)
+    names = arr.astype(str)
     index = {c: i for i, c in enumerate(vocabulary)}
-    unknown = sorted(set(names.tolist()) - set(index))
+    known = np.array([n in index for n in names.tolist()], dtype=bool)
+    if not known.any() and _names(names) is None:
+        return np.array([int(n) for n in names.tolist()], dtype=np.int64)
+    unknown = sorted(set(names[~known].tolist()))
     if unknown:
         raise BadInput(f"{len(unknown)} label names are not classes of the store (e.g. "
                        f"{unknown[0]!r}): add them to the class list given with --classes")
@@ -183,11 +249,12 @@ def build_rows(found: dict[str, Any], opts: ImportOptions, vocabulary: list[str]
                default_id: str) -> Rows:
     """Validated `Rows` from the fields of a source file and the options."""
     views = None if "views" not in found else _float_array(found["views"], 3, "views")
+    unit = _unit if opts.normalize else _as_float32
     if "features" in found:
         features = _float_array(found["features"], 2, "features")
     else:
-        key = _normalised(views, np.arange(len(views)), "views").mean(axis=1)
-        features = _normalised(key, np.arange(len(key)), "view means")
+        key = _unit(views, np.arange(len(views)), "views").mean(axis=1)
+        features = _unit(key, np.arange(len(key)), "view means")
     n = len(features)
     ids = opts.ids if opts.ids is not None else found.get("ids")
     if ids is None:
@@ -196,14 +263,14 @@ def build_rows(found: dict[str, Any], opts: ImportOptions, vocabulary: list[str]
     split = opts.split if opts.split is not None else found.get("split", "train")
     if isinstance(split, np.ndarray) and split.ndim == 0:
         split = str(split)
-    rows = Rows.make(ids, features, None if labels is None else _labels(labels, vocabulary),
-                     split, found.get("sources"), views)
+    rows = Rows.make(ids, np.zeros((n, 0), np.float32),
+                     None if labels is None else _labels(labels, vocabulary),
+                     split, found.get("sources"))
     if views is not None and len(views) != n:
         raise BadInput(f"views has {len(views)} entries for {n} rows: give one per row")
-    if opts.normalize:
-        rows.features = _normalised(rows.features, rows.ids, "features")
-        if rows.views is not None:
-            rows.views = _normalised(rows.views, rows.ids, "views")
+    rows.features = unit(features, rows.ids, "features")
+    if views is not None:
+        rows.views = unit(views, rows.ids, "views")
     return rows
 
 
@@ -218,50 +285,56 @@ def _provenance(found: dict[str, Any], opts: ImportOptions, dim: int,
                       dim=dim, preprocess={"imported_from": source.name})
 
 
-def _discard(path: Path, made_dir: bool) -> None:
-    """Remove a store this import created but could not fill."""
-    if made_dir:
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    for name in (MANIFEST_NAME, ".lock"):
-        (path / name).unlink(missing_ok=True)
-    shutil.rmtree(path / "shards", ignore_errors=True)
-
-
 def import_features(source: Path | str, store_path: Path | str,
                     opts: ImportOptions | None = None) -> ImportResult:
     """Read, validate and normalise `source`, then append it to the store (created if missing).
 
-    On any error nothing is stored: a store created by this call is removed again.
+    The store is created (when missing) and filled under one hold of its writer lock, so a
+    concurrent import of the same new store waits and then appends. On any error nothing is
+    stored: a store this call created is removed again (its folder too when this call made it).
     """
     opts = opts or ImportOptions()
     source, store_path = Path(source), Path(store_path)
     found = read_source(source, opts.keys)
-    exists = (store_path / MANIFEST_NAME).exists()
-    store = Store.open(store_path) if exists else None
-    given = opts.classes if opts.classes is not None else found.get("classes")
-    vocabulary = _vocabulary(store.classes if store else [], given,
-                             opts.labels if opts.labels is not None else found.get("labels"))
-    rows = build_rows(found, opts, vocabulary, source.name)
-    dim = rows.features.shape[1]
-    provenance = _provenance(found, opts, dim, source)
-    if store is not None:
-        if opts.dtype is not None and opts.dtype != store.dtype:
-            raise BadInput(f"store {store_path} keeps {store.dtype} on disk: drop --dtype "
-                           f"{opts.dtype} or import into a new store")
-        made_dir = False
-    else:
-        made_dir = not store_path.exists()
-        store = Store.create(
-            store_path, dim=dim, dtype=opts.dtype or "float16",
-            provenance=provenance or Provenance("external", "unknown", dim,
-                                                preprocess={"imported_from": source.name}),
-        )
-    try:
-        row_ids = store.append(rows, provenance=provenance, classes=vocabulary)
-    except TipError:
-        if not exists:
-            _discard(store_path, made_dir)
-        raise
+    if not (store_path / MANIFEST_NAME).exists():
+        check_can_create(store_path)  # refuse a non-empty folder before making a lock in it
+    made_dir = not store_path.exists()
+    with Store.writing(store_path):
+        exists = (store_path / MANIFEST_NAME).exists()
+        store = Store.open(store_path) if exists else None
+        try:
+            rows, provenance, vocabulary = _prepare(found, opts, store, source)
+            if store is None:
+                store = Store.create(store_path, dim=rows.features.shape[1],
+                                     dtype=opts.dtype or "float16",
+                                     provenance=provenance or _external(rows, source))
+            row_ids = store.append(rows, provenance=provenance, classes=vocabulary)
+        except BaseException as exc:
+            if not exists:
+                Store.discard(store_path, made_dir)
+            if isinstance(exc, DuplicateIds) and opts.ids is None and "ids" not in found:
+                raise DuplicateIds(f"{exc} (ids default to '{source.name}:ROW'; a source with "
+                                   "the same file name was imported before: give ids with "
+                                   "--ids FILE or an 'ids' array)") from exc
+            raise
     log.info("imported %d rows from %s into %s", len(row_ids), source, store_path)
     return ImportResult(store=store, row_ids=row_ids, created=not exists)
+
+
+def _external(rows: Rows, source: Path) -> Provenance:
+    return Provenance("external", "unknown", rows.features.shape[1],
+                      preprocess={"imported_from": source.name})
+
+
+def _prepare(found: dict[str, Any], opts: ImportOptions, store: Store | None,
+             source: Path) -> tuple[Rows, Provenance | None, list[str]]:
+    """The rows to append to `store` (None: a new store), the encoder they claim and the
+    class vocabulary their labels refer to."""
+    given = opts.classes if opts.classes is not None else found.get("classes")
+    labels = opts.labels if opts.labels is not None else found.get("labels")
+    vocabulary = _vocabulary(store.classes if store else [], given, labels)
+    rows = build_rows(found, opts, vocabulary, source.name)
+    if store is not None and opts.dtype is not None and opts.dtype != store.dtype:
+        raise BadInput(f"store {store.path} keeps {store.dtype} on disk: drop --dtype "
+                       f"{opts.dtype} or import into a new store")
+    return rows, _provenance(found, opts, rows.features.shape[1], source), vocabulary

@@ -1,20 +1,29 @@
-"""The store manifest: the one JSON file naming a store's state (shards, classes, provenance)."""
+"""The store manifest: the one JSON file naming a store's state (shards, classes, provenance).
+
+Format 2 adds a sha256 of the manifest's own content (a hand-edited or damaged manifest is
+refused), a store-level id index (`id_index`) and format 2 shards (see `shard`). Every manifest
+is checked on load: shard row ranges tile the row ids, counts add up, dim and classes are sane.
+Format 1 stores are read and appended to (the append writes format 2); newer ones are refused.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInput, CorruptData
+from ..errors import BadInput, CorruptData, NewerFormat
 from ..provenance import Provenance
 from ..util.atomic import write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 DTYPES = ("float16", "float32")
+SHARD_NAME = re.compile(r"\d{12}-[0-9a-f]+\.h5")
 
 
 @dataclass(frozen=True)
@@ -34,17 +43,43 @@ class ShardInfo:
     has_sources: bool = False
     counts: dict[str, dict[int, int]] = field(default_factory=dict)
 
+    @property
+    def end_row_id(self) -> int:
+        """One past the shard's last row id."""
+        return self.first_row_id + self.rows
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ShardInfo:
-        counts = {s: {int(k): int(v) for k, v in c.items()} for s, c in obj["counts"].items()}
+        counts = {str(s): {int(k): int(v) for k, v in c.items()}
+                  for s, c in obj["counts"].items()}
         return cls(
             name=str(obj["name"]), rows=int(obj["rows"]), first_row_id=int(obj["first_row_id"]),
             sha256=str(obj["sha256"]), nbytes=int(obj["nbytes"]), views=int(obj["views"]),
             has_sources=bool(obj["has_sources"]), counts=counts,
         )
+
+
+@dataclass(frozen=True)
+class IdIndexInfo:
+    """The store-level id index file: hashes of the ids of row ids `0 .. rows - 1`."""
+
+    name: str
+    rows: int
+    sha256: str
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> IdIndexInfo:
+        return cls(name=str(obj["name"]), rows=int(obj["rows"]), sha256=str(obj["sha256"]))
+
+
+def _digest(obj: dict[str, Any]) -> str:
+    """sha256 of the manifest's content as JSON reads it back (int keys become strings)."""
+    body = json.loads(json.dumps({k: v for k, v in obj.items() if k != "checksum"}))
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=False).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -60,6 +95,7 @@ class Manifest:
     next_row_id: int
     shards: tuple[ShardInfo, ...]
     format_version: int = FORMAT_VERSION
+    id_index: IdIndexInfo | None = None
 
     @classmethod
     def new(cls, *, dim: int, dtype: str, provenance: Provenance, classes=()) -> Manifest:
@@ -73,11 +109,11 @@ class Manifest:
     def rows(self) -> int:
         return sum(s.rows for s in self.shards)
 
-    def with_shard(self, shard: ShardInfo) -> Manifest:
-        """The next generation with `shard` appended."""
+    def with_shard(self, shard: ShardInfo, id_index: IdIndexInfo | None) -> Manifest:
+        """The next generation (format 2) with `shard` appended and its id index."""
         return replace(
             self, generation=self.generation + 1, shards=self.shards + (shard,),
-            next_row_id=shard.first_row_id + shard.rows,
+            next_row_id=shard.end_row_id, id_index=id_index, format_version=FORMAT_VERSION,
         )
 
     def with_classes(self, classes: tuple[str, ...]) -> Manifest:
@@ -97,40 +133,80 @@ class Manifest:
             "classes": list(self.classes),
             "next_row_id": self.next_row_id,
             "shards": [s.to_json() for s in self.shards],
+            "id_index": None if self.id_index is None else asdict(self.id_index),
         }
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Manifest:
+        index = obj.get("id_index")
         return cls(
             format_version=int(obj["format_version"]), store_id=str(obj["store_id"]),
             generation=int(obj["generation"]), dim=int(obj["dim"]), dtype=str(obj["dtype"]),
             provenance=Provenance.from_json(obj["provenance"]),
             classes=tuple(str(c) for c in obj["classes"]), next_row_id=int(obj["next_row_id"]),
             shards=tuple(ShardInfo.from_json(s) for s in obj["shards"]),
+            id_index=None if index is None else IdIndexInfo.from_json(index),
         )
 
+    def problem(self) -> str | None:
+        """What makes this manifest inconsistent, or None: the invariants every writer keeps."""
+        if self.dim < 1 or self.provenance.dim != self.dim:
+            return f"dim {self.dim} does not match the encoder's dim {self.provenance.dim}"
+        if self.dtype not in DTYPES:
+            return f"dtype {self.dtype!r} is not one of {DTYPES}"
+        if len(set(self.classes)) != len(self.classes) or not all(self.classes):
+            return "class names are empty or repeated"
+        names = [s.name for s in self.shards]
+        if len(set(names)) != len(names) or not all(SHARD_NAME.fullmatch(n) for n in names):
+            return "shard names are repeated or not shard file names"
+        end = 0
+        for s in self.shards:
+            if s.first_row_id != end:
+                return (f"shard {s.name} starts at row id {s.first_row_id}, not {end} (row id "
+                        "ranges must be contiguous and disjoint)")
+            total = sum(n for by_label in s.counts.values() for n in by_label.values())
+            if s.rows < 1 or total != s.rows or s.nbytes < 1 or s.views < 0:
+                return f"shard {s.name} has {s.rows} rows but counts of {total}"
+            labels = {label for by_label in s.counts.values() for label in by_label}
+            if labels and (min(labels) < -1 or max(labels) >= len(self.classes)):
+                return f"shard {s.name} counts labels outside -1..{len(self.classes) - 1}"
+            end = s.end_row_id
+        if self.next_row_id != end:
+            return f"next row id {self.next_row_id} is not the end of the last shard ({end})"
+        if self.id_index is not None and not 0 <= self.id_index.rows <= end:
+            return f"the id index covers {self.id_index.rows} rows of {end}"
+        return None
+
     def save(self, store_dir: Path) -> None:
-        """Atomically replace the store's manifest with this one."""
-        write_json(store_dir / MANIFEST_NAME, self.to_json())
+        """Atomically replace the store's manifest with this one (with its checksum)."""
+        obj = self.to_json()
+        obj["checksum"] = _digest(obj)
+        write_json(store_dir / MANIFEST_NAME, obj)
 
     @classmethod
     def load(cls, store_dir: Path) -> Manifest:
-        """Read a store's manifest; BadInput for a non-store or a newer format version."""
+        """Read and check a store's manifest; BadInput for a non-store or a newer format,
+        CorruptData for a damaged, edited or inconsistent one."""
         path = store_dir / MANIFEST_NAME
         if not path.is_file():
             raise BadInput(f"{store_dir} is not a tipretrieval store (no {MANIFEST_NAME})",
                            "check the path, or create one by importing or extracting into it")
         try:
-            obj = json.loads(path.read_text())
+            obj = json.loads(path.read_text(encoding="utf-8"))
             version = int(obj["format_version"])
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptData(f"{path} is not a valid store manifest ({exc}): restore it") from exc
         if version > FORMAT_VERSION:
-            raise BadInput(
-                f"store {store_dir} has format version {version}, newer than the supported "
-                f"{FORMAT_VERSION}: upgrade tipretrieval to read it"
-            )
+            raise NewerFormat(f"store {store_dir} has format version {version}, newer than the "
+                              f"supported {FORMAT_VERSION}", "upgrade tipretrieval to read it")
+        if version >= 2 and obj.get("checksum") != _digest(obj):
+            raise CorruptData(f"{path} fails its checksum (damaged or edited by hand): restore "
+                              "it from a backup; manifests must not be edited")
         try:
-            return cls.from_json(obj)
-        except (ValueError, KeyError, TypeError) as exc:
+            manifest = cls.from_json(obj)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptData(f"{path} is not a valid store manifest ({exc}): restore it") from exc
+        problem = manifest.problem()
+        if problem:
+            raise CorruptData(f"{path} is inconsistent ({problem}): restore it from a backup")
+        return manifest

@@ -17,7 +17,7 @@ from ..errors import BadInput
 from ..rows import Rows
 from .float16 import convert
 from .manifest import DTYPES, Manifest, ShardInfo
-from .shard import CHUNK_ROWS, IdKeys, ShardReader, decode
+from .shard import CHUNK_ROWS, IdKeys, ShardReader
 
 COLUMNS = ("ids", "features", "labels", "splits", "sources", "row_ids")
 SCAN_ROWS = 16 * CHUNK_ROWS  # rows per filter step: the filtered columns of a step are read
@@ -40,8 +40,7 @@ def _keep(shard: ShardReader, start: int, stop: int, splits: set | None,
         keep = np.zeros(stop - start, dtype=bool)
         keep[rows[np.searchsorted(rows, start):np.searchsorted(rows, stop)] - start] = True
     if splits is not None and keep.any():
-        codes = [i for i, name in enumerate(shard.split_names) if name in splits]
-        keep &= np.isin(shard.column("splits", start, stop), codes)
+        keep &= np.isin(shard.splits(start, stop), list(splits))
     if label_set is not None and keep.any():
         keep &= np.isin(shard.column("labels", start, stop), list(label_set))
     return keep
@@ -55,7 +54,12 @@ def _runs(keep: np.ndarray) -> np.ndarray:
 
 def _column(shard: ShardReader, piece: Piece, name: str) -> np.ndarray:
     """A small column (ids, labels, splits, sources) of the rows of `piece`."""
-    values = shard.column(name, piece.start, piece.stop)
+    if name in ("ids", "sources"):
+        values = shard.strings(name, piece.start, piece.stop)
+    elif name == "splits":
+        values = shard.splits(piece.start, piece.stop)
+    else:
+        values = shard.column(name, piece.start, piece.stop)
     return values if piece.keep is None else values[piece.keep]
 
 
@@ -81,7 +85,7 @@ class Piece:
                 Piece(self.shard, self.start + at, self.stop, self.keep[at:]))
 
 
-def _plan(shard_dir: Path, shards: list[ShardInfo], splits: set | None,
+def _plan(shard_dir: Path, shards: list[ShardInfo], dim: int, splits: set | None,
           label_set: set | None, ids: list | None,
           row_ids: np.ndarray | None = None) -> Iterator[Piece]:
     """The matching rows of `shards` in store order: whole shards when nothing filters,
@@ -99,7 +103,7 @@ def _plan(shard_dir: Path, shards: list[ShardInfo], splits: set | None,
                            np.searchsorted(row_ids, first + info.rows)] - first
             if not len(rows):
                 continue
-        with ShardReader(shard_dir, info) as shard:
+        with ShardReader(shard_dir, info, dim) as shard:
             if keys is not None:
                 located = shard.locate(keys)
                 found = np.unique(located[located >= 0])
@@ -171,7 +175,7 @@ class BatchReader:
     def _open(self, info: ShardInfo) -> ShardReader:
         if self._reader is None or self._reader.info.name != info.name:
             self.close()
-            self._reader = ShardReader(self._dir, info)
+            self._reader = ShardReader(self._dir, info, self._dim)
         return self._reader
 
     def read(self, batch_size: int, splits: set | None, label_set: set | None,
@@ -184,7 +188,7 @@ class BatchReader:
         def key(info: ShardInfo) -> tuple:
             return (info.views if self._with_views else 0, info.has_sources and sources)
         try:
-            plan = _plan(self._dir, shards, splits, label_set, ids, row_ids)
+            plan = _plan(self._dir, shards, self._dim, splits, label_set, ids, row_ids)
             for batch in _batches(plan, batch_size, key):
                 yield self.batch(batch)
         finally:
@@ -219,13 +223,15 @@ class BatchReader:
         if out.views is not None:
             self._array(shard, "views", piece, out.views[at])
         if out.ids is not None:
-            out.ids[at] = decode(_column(shard, piece, "ids"))
+            out.ids[at] = _column(shard, piece, "ids")
         if out.labels is not None:
             out.labels[at] = _column(shard, piece, "labels")
+        if out.labels is not None:
+            shard.check_labels(out.labels[at], len(self._manifest.classes))
         if out.splits is not None:
-            out.splits[at] = shard.split_names[_column(shard, piece, "splits")]
+            out.splits[at] = _column(shard, piece, "splits")
         if out.sources is not None:
-            out.sources[at] = decode(_column(shard, piece, "sources"))
+            out.sources[at] = _column(shard, piece, "sources")
         if out.row_ids is not None:
             local = np.arange(piece.start, piece.stop, dtype=np.int64)
             out.row_ids[at] = piece.shard.first_row_id + \
@@ -235,6 +241,7 @@ class BatchReader:
         """Dataset `name` (features or views) of `piece` into `out`, converting its dtype."""
         if piece.keep is None and out.dtype == self._stored:
             shard.column_into(name, piece.start, piece.stop, out)
+            shard.check_features(piece.start, out)
             return
         if piece.keep is not None:
             runs = _runs(piece.keep)
@@ -257,7 +264,10 @@ class BatchReader:
             stage = self._stage[:(stop - start) * row_bytes].view(self._stored)
             stage = stage.reshape((stop - start, *row_shape))
             shard.column_into(name, start, stop, stage)
-            if piece.keep is not None:
-                stage = stage[piece.keep[start - piece.start:stop - piece.start]]
+            keep = piece.keep
+            if keep is not None:
+                keep = keep[start - piece.start:stop - piece.start]
+                stage = stage[keep]
+            shard.check_features(start, stage, keep)
             convert(stage, out[pos:pos + len(stage)])
             pos += len(stage)

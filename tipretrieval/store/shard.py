@@ -1,12 +1,17 @@
 """One immutable HDF5 shard: written once (temp file, fsync, rename), then read in blocks.
 
-Layout: `features` (N, D) and optional `views` (N, V, D) in the store dtype, uncompressed and
-chunked by a few thousand rows; `labels` int64; `ids` and optional `sources` as fixed-width
-UTF-8 bytes; `splits` as uint32 codes into the `split_names` list. Row ids are not stored: a
-shard holds the consecutive ids starting at its `first_row_id` (kept in the manifest).
+Layout (format 2): `features` (N, D) and optional `views` (N, V, D) in the store dtype,
+uncompressed and chunked by a few thousand rows; `labels` int64; `splits` as uint32 codes into
+the `split_names` list; `ids` and optional `sources` as variable-length UTF-8: all strings
+concatenated in `ids_utf8` (uint8) with the end offset of each row in `ids_end` (int64), so one
+long id costs its own bytes only. Every dataset carries HDF5's fletcher32 checksum, which HDF5
+checks on every chunk it reads: a flipped bit is an error, never a changed value. Row ids are
+not stored: a shard holds the consecutive ids starting at its `first_row_id` (in the manifest).
 `id_hash` holds the sorted 64-bit blake2b hashes of the ids and `id_order` the row of each, so
-duplicate checks read 16 bytes per stored row instead of every id (shards written before
-these existed are scanned instead).
+an id lookup reads 16 bytes per stored row instead of every id.
+
+Format 1 shards (no checksums, ids and sources as fixed-width bytes `ids`/`sources`, maybe no
+hash table) are still read.
 """
 
 from __future__ import annotations
@@ -21,26 +26,31 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import CorruptData
+from ..errors import BadInput, ConcurrentChange, CorruptData
 from ..rows import Rows
 from ..util.atomic import atomic_path
 from ..util.checksum import file_sha256
 from .float16 import as_float32
-from .manifest import ShardInfo
+from .manifest import Manifest, ShardInfo
 
 CHUNK_ROWS = 4096
 _CHUNK_BYTES = 4 << 20
+_TEXT_CHUNK = 256 << 10
 _ID_BLOCK = 1 << 16
+_F16_EXPONENT = np.uint16(0x7C00)
+RESTORE = "restore it from a backup or re-import its rows into a new store"
 
 
-def encode(strings: np.ndarray) -> np.ndarray:
-    """Strings as the fixed-width UTF-8 bytes array a shard stores."""
-    return np.array([s.encode("utf-8") for s in strings], dtype="S")
-
-
-def decode(raw: np.ndarray) -> np.ndarray:
-    """Stored fixed-width UTF-8 bytes back to an object array of str."""
-    return np.array([b.decode("utf-8") for b in raw.tolist()], dtype=object)
+def encode(strings: Iterable) -> np.ndarray:
+    """Strings as an object array of UTF-8 bytes; BadInput for text that is not Unicode."""
+    out = []
+    for s in strings:
+        try:
+            out.append(str(s).encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise BadInput(f"id or source {str(s)!r} is not valid Unicode ({exc.reason}): "
+                           "decode it with the right codec before importing") from exc
+    return np.array(out + [b""], dtype=object)[:-1]  # the sentinel keeps a 1-D object array
 
 
 def id_hashes(encoded: np.ndarray) -> np.ndarray:
@@ -51,14 +61,14 @@ def id_hashes(encoded: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class IdKeys:
-    """String ids as a shard stores them (fixed-width UTF-8) with their 64-bit hashes."""
+    """String ids as UTF-8 bytes (an object array) with their 64-bit hashes."""
 
     encoded: np.ndarray
     hashes: np.ndarray
 
     @classmethod
     def of(cls, ids: Iterable) -> IdKeys:
-        encoded = encode(np.array([str(i) for i in ids], dtype=object))
+        encoded = encode(ids)
         return cls(encoded, id_hashes(encoded))
 
     def take(self, index) -> IdKeys:
@@ -80,6 +90,21 @@ def _counts(labels: np.ndarray, splits: np.ndarray) -> dict[str, dict[int, int]]
     return out
 
 
+def _dataset(f: h5py.File, name: str, data: np.ndarray, row_bytes: int) -> None:
+    """A chunked dataset with HDF5's fletcher32 checksum on every chunk."""
+    chunks = (_chunk_rows(row_bytes, len(data)), *data.shape[1:]) if len(data) else None
+    f.create_dataset(name, data=data, chunks=chunks, fletcher32=bool(len(data)))
+
+
+def _write_strings(f: h5py.File, name: str, encoded: np.ndarray) -> None:
+    """`encoded` (UTF-8 bytes per row) as `{name}_utf8` bytes plus `{name}_end` offsets."""
+    data = np.frombuffer(b"".join(encoded.tolist()), dtype=np.uint8)
+    ends = np.cumsum([len(b) for b in encoded.tolist()], dtype=np.int64)
+    f.create_dataset(f"{name}_utf8", data=data, fletcher32=bool(len(data)),
+                     chunks=(max(1, min(len(data), _TEXT_CHUNK)),) if len(data) else None)
+    _dataset(f, f"{name}_end", ends, 8)
+
+
 def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
                 keys: IdKeys | None = None) -> ShardInfo:
     """Write `rows` (whose ids are `keys`) as a new shard at `path` (temp file, fsync, rename)
@@ -91,22 +116,19 @@ def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
     order = np.argsort(keys.hashes, kind="stable")
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=rows.features.astype(dtype),
-                             chunks=(_chunk_rows(dim * itemsize, n), dim))
-            f.create_dataset("labels", data=rows.labels.astype(np.int64))
-            f.create_dataset("ids", data=keys.encoded, chunks=(_chunk_rows(0, n),))
-            f.create_dataset("id_hash", data=keys.hashes[order])
-            f.create_dataset("id_order", data=order.astype(np.int64))
-            f.create_dataset("splits", data=split_codes.astype(np.uint32).reshape(-1))
+            _dataset(f, "features", rows.features.astype(dtype), dim * itemsize)
+            _dataset(f, "labels", rows.labels.astype(np.int64), 8)
+            _write_strings(f, "ids", keys.encoded)
+            _dataset(f, "id_hash", keys.hashes[order], 8)
+            _dataset(f, "id_order", order.astype(np.int64), 8)
+            _dataset(f, "splits", split_codes.astype(np.uint32).reshape(-1), 4)
             f.create_dataset("split_names", data=[str(s) for s in split_names],
                              dtype=h5py.string_dtype())
             if rows.sources is not None:
-                f.create_dataset("sources", data=encode(rows.sources),
-                                 chunks=(_chunk_rows(0, n),))
+                _write_strings(f, "sources", encode(rows.sources))
             if rows.views is not None:
                 v = rows.views.shape[1]
-                f.create_dataset("views", data=rows.views.astype(dtype),
-                                 chunks=(_chunk_rows(v * dim * itemsize, n), v, dim))
+                _dataset(f, "views", rows.views.astype(dtype), v * dim * itemsize)
         sha256, nbytes = file_sha256(tmp), tmp.stat().st_size
     return ShardInfo(
         name=path.name, rows=n, first_row_id=first_row_id, sha256=sha256, nbytes=nbytes,
@@ -115,9 +137,19 @@ def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
     )
 
 
+def _split_text(data: bytes, ends: np.ndarray, base: int) -> list[bytes]:
+    bounds = np.concatenate(([0], ends - base)).tolist()
+    return [data[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def decode(raw: list[bytes]) -> np.ndarray:
+    """UTF-8 bytes per row back to an object array of str."""
+    return np.array([b.decode("utf-8") for b in raw] + [""], dtype=object)[:-1]
+
+
 @dataclass
 class Block:
-    """Consecutive raw rows of one shard as stored (features in the on-disk dtype)."""
+    """Consecutive rows of one shard as stored (features in the on-disk dtype)."""
 
     row_ids: np.ndarray
     ids: np.ndarray
@@ -128,50 +160,75 @@ class Block:
     views: np.ndarray | None
 
     def to_rows(self, mask: np.ndarray | None = None) -> Rows:
-        """The (masked) rows decoded to `Rows`, features and views as float32."""
+        """The (masked) rows as `Rows`, features and views as float32."""
         def pick(a):
             return a if a is None or mask is None else a[mask]
         views = pick(self.views)
-        sources = pick(self.sources)
         return Rows(
-            ids=decode(pick(self.ids)), features=as_float32(pick(self.features)),
-            labels=pick(self.labels), splits=pick(self.splits),
-            sources=None if sources is None else decode(sources),
-            views=None if views is None else as_float32(views),
-            row_ids=pick(self.row_ids),
+            ids=pick(self.ids), features=as_float32(pick(self.features)),
+            labels=pick(self.labels), splits=pick(self.splits), sources=pick(self.sources),
+            views=None if views is None else as_float32(views), row_ids=pick(self.row_ids),
         )
 
 
-class ShardReader:
-    """An open shard; every failure is reported as CorruptData naming the shard."""
+def _one_line(exc: BaseException) -> str:
+    return " ".join((str(exc) or type(exc).__name__).split())
 
-    def __init__(self, shard_dir: Path, info: ShardInfo):
+
+class ShardReader:
+    """An open shard; every failure is reported as CorruptData naming the shard.
+
+    Opening checks the datasets' shapes against the manifest (`info`, and `dim` when given).
+    """
+
+    def __init__(self, shard_dir: Path, info: ShardInfo, dim: int | None = None):
         self.info = info
         self.path = shard_dir / info.name
         check_present(self.path, info)
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
-            raise self._corrupt(f"cannot be read ({exc})") from exc
+            raise self._corrupt(f"cannot be read ({_one_line(exc)})") from exc
         try:
-            self._split_names = np.array(
-                [s.decode() for s in self._file["split_names"][()]], dtype=object)
-        except (OSError, KeyError) as exc:
+            with self._reading() as f:
+                self._split_names = np.array(
+                    [s.decode() for s in f["split_names"][()]], dtype=object)
+                self._text = "ids_end" in f  # format 2: variable-length UTF-8 strings
+                self._check_shapes(f, dim)
+        except CorruptData:
             self._file.close()
-            raise self._corrupt(f"cannot be read ({exc})") from exc
+            raise
 
     def _corrupt(self, problem: str) -> CorruptData:
         return CorruptData(
             f"shard {self.info.name} {problem}: run `tipretrieval info STORE --verify` and "
-            "restore the shard from a backup or re-import its rows into a new store"
+            f"{RESTORE}"
         )
+
+    def _check_shapes(self, f: h5py.File, dim: int | None) -> None:
+        n = self.info.rows
+        want = {"features": (n, dim), "labels": (n,), "splits": (n,),
+                "ids_end" if self._text else "ids": (n,)}
+        if self.info.views:
+            want["views"] = (n, self.info.views, dim)
+        if self.info.has_sources:
+            want["sources_end" if self._text else "sources"] = (n,)
+        for name, shape in want.items():
+            got = f[name].shape
+            if len(got) != len(shape) or any(w is not None and g != w
+                                              for g, w in zip(got, shape, strict=True)):
+                raise self._corrupt(f"has {name} of shape {got} but the manifest says "
+                                    f"{tuple('D' if w is None else w for w in shape)}")
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[h5py.File]:
         try:
             yield self._file
-        except (OSError, KeyError) as exc:
-            raise self._corrupt(f"cannot be read ({exc})") from exc
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            text = _one_line(exc)
+            if "filter returned failure" in text:  # how HDF5 reports a fletcher32 mismatch
+                text = "a chunk fails its fletcher32 checksum: the data is damaged"
+            raise self._corrupt(f"cannot be read ({text})") from exc
 
     @property
     def split_names(self) -> np.ndarray:
@@ -179,16 +236,23 @@ class ShardReader:
         return self._split_names
 
     def read(self, start: int, stop: int, with_views: bool = False) -> Block:
-        """Rows `start:stop` of the shard as a raw Block."""
+        """Rows `start:stop` of the shard as a Block (ids and sources decoded)."""
         with self._reading() as f:
             return Block(
                 row_ids=np.arange(start, stop, dtype=np.int64) + self.info.first_row_id,
-                ids=f["ids"][start:stop], labels=f["labels"][start:stop],
-                splits=self._split_names[f["splits"][start:stop]],
-                features=f["features"][start:stop],
-                sources=f["sources"][start:stop] if "sources" in f else None,
-                views=f["views"][start:stop] if with_views and "views" in f else None,
+                ids=self.strings("ids", start, stop), labels=f["labels"][start:stop],
+                splits=self.splits(start, stop), features=f["features"][start:stop],
+                sources=self.strings("sources", start, stop) if self.info.has_sources
+                else None,
+                views=f["views"][start:stop] if with_views and self.info.views else None,
             )
+
+    def splits(self, start: int, stop: int) -> np.ndarray:
+        """The split names of rows `start:stop`; CorruptData for a code without a name."""
+        codes = self.column("splits", start, stop)
+        if len(codes) and int(codes.max()) >= len(self._split_names):
+            raise self._corrupt("has split codes without a name")
+        return self._split_names[codes]
 
     def column(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows `start:stop` of dataset `name` as stored."""
@@ -200,6 +264,58 @@ class ShardReader:
         with self._reading() as f:
             f[name].read_direct(out, np.s_[start:stop])
 
+    def raw_strings(self, name: str, start: int, stop: int) -> list[bytes]:
+        """The UTF-8 bytes of string column `name` (ids, sources) for rows `start:stop`."""
+        stop = min(stop, self.info.rows)
+        if stop <= start:
+            return []
+        with self._reading() as f:
+            if not self._text:
+                return [bytes(b) for b in f[name][start:stop].tolist()]
+            ends = f[f"{name}_end"][max(start - 1, 0):stop]
+            base = int(ends[0]) if start else 0
+            ends = ends[1:] if start else ends
+            if np.any(np.diff(ends) <= 0) or ends[0] <= base:  # every string is non-empty
+                raise self._corrupt(f"has damaged {name} offsets")
+            data = f[f"{name}_utf8"][base:int(ends[-1])].tobytes()
+            if len(data) != int(ends[-1]) - base or b"\0" in data:
+                raise self._corrupt(f"has damaged {name} text")
+        return _split_text(data, ends, base)
+
+    def strings(self, name: str, start: int, stop: int) -> np.ndarray:
+        """String column `name` (ids, sources) of rows `start:stop` as an object array of str."""
+        try:
+            return decode(self.raw_strings(name, start, stop))
+        except UnicodeDecodeError as exc:
+            raise self._corrupt(f"has {name} that are not UTF-8 ({exc.reason})") from exc
+
+    def check_features(self, start: int, features: np.ndarray,
+                       keep: np.ndarray | None = None) -> None:
+        """CorruptData unless `features` (or views, as stored) are finite and not all zero:
+        damage that HDF5's checksums miss (a zeroed chunk passes fletcher32; a bad writer) or
+        that a format 1 shard has no checksum for. The rows are the local rows from `start`
+        (those where `keep`, when given)."""
+        if not len(features):
+            return
+        if features.dtype == np.float16:  # exponent all ones: inf or NaN (no float cast)
+            bad = (features.view(np.uint16) & _F16_EXPONENT) == _F16_EXPONENT
+        else:
+            bad = ~np.isfinite(features)
+        rows = bad.reshape(len(features), -1).any(axis=1)
+        what = "NaN or inf features"
+        if not rows.any():
+            rows = ~features.any(axis=-1).reshape(len(features), -1).all(axis=1)
+            what = "all-zero feature vectors"
+        if rows.any():
+            row = int(np.flatnonzero(rows)[0])
+            local = start + (row if keep is None else int(np.flatnonzero(keep)[row]))
+            raise self._corrupt(f"holds {what} (row id {self.info.first_row_id + local})")
+
+    def check_labels(self, labels: np.ndarray, n_classes: int) -> None:
+        """CorruptData unless `labels` lie in -1..n_classes-1."""
+        if len(labels) and (labels.min() < -1 or labels.max() >= n_classes):
+            raise self._corrupt(f"holds labels outside -1..{n_classes - 1}")
+
     def locate(self, keys: IdKeys) -> np.ndarray:
         """The local row of every id, -1 where the shard does not hold it."""
         encoded = keys.encoded
@@ -208,6 +324,7 @@ class ShardReader:
                 return self._scan_ids(encoded)
             rows = np.full(len(encoded), -1, dtype=np.int64)
             stored = f["id_hash"][()]
+            self._check_hash_table(f, stored)
             lo = np.searchsorted(stored, keys.hashes, "left")
             hits = np.searchsorted(stored, keys.hashes, "right") - lo
             if not hits.any():
@@ -216,30 +333,47 @@ class ShardReader:
             pos = np.arange(len(query)) - np.repeat(np.cumsum(hits) - hits, hits) + \
                 np.repeat(lo, hits)
             candidates = f["id_order"][()][pos]
-            same = self._ids_at(candidates) == encoded[query]  # confirm hash matches exactly
+            if len(candidates) and (candidates.min() < 0 or candidates.max() >= self.info.rows):
+                raise self._corrupt("has a damaged id hash table")
+            same = self.ids_at(candidates) == encoded[query]  # confirm hash matches exactly
             rows[query[same]] = candidates[same]
             return rows
 
-    def _ids_at(self, rows: np.ndarray) -> np.ndarray:
+    def _check_hash_table(self, f: h5py.File, stored: np.ndarray) -> None:
+        """CorruptData unless the hash table is sorted and its equal neighbours (a zeroed
+        chunk, which passes fletcher32; or a rare true collision) are the hashes of their ids."""
+        if len(stored) != self.info.rows or np.any(stored[1:] < stored[:-1]):
+            raise self._corrupt("has a damaged id hash table")
+        same = np.flatnonzero(stored[1:] == stored[:-1])
+        if len(same):
+            at = np.union1d(same, same + 1)
+            rows = f["id_order"][()][at]
+            if rows.min() < 0 or rows.max() >= self.info.rows or \
+                    not np.array_equal(id_hashes(self.ids_at(rows)), stored[at]):
+                raise self._corrupt("has a damaged id hash table")
+
+    def ids_at(self, rows: np.ndarray) -> np.ndarray:
         """The encoded ids of the given rows, reading only the id blocks that hold them."""
-        out = np.empty(len(rows), dtype=self._file["ids"].dtype)
+        out = np.empty(len(rows), dtype=object)
         blocks = rows // _ID_BLOCK
         for b in np.unique(blocks):
             start = int(b) * _ID_BLOCK
             at = blocks == b
-            out[at] = self.column("ids", start, start + _ID_BLOCK)[rows[at] - start]
+            block = self.raw_strings("ids", start, start + _ID_BLOCK)
+            out[at] = [block[r] for r in (rows[at] - start).tolist()]
         return out
 
     def _scan_ids(self, encoded: np.ndarray) -> np.ndarray:
         """`locate` for shards written without an id hash table: read every id once."""
-        unique, inverse = np.unique(encoded, return_inverse=True)
-        wanted = {b: i for i, b in enumerate(unique.tolist())}
-        rows = np.full(len(unique), -1, dtype=np.int64)
+        wanted: dict[bytes, list[int]] = {}
+        for i, b in enumerate(encoded.tolist()):
+            wanted.setdefault(b, []).append(i)
+        rows = np.full(len(encoded), -1, dtype=np.int64)
         for start in range(0, self.info.rows, _ID_BLOCK):
-            for j, b in enumerate(self.column("ids", start, start + _ID_BLOCK).tolist()):
-                if (i := wanted.get(b)) is not None:
+            for j, b in enumerate(self.raw_strings("ids", start, start + _ID_BLOCK)):
+                for i in wanted.get(b, ()):
                     rows[i] = start + j
-        return rows[inverse.reshape(-1)]
+        return rows
 
     def close(self) -> None:
         self._file.close()
@@ -251,16 +385,28 @@ class ShardReader:
         self.close()
 
 
+def _removed_since(path: Path, name: str) -> bool:
+    """Whether the store's current manifest no longer names shard `name` (compacted away)."""
+    try:
+        return all(s.name != name for s in Manifest.load(path.parent.parent).shards)
+    except (BadInput, OSError):
+        return False
+
+
 def check_present(path: Path, info: ShardInfo) -> None:
-    """Raise CorruptData when a shard file is missing or has the wrong size."""
-    fix = "restore it from a backup or re-import its rows into a new store"
+    """Raise CorruptData when a shard file is missing or has the wrong size (ConcurrentChange
+    when a compaction removed it after this snapshot was opened)."""
     if not path.is_file():
-        raise CorruptData(f"shard {info.name} is missing from {path.parent}: {fix}")
+        if _removed_since(path, info.name):
+            raise ConcurrentChange(
+                f"shard {info.name} was replaced by `tipretrieval compact` after this reader "
+                "opened the store", "rerun the command to read the store as it is now")
+        raise CorruptData(f"shard {info.name} is missing from {path.parent}: {RESTORE}")
     size = path.stat().st_size
     if size != info.nbytes:
         raise CorruptData(
             f"shard {info.name} is truncated or changed ({size} bytes, expected {info.nbytes}): "
-            f"{fix}"
+            f"{RESTORE}"
         )
 
 
@@ -269,7 +415,4 @@ def verify_shard(shard_dir: Path, info: ShardInfo) -> None:
     path = shard_dir / info.name
     check_present(path, info)
     if file_sha256(path) != info.sha256:
-        raise CorruptData(
-            f"shard {info.name} fails its sha256 checksum (corrupt): restore it from a backup "
-            "or re-import its rows into a new store"
-        )
+        raise CorruptData(f"shard {info.name} fails its sha256 checksum (corrupt): {RESTORE}")

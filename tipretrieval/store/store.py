@@ -8,30 +8,63 @@ by `reader.BatchReader`; rows are checked by `validate` before they are written.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import re
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock, Timeout
 
-from ..errors import BadInput, StoreLocked
+from ..errors import BadInput, TipError
 from ..provenance import Provenance
 from ..rows import Rows
 from ..util.progress import progress
+from . import id_index
+from .compact import TARGET_BYTES, CompactResult, compact_shards, remove_replaced
+from .lock import LOCK_NAME, remove_lock_file, writer_lock
 from .manifest import DTYPES, MANIFEST_NAME, Manifest
 from .reader import COLUMNS, BatchReader, matching
-from .shard import IdKeys, ShardReader, verify_shard, write_shard
-from .validate import check_rows, extended_classes, first_bad
+from .shard import IdKeys, ShardReader, check_present, verify_shard, write_shard
+from .validate import DuplicateIds, check_rows, extended_classes, first_bad
 
 log = logging.getLogger(__name__)
 
 SHARD_DIR = "shards"
-LOCK_NAME = ".lock"
 _WRITER_FILE = re.compile(r"\.?\d{12}-[0-9a-f]+\.h5(\..+\.tmp)?")  # shards and their temps
+_INDEX_FILE = re.compile(r"\.?ids-\d{12}\.idx(\..+\.tmp)?")  # id indexes and their temps
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_error(exc: OSError, path: Path) -> TipError:
+    """A one-line TipError for an OSError met while writing the store at `path`: BadInput
+    (exit 2) for permissions, TipError (exit 1) for a full disk and other I/O errors."""
+    text = " ".join(str(exc).split())
+    if exc.errno in _DENIED or "ermission denied" in text:
+        return BadInput(f"cannot write to store {path} ({text}): check its permissions or "
+                        "choose another --store; nothing was stored")
+    if exc.errno in _FULL or "No space left" in text:
+        return TipError(f"disk full while writing store {path} ({text}): free space and rerun; "
+                        "nothing was stored")
+    return TipError(f"I/O error while writing store {path} ({text}): check the disk and "
+                    "rerun; nothing was stored")
+
+
+def check_can_create(path: Path) -> None:
+    """BadInput unless `path` is missing, or a directory with nothing but a killed create."""
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{path} exists and is not a directory: choose another store path")
+    if not path.is_dir():
+        return
+    shards = path / SHARD_DIR
+    empty_shards = shards.is_dir() and not any(shards.iterdir())  # a killed create
+    if any(p.name != LOCK_NAME and not (p == shards and empty_shards) for p in path.iterdir()):
+        raise BadInput(f"{path} is not empty: create the store in a new directory")
 
 
 def _as_set(value, kind) -> set | None:
@@ -63,23 +96,48 @@ class Store:
             raise BadInput(f"provenance says dim {provenance.dim} but the store has dim {dim}: "
                            "make them agree")
         classes = extended_classes((), classes)
-        if path.exists() and not path.is_dir():
-            raise BadInput(f"{path} exists and is not a directory: choose another store path")
-        path.mkdir(parents=True, exist_ok=True)
+        if not (path / MANIFEST_NAME).exists():
+            check_can_create(path)  # before the lock file is made in a directory we refuse
         store = cls(path, Manifest.new(dim=dim, dtype=dtype, provenance=provenance,
                                        classes=classes))
-        with store._locked():
+        with cls.writing(path):
             if (path / MANIFEST_NAME).exists():
                 raise BadInput(f"{path} is already a store: open it instead of creating it")
-            shards = path / SHARD_DIR
-            empty_shards = shards.is_dir() and not any(shards.iterdir())  # a killed create
-            if any(p.name != LOCK_NAME and not (p == shards and empty_shards)
-                   for p in path.iterdir()):
-                raise BadInput(f"{path} is not empty: create the store in a new directory")
-            shards.mkdir(exist_ok=True)
-            store._manifest.save(path)
+            check_can_create(path)
+            try:
+                (path / SHARD_DIR).mkdir(exist_ok=True)
+                store._manifest.save(path)
+            except OSError as exc:
+                raise write_error(exc, path) from exc
         log.info("created store %s (dim %d, %s)", path, dim, provenance.describe())
         return store
+
+    @classmethod
+    @contextlib.contextmanager
+    def writing(cls, path: Path | str) -> Iterator[None]:
+        """Hold the writer lock of the store at `path` (made with its folder when missing) so
+        that several steps (create, then append) are one; StoreLocked after `lock_timeout`."""
+        path = Path(path)
+        try:
+            with writer_lock(path, cls.lock_timeout):
+                yield
+        except OSError as exc:
+            raise write_error(exc, path) from exc
+
+    @staticmethod
+    def discard(path: Path | str, remove_dir: bool) -> None:
+        """Remove a store that the caller created and filled under one `writing()` hold (so
+        nobody else can have committed to it), with the folder too when `remove_dir`."""
+        path = Path(path)
+        (path / MANIFEST_NAME).unlink(missing_ok=True)
+        shutil.rmtree(path / SHARD_DIR, ignore_errors=True)
+        for p in path.iterdir() if path.is_dir() else ():
+            if _INDEX_FILE.fullmatch(p.name) or p.name.startswith(f".{MANIFEST_NAME}."):
+                p.unlink(missing_ok=True)
+        remove_lock_file(path)
+        if remove_dir:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only when empty: never someone else's files
 
     @classmethod
     def open(cls, path: Path | str) -> Store:
@@ -139,13 +197,7 @@ class Store:
     # -- writing ----------------------------------------------------------------------------
     def _locked(self):
         """Hold the store's writer lock (a context manager); StoreLocked after `lock_timeout`."""
-        try:
-            return FileLock(self._path / LOCK_NAME, timeout=self.lock_timeout).acquire()
-        except Timeout as exc:
-            raise StoreLocked(
-                f"store {self._path} is locked by another writer for over {self.lock_timeout:g} s",
-                "wait for the other import/encode to finish and retry"
-            ) from exc
+        return self.writing(self._path)
 
     def append(self, rows: Rows, *, provenance: Provenance | None = None,
                classes: Iterable[str] | None = None) -> np.ndarray:
@@ -160,18 +212,58 @@ class Store:
             if classes is not None:  # adopted with the shard: one new generation, not two
                 manifest = replace(manifest, classes=extended_classes(manifest.classes, classes))
             keys = IdKeys.of(rows.ids)
-            self._validate(rows, keys, manifest, provenance)
+            check_rows(rows, keys, manifest, provenance, self._path)
             if not len(rows):
                 return np.empty(0, dtype=np.int64)
-            self._remove_orphans(manifest)
+            index = self._id_index(manifest)
+            found = self._existing(manifest, keys, index)
+            if found.any():
+                raise DuplicateIds(
+                    f"{first_bad(found, rows.ids)} already exist in store {self._path}: "
+                    "skip rows that were imported before or give them new ids"
+                )
             first = manifest.next_row_id
             name = f"{first:012d}-{uuid.uuid4().hex[:8]}.h5"
-            info = write_shard(self._path / SHARD_DIR / name, rows, first, manifest.dtype, keys)
-            manifest = manifest.with_shard(info)
-            manifest.save(self._path)
+            try:
+                self._remove_orphans(manifest)
+                info = write_shard(self._path / SHARD_DIR / name, rows, first, manifest.dtype,
+                                   keys)
+                index_info = id_index.write(self._path, id_index.merged(index, keys.hashes, first),
+                                            manifest.generation + 1)
+                old = manifest.id_index
+                manifest = manifest.with_shard(info, index_info)
+                manifest.save(self._path)
+            except OSError as exc:
+                (self._path / SHARD_DIR / name).unlink(missing_ok=True)
+                raise write_error(exc, self._path) from exc
             self._manifest = manifest
+            if old is not None and old.name != index_info.name:
+                (self._path / old.name).unlink(missing_ok=True)
         log.debug("appended %d rows to %s as %s", info.rows, self._path, name)
         return np.arange(first, first + info.rows, dtype=np.int64)
+
+    def compact(self, target_bytes: int = TARGET_BYTES) -> CompactResult:
+        """Merge runs of small consecutive shards into shards of up to `target_bytes` (see
+        `compact`): same rows, row ids, ids and stored values; atomic under the writer lock."""
+        if target_bytes < 1:
+            raise BadInput(f"target size {target_bytes} is not positive: give a size in bytes")
+        with self._locked():
+            manifest = Manifest.load(self._path)
+            try:
+                self._remove_orphans(manifest)
+                new, old = compact_shards(self._path, self._path / SHARD_DIR, manifest,
+                                          target_bytes)
+                if old:
+                    new.save(self._path)
+            except BaseException as exc:
+                self._remove_orphans(Manifest.load(self._path))  # the merged shards written
+                if isinstance(exc, OSError):
+                    raise write_error(exc, self._path) from exc
+                raise
+            remove_replaced(old)  # only now: the manifest no longer names them
+            self._manifest = new
+        return CompactResult(shards_before=len(manifest.shards), shards_after=len(new.shards),
+                             merged=len(old), generation=new.generation)
 
     def add_classes(self, names: Iterable[str]) -> list[int]:
         """Add the names not yet in the vocabulary; returns the label index of every name."""
@@ -187,43 +279,74 @@ class Store:
         index = {c: i for i, c in enumerate(manifest.classes)}
         return [index[n] for n in names]
 
-    def _validate(self, rows: Rows, keys: IdKeys, manifest: Manifest,
-                  provenance: Provenance | None) -> None:
-        check_rows(rows, keys, manifest, provenance, self._path)
-        found = self._existing(manifest, keys)
-        if found.any():
-            raise BadInput(
-                f"{first_bad(found, rows.ids)} already exist in store {self._path}: "
-                "skip rows that were imported before or give them new ids"
-            )
-
     def _remove_orphans(self, manifest: Manifest) -> None:
         """Delete files a killed writer left behind (only ever called under the lock).
 
         Only names a writer makes are touched; other files in the store are left alone.
         """
-        known = {s.name for s in manifest.shards}
-        orphans = [p for p in (self._path / SHARD_DIR).iterdir()
-                   if _WRITER_FILE.fullmatch(p.name) and p.name not in known]
-        orphans += list(self._path.glob(f".{MANIFEST_NAME}.*.tmp"))
-        for p in orphans:
+        for p in self.orphans(manifest):
             log.info("removing %s left by an interrupted write", p)
             p.unlink(missing_ok=True)
 
+    def orphans(self, manifest: Manifest | None = None) -> list[Path]:
+        """Files a killed (or running) writer left that `manifest` (default: this snapshot's)
+        does not name: shards, id indexes and their temporary files."""
+        manifest = manifest or self._manifest
+        known = {s.name for s in manifest.shards}
+        if manifest.id_index is not None:
+            known.add(manifest.id_index.name)
+        shard_dir = self._path / SHARD_DIR
+        found = [p for p in shard_dir.iterdir() if _WRITER_FILE.fullmatch(p.name)] \
+            if shard_dir.is_dir() else []
+        found += [p for p in self._path.iterdir() if _INDEX_FILE.fullmatch(p.name)]
+        found += list(self._path.glob(f".{MANIFEST_NAME}.*.tmp"))
+        return sorted(p for p in found if p.name not in known)
+
     # -- reading ----------------------------------------------------------------------------
-    def _existing(self, manifest: Manifest, keys: IdKeys) -> np.ndarray:
-        found = np.zeros(len(keys), dtype=bool)
+    def _id_index(self, manifest: Manifest) -> np.ndarray:
+        """The manifest's id index, rebuilt from the shards' ids when missing or damaged."""
+        index = id_index.load(self._path, manifest)
+        if index is not None:
+            return index
+        hashes, rows = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
         for info in manifest.shards:
-            todo = np.flatnonzero(~found)
-            if not len(todo):
-                break
-            with ShardReader(self._path / SHARD_DIR, info) as shard:
-                found[todo] = shard.locate(keys.take(todo)) >= 0
+            with self._shard(info, manifest) as shard:
+                for start in range(0, info.rows, 1 << 16):
+                    keys = IdKeys.of(shard.strings("ids", start, start + (1 << 16)))
+                    hashes.append(keys.hashes)
+                    rows.append(np.arange(len(keys), dtype=np.int64) + info.first_row_id + start)
+        return id_index.build(np.concatenate(hashes), np.concatenate(rows))
+
+    def _shard(self, info, manifest: Manifest | None = None) -> ShardReader:
+        return ShardReader(self._path / SHARD_DIR, info, (manifest or self._manifest).dim)
+
+    def _existing(self, manifest: Manifest, keys: IdKeys,
+                  index: np.ndarray | None) -> np.ndarray:
+        """Which ids `manifest` holds: through the id index (opening only the shards of hash
+        hits to confirm them), or by asking every shard when there is no index."""
+        found = np.zeros(len(keys), dtype=bool)
+        if index is None:
+            for info in manifest.shards:
+                todo = np.flatnonzero(~found)
+                if not len(todo):
+                    break
+                with self._shard(info, manifest) as shard:
+                    found[todo] = shard.locate(keys.take(todo)) >= 0
+            return found
+        query, row_ids = id_index.candidates(index, keys.hashes)
+        starts = np.array([s.first_row_id for s in manifest.shards], dtype=np.int64)
+        which = np.searchsorted(starts, row_ids, "right") - 1
+        for k in np.unique(which).tolist():
+            info, at = manifest.shards[k], which == k
+            with self._shard(info, manifest) as shard:
+                stored = shard.ids_at(row_ids[at] - info.first_row_id)
+            found[query[at][stored == keys.encoded[query[at]]]] = True
         return found
 
     def existing_ids(self, ids: Iterable[str]) -> np.ndarray:
         """A bool per id: True when the id is already in this snapshot."""
-        return self._existing(self._manifest, IdKeys.of(ids))
+        return self._existing(self._manifest, IdKeys.of(ids),
+                              id_index.load(self._path, self._manifest))
 
     def _reader(self, columns: Iterable[str], features_dtype: str | None,
                 with_views: bool) -> BatchReader:
@@ -278,8 +401,10 @@ class Store:
             lo, hi = max(start, info.first_row_id), min(stop, info.first_row_id + info.rows)
             if lo >= hi or (split is not None and split not in info.counts):
                 continue
-            with ShardReader(self._path / SHARD_DIR, info) as shard:
+            with self._shard(info) as shard:
                 block = shard.read(lo - info.first_row_id, hi - info.first_row_id)
+                shard.check_features(lo - info.first_row_id, block.features)
+                shard.check_labels(block.labels, len(self._manifest.classes))
             pieces.append(block.to_rows(None if split is None else block.splits == split))
         if not pieces:
             return Rows.make([], np.empty((0, self.dim), np.float32), row_ids=np.empty(0))
@@ -309,6 +434,11 @@ class Store:
             for s, by_label in info.counts.items():
                 out[s] = out.get(s, 0) + sum(by_label.values())
         return dict(sorted(out.items()))
+
+    def check_files(self) -> None:
+        """Check that every shard exists with its recorded size (a stat each; CorruptData)."""
+        for info in self._manifest.shards:
+            check_present(self._path / SHARD_DIR / info.name, info)
 
     def verify(self) -> None:
         """Check every shard's presence, size and sha256; CorruptData names the first bad one."""

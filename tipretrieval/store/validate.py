@@ -16,14 +16,21 @@ from .shard import IdKeys
 NORM_TOLERANCE = 2e-3
 
 
+class DuplicateIds(BadInput):
+    """Rows whose ids the store already holds."""
+
+
 def first_bad(mask: np.ndarray, ids: np.ndarray) -> str:
     """How many rows `mask` marks and which is first, for error messages."""
     i = int(np.flatnonzero(mask)[0])
     return f"{int(mask.sum())} rows (first: row {i}, id {ids[i]!r})"
 
 
-def _check_normalised(x: np.ndarray, ids: np.ndarray, what: str) -> None:
-    norms = np.linalg.norm(x, axis=-1)
+def check_normalised(x: np.ndarray, ids: np.ndarray, what: str) -> None:
+    """BadInput naming the rows of `x` whose L2 norm is not 1 (within NORM_TOLERANCE)."""
+    wide = np.float64 if x.dtype == np.float64 else np.float32
+    with np.errstate(over="ignore"):
+        norms = np.sqrt(np.einsum("...i,...i->...", x, x, dtype=wide))
     bad = np.abs(norms - 1.0) > NORM_TOLERANCE
     if bad.ndim > 1:
         bad = bad.any(axis=tuple(range(1, bad.ndim)))
@@ -40,11 +47,17 @@ def check_finite(x: np.ndarray, ids: np.ndarray, what: str) -> None:
                        "recompute those rows")
 
 
-def _check_strings(values: np.ndarray, what: str) -> None:
+def _check_strings(values: Iterable[str], what: str) -> None:
     for v in values:
         if not v or "\x00" in v:
             raise BadInput(f"{what} {v!r} is empty or contains a NUL character: give every "
                            f"row a non-empty {what}")
+        if not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise BadInput(f"{what} {v!r} is not valid Unicode ({exc.reason}): decode it "
+                               "with the right codec first") from exc
 
 
 def extended_classes(current: tuple[str, ...], classes: Iterable[str]) -> tuple[str, ...]:
@@ -78,7 +91,7 @@ def check_rows(rows: Rows, keys: IdKeys, manifest: Manifest, provenance: Provena
         )
     check_finite(rows.features, rows.ids, "features")
     if manifest.provenance.normalized:
-        _check_normalised(rows.features, rows.ids, "features")
+        check_normalised(rows.features, rows.ids, "features")
     if rows.views is not None:
         if rows.views.ndim != 3 or rows.views.shape[0] != n or \
                 rows.views.shape[2] != manifest.dim:
@@ -86,7 +99,7 @@ def check_rows(rows: Rows, keys: IdKeys, manifest: Manifest, provenance: Provena
                            f"{manifest.dim}): give V views of dim {manifest.dim} per row")
         check_finite(rows.views, rows.ids, "views")
         if manifest.provenance.normalized:
-            _check_normalised(rows.views, rows.ids, "views")
+            check_normalised(rows.views, rows.ids, "views")
     k = len(manifest.classes)
     bad = (rows.labels < -1) | (rows.labels >= k)
     if bad.any():
@@ -95,6 +108,7 @@ def check_rows(rows: Rows, keys: IdKeys, manifest: Manifest, provenance: Provena
             f"{k} classes)", "fix the labels or extend the class list (`classes=`)"
         )
     _check_strings(rows.ids, "id")
+    _check_strings(sorted({str(s) for s in rows.splits.tolist()}), "split")
     if rows.sources is not None:
         _check_strings(rows.sources, "source")
     uniq, counts = np.unique(keys.encoded, return_counts=True)

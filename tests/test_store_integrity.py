@@ -1,0 +1,270 @@
+"""Integrity on every read: checksummed shards, checked values, checked manifests, format 1
+stores still read, long ids, and an id index that keeps appends from opening every shard."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tipretrieval.errors import BadInput, CorruptData
+from tipretrieval.provenance import Provenance
+from tipretrieval.rows import Rows
+from tipretrieval.store import manifest as manifest_mod
+from tipretrieval.store import shard as shard_mod
+from tipretrieval.store.store import Store
+
+DIM = 16
+CLASSES = ["ant", "bee", "cat", "dog"]
+PROV = Provenance("ViT-B-32", "openai", DIM)
+
+
+def make_rows(n: int, seed: int, views: int = 0, sources: bool = False) -> Rows:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, DIM)).astype(np.float32)
+    v = rng.standard_normal((n, views, DIM)).astype(np.float32) if views else None
+    return Rows.make(
+        ids=[f"r{seed}-{i}" for i in range(n)], features=x / np.linalg.norm(x, axis=1)[:, None],
+        labels=rng.integers(-1, len(CLASSES), n), splits=rng.choice(["train", "val"], n),
+        sources=[f"/img/{seed}/{i}.jpg" for i in range(n)] if sources else None,
+        views=None if v is None else v / np.linalg.norm(v, axis=-1, keepdims=True),
+    )
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
+    store.append(make_rows(3000, 1, views=2, sources=True))
+    store.append(make_rows(500, 2))
+    return store
+
+
+def shard_path(store: Store, i: int) -> Path:
+    return store.path / "shards" / store.manifest.shards[i].name
+
+
+def flip_in(path: Path, dataset: str, where: float = 0.5) -> None:
+    """Flip one bit inside the first stored chunk of `dataset` (the file keeps its size)."""
+    with h5py.File(path, "r") as f:
+        chunk = f[dataset].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    data[chunk.byte_offset + int(chunk.size * where)] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+@pytest.mark.parametrize("dataset", ["features", "labels", "ids_utf8", "splits", "views",
+                                     "sources_end"])
+def test_a_flipped_bit_in_any_column_is_corrupt_data_on_read(store, dataset):
+    path = shard_path(store, 0)
+    flip_in(path, dataset)
+    with pytest.raises(CorruptData) as exc:
+        store.select(with_views=True)
+    text = one_line(exc)
+    assert f"shard {path.name} cannot be read" in text and "info STORE --verify" in text
+    assert "Fletcher32" in text or "checksum" in text.lower()
+    if dataset != "views":  # read_range reads no views
+        with pytest.raises(CorruptData, match=path.name):
+            store.read_range(0, 3500)
+    assert len(store.select(split="val", row_ids=np.arange(3000, 3500))) > 0  # other shard
+
+
+def _rewrite(path: Path, dataset: str, index, value) -> None:
+    """Change stored values through HDF5 (so its checksums stay valid): a bad writer."""
+    with h5py.File(path, "r+") as f:
+        f[dataset][index] = value
+
+
+def test_non_finite_features_and_bad_labels_are_refused_on_every_read_path(store):
+    path = shard_path(store, 1)
+    _rewrite(path, "features", (7, 3), np.inf)
+    message = f"shard {path.name} holds NaN or inf features \\(row id 3007\\)"
+    with pytest.raises(CorruptData, match=message):
+        store.select()
+    with pytest.raises(CorruptData, match=message):
+        list(store.iter_rows(100, features_dtype=None, columns=("features",)))
+    with pytest.raises(CorruptData, match=message):
+        store.read_range(3000, 3100, split=None)
+    with pytest.raises(CorruptData, match=message):
+        store.select(row_ids=[3001, 3007])
+    assert len(store.select(row_ids=[3001, 3006])) == 2  # masked reads check only kept rows
+    _rewrite(path, "features", (7, 3), 0.0)
+    _rewrite(path, "labels", 9, 4)
+    with pytest.raises(CorruptData, match=f"{path.name} holds labels outside -1..3"):
+        store.select(split="val")
+    _rewrite(path, "labels", 9, -1)
+    _rewrite(shard_path(store, 0), "views", (5, 1, 0), np.nan)
+    store.select()  # views are only checked when they are read
+    with pytest.raises(CorruptData, match="NaN or inf features \\(row id 5\\)"):
+        store.select(with_views=True)
+
+
+def test_a_zeroed_id_hash_table_or_id_index_never_admits_duplicates(store, caplog):
+    path = shard_path(store, 0)
+    with h5py.File(path, "r") as f:
+        chunk = f["id_hash"].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    data[chunk.byte_offset:chunk.byte_offset + chunk.size] = bytes(chunk.size)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptData, match=f"shard {path.name} has a damaged id hash table"):
+        store.select(ids=["r1-5"])
+    with pytest.raises(BadInput, match="already exist"):  # the id index still knows them
+        store.append(make_rows(10, 1))
+    index = store.path / store.manifest.id_index.name
+    index.write_bytes(bytes(index.stat().st_size))
+    with caplog.at_level(logging.WARNING), pytest.raises(BadInput, match="already exist"):
+        store.append(make_rows(10, 2))  # rebuilt from the shards' ids, not trusted
+    assert "id index" in caplog.text and "damaged" in caplog.text
+    store.append(make_rows(10, 3))
+    assert len(Store.open(store.path)) == 3510
+
+
+def _edit(store: Store, change, checksum: bool = True) -> None:
+    """Edit the manifest by hand; with `checksum`, as a careful editor who also fixes it."""
+    path = store.path / "manifest.json"
+    obj = json.loads(path.read_text())
+    change(obj)
+    if checksum:
+        obj["checksum"] = manifest_mod._digest(obj)
+    path.write_text(json.dumps(obj))
+
+
+EDITS = [
+    ("rows", lambda m: m["shards"][1].update(rows=40), "has 40 rows but counts of 500"),
+    ("overlap", lambda m: m["shards"][1].update(first_row_id=2500),
+     "starts at row id 2500, not 3000"),
+    ("dim", lambda m: m.update(dim=256), "dim 256 does not match"),
+    ("classes", lambda m: m.update(classes=["ant", "ant", "cat", "dog"]), "repeated"),
+    ("label", lambda m: m.update(classes=["ant"]), "labels outside -1..0"),
+    ("name", lambda m: m["shards"][0].update(name="../../etc/passwd"), "not shard file names"),
+    ("next", lambda m: m.update(next_row_id=10), "next row id 10"),
+    ("types", lambda m: m["shards"][0].update(rows=[1]), "not a valid store manifest"),
+]
+
+
+@pytest.mark.parametrize("name, change, message", EDITS, ids=[e[0] for e in EDITS])
+def test_inconsistent_manifests_are_one_line_corrupt_data(store, name, change, message):
+    _edit(store, change)
+    with pytest.raises(CorruptData, match=message) as exc:
+        Store.open(store.path)
+    one_line(exc)
+
+
+def test_a_hand_edit_fails_the_manifest_checksum(store):
+    _edit(store, lambda m: m.update(classes=["bee", "ant", "cat", "dog"]), checksum=False)
+    with pytest.raises(CorruptData, match="fails its checksum"):
+        Store.open(store.path)
+
+
+def test_shard_shapes_are_checked_against_the_manifest_at_open(store):
+    def shrink(m):  # a consistent manifest that disagrees with the shard file
+        s = m["shards"][1]
+        s.update(rows=400, counts={"val": {"-1": 400}})
+        m["next_row_id"] = 3400
+        m["id_index"] = None
+    _edit(store, shrink)
+    reopened = Store.open(store.path)
+    with pytest.raises(CorruptData, match=r"has features of shape \(500, 16\) but the manifest "
+                                          r"says \(400, 16\)"):
+        reopened.select(split="val")
+
+
+def test_an_old_snapshot_gets_a_clear_error_when_its_shard_is_gone(store):
+    old = Store.open(store.path)
+    path = shard_path(store, 1)
+    path.unlink()
+    with pytest.raises(CorruptData, match=f"shard {path.name} is missing"):
+        old.select()
+
+
+def test_one_long_id_costs_its_own_bytes_only(tmp_path):
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
+    rows = make_rows(2000, 1)
+    rows.ids[5] = "x" * 100_000 + "é"
+    store.append(rows)
+    assert shard_path(store, 0).stat().st_size < 1_000_000  # fixed width: 200 MB
+    got = Store.open(store.path).select()
+    np.testing.assert_array_equal(got.ids, rows.ids)
+    assert Store.open(store.path).existing_ids([rows.ids[5], "x"]).tolist() == [True, False]
+
+
+def write_format1(store: Store, rows: Rows) -> None:
+    """Replace the store's only shard and manifest with their format 1 equivalents: ids and
+    sources fixed-width bytes, no checksums, no id index, no manifest checksum."""
+    path = shard_path(store, 0)
+    with h5py.File(path, "r") as f:
+        keep = {k: f[k][()] for k in ("features", "labels", "id_hash", "id_order", "splits",
+                                      "split_names")}
+    path.unlink()
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=keep["features"], chunks=(1000, DIM))
+        for k in ("labels", "id_hash", "id_order", "splits"):
+            f[k] = keep[k]
+        f.create_dataset("split_names", data=keep["split_names"], dtype=h5py.string_dtype())
+        f.create_dataset("ids", data=np.array([s.encode() for s in rows.ids], dtype="S"),
+                         chunks=(1000,))
+    obj = json.loads((store.path / "manifest.json").read_text())
+    obj["format_version"] = 1
+    obj["shards"][0].update(sha256=shard_mod.file_sha256(path), nbytes=path.stat().st_size)
+    del obj["checksum"], obj["id_index"]
+    (store.path / "manifest.json").write_text(json.dumps(obj))
+    for p in store.path.glob("ids-*.idx"):
+        p.unlink()
+
+
+def test_format1_stores_are_read_and_appended_to(tmp_path):
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
+    rows = make_rows(1500, 1)
+    store.append(rows)
+    write_format1(store, rows)
+    old = Store.open(store.path)
+    assert old.manifest.format_version == 1
+    old.verify()
+    got = old.select()
+    np.testing.assert_array_equal(got.ids, rows.ids)
+    np.testing.assert_array_equal(got.features, rows.features.astype(np.float16))
+    assert old.existing_ids(["r1-7", "nope"]).tolist() == [True, False]
+    with pytest.raises(BadInput, match="already exist"):
+        old.append(make_rows(3, 1))
+    old.append(make_rows(20, 2))
+    new = Store.open(store.path)
+    assert new.manifest.format_version == 2 and new.manifest.id_index.rows == 1520
+    np.testing.assert_array_equal(new.select().ids[1495:1505],
+                                  list(rows.ids[1495:]) + [f"r2-{i}" for i in range(5)])
+
+
+def test_an_append_opens_only_the_shards_of_hash_hits(tmp_path, monkeypatch):
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
+    for k in range(40):
+        store.append(make_rows(5, k))
+    opened: list[str] = []
+    real = shard_mod.ShardReader.__init__
+
+    def counting(self, shard_dir, info, dim=None):
+        opened.append(info.name)
+        real(self, shard_dir, info, dim)
+    monkeypatch.setattr(shard_mod.ShardReader, "__init__", counting)
+    store.append(make_rows(5, 100))
+    assert opened == []
+    with pytest.raises(BadInput, match="already exist"):
+        store.append(make_rows(5, 17))
+    assert opened == [store.manifest.shards[17].name]
+
+
+def test_manifests_with_many_labels_and_float_provenance_reload(tmp_path):
+    prov = Provenance("ViT-B-32", "openai", DIM, preprocess={"mean": [0.48, 0.45], "size": 224})
+    classes = [f"c{i}" for i in range(30)]
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=prov, classes=classes)
+    rows = make_rows(300, 1)
+    rows.labels = np.arange(300) % 30 - 1  # labels 10 < 2 as strings: key order differs
+    store.append(rows)
+    assert Store.open(store.path).class_counts() == store.class_counts()
