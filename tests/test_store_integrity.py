@@ -108,6 +108,19 @@ def test_non_finite_features_and_bad_labels_are_refused_on_every_read_path(store
         store.select(with_views=True)
 
 
+def test_a_zeroed_chunk_passes_fletcher32_but_not_the_read_checks(store):
+    path = shard_path(store, 1)
+    with h5py.File(path, "r") as f:
+        chunk = f["features"].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    data[chunk.byte_offset:chunk.byte_offset + chunk.size] = bytes(chunk.size)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptData, match=f"{path.name} holds all-zero feature vectors"):
+        store.select(split="val")
+    with pytest.raises(CorruptData, match="all-zero feature vectors \\(row id 3000\\)"):
+        store.read_range(2990, 3010)
+
+
 def test_a_zeroed_id_hash_table_or_id_index_never_admits_duplicates(store, caplog):
     path = shard_path(store, 0)
     with h5py.File(path, "r") as f:

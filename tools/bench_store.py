@@ -5,13 +5,20 @@ process's RSS after imports and opening the store (the baseline). Like is compar
 the Store's fastest option (features as stored, plus row ids) with raw h5py reading the
 `features` dataset alone (the I/O floor), and the Store's default `Rows` (ids, labels,
 splits, row ids, float32 features) with raw h5py reading and decoding the same columns by hand
-(features cast with numpy's astype). Cold reads first evict the shard files from the page cache
-(posix_fadvise(DONTNEED) on each; the system-wide cache is left alone for other users).
-Every read is repeated (`--repeat`, kinds interleaved) and its fastest run is reported, with
-the highest peak RSS of its runs, so a busy shared machine skews every kind alike.
+(features cast with numpy's astype). The raw reads use copies of the shards written without
+checksums (same datasets and chunks, no fletcher32 filter), so the ratios include the cost of
+the store's integrity checks (fletcher32 on every chunk, finite/non-zero features, label
+range). Cold reads first evict the shard files from the page cache (posix_fadvise(DONTNEED) on
+each; the system-wide cache is left alone for other users). Every read is repeated
+(`--repeat`, kinds interleaved) and its fastest run is reported, with the highest peak RSS of
+its runs, so a busy shared machine skews every kind alike.
+
+`--appends N` instead measures what one small append costs as shards accumulate: N appends of
+`--append-rows` rows to a new store, timing the first and the last ten.
 
     python tools/bench_store.py [--rows 1000000] [--dim 512] [--dtype float16|float32]
                                 [--repeat 3]
+    python tools/bench_store.py --appends 600 [--append-rows 20]
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from tipretrieval.provenance import Provenance
@@ -51,12 +59,34 @@ def _status_mb(field: str) -> float:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def child_read(kind: str, path: str, batch: int) -> dict:
-    """Stream the whole store once (in this fresh process); time it and measure peak RSS."""
-    import h5py
+def _raw_ids(f: h5py.File, s: int, stop: int) -> np.ndarray:
+    """Ids of rows s:stop decoded by hand from the variable-length layout (ids_utf8/ids_end)."""
+    ends = f["ids_end"][max(s - 1, 0):stop]
+    base = int(ends[0]) if s else 0
+    ends = ends[1:] if s else ends
+    data = f["ids_utf8"][base:int(ends[-1])].tobytes()
+    bounds = np.concatenate(([0], ends - base)).tolist()
+    return np.array([data[a:b].decode() for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+                    dtype=object)
 
+
+def without_checksums(shards: list[Path], out: Path) -> list[Path]:
+    """Copies of `shards` with the same datasets and chunks but no fletcher32 (the raw floor)."""
+    out.mkdir()
+    copies = []
+    for shard in shards:
+        copy = out / shard.name
+        with h5py.File(shard, "r") as src, h5py.File(copy, "w") as dst:
+            for name, ds in src.items():
+                dst.create_dataset(name, data=ds[()], chunks=ds.chunks, dtype=ds.dtype)
+        copies.append(copy)
+    return copies
+
+
+def child_read(kind: str, path: str, batch: int, raw_dir: str | None) -> dict:
+    """Stream the whole store once (in this fresh process); time it and measure peak RSS."""
     store = Store.open(path)
-    shards = [Path(path) / SHARD_DIR / s.name for s in store.manifest.shards]
+    shards = [Path(raw_dir) / s.name for s in store.manifest.shards]
     baseline = _status_mb("VmRSS")
     start, rows = time.perf_counter(), 0
     if kind.startswith("raw"):
@@ -69,7 +99,7 @@ def child_read(kind: str, path: str, batch: int) -> dict:
                     rows += len(x)
                     if kind == "raw-same":  # what a hand-written reader of the same Rows does
                         x.astype(np.float32)
-                        np.array([b.decode() for b in f["ids"][s:s + batch]], dtype=object)
+                        _raw_ids(f, s, s + len(x))
                         f["labels"][s:s + batch]
                         names[f["splits"][s:s + batch]]
                         np.arange(s, s + len(x), dtype=np.int64) + info.first_row_id
@@ -110,12 +140,32 @@ def write(path: Path, n: int, dim: int, dtype: str) -> float:
     return spent
 
 
-def run_child(kind: str, path: Path, batch: int) -> dict:
+def run_child(kind: str, path: Path, batch: int, raw_dir: Path) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", kind, "--store", str(path), "--batch", str(batch)],
+        [sys.executable, __file__, "--child", kind, "--store", str(path), "--batch", str(batch),
+         "--raw-dir", str(raw_dir)],
         check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout)
+
+
+def bench_appends(n: int, rows: int, dim: int, root: Path | None) -> None:
+    """Time `n` appends of `rows` rows each to a new store: does the cost grow with shards?"""
+    rng = np.random.default_rng(0)
+    times = []
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        store = Store.create(Path(tmp) / "store", dim=dim,
+                             provenance=Provenance("bench", "random", dim))
+        for k in range(n):
+            x = rng.standard_normal((rows, dim), dtype=np.float32)
+            batch = Rows.make([f"a{k}/{i}" for i in range(rows)],
+                              x / np.linalg.norm(x, axis=1, keepdims=True))
+            t = time.perf_counter()
+            store.append(batch)
+            times.append(time.perf_counter() - t)
+    first, last = np.median(times[:10]) * 1e3, np.median(times[-10:]) * 1e3
+    print(f"{n} appends of {rows} rows x {dim}: median of the first 10 {first:.1f} ms, of the "
+          f"last 10 {last:.1f} ms per append ({last / first:.2f}x)")
 
 
 def main() -> None:
@@ -126,17 +176,25 @@ def main() -> None:
     ap.add_argument("--dtype", choices=DTYPES, default="float16", help="on-disk dtype")
     ap.add_argument("--repeat", type=int, default=3, help="runs per read (fastest is shown)")
     ap.add_argument("--dir", type=Path, help="where to put the store [a temporary directory]")
+    ap.add_argument("--appends", type=int, default=0,
+                    help="instead: time this many small appends to a new store")
+    ap.add_argument("--append-rows", type=int, default=20)
     ap.add_argument("--child", choices=[k for k, _ in KINDS], help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
+    ap.add_argument("--raw-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child_read(args.child, args.store, args.batch)))
+        print(json.dumps(child_read(args.child, args.store, args.batch, args.raw_dir)))
+        return
+    if args.appends:
+        bench_appends(args.appends, args.append_rows, args.dim, args.dir)
         return
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "store"
         write_s = write(path, args.rows, args.dim, args.dtype)
         store = Store.open(path)
         shards = [path / SHARD_DIR / s.name for s in store.manifest.shards]
+        raw = without_checksums(shards, Path(tmp) / "raw")
         mb = args.rows * args.dim * np.dtype(args.dtype).itemsize / 1e6
         seconds: dict[tuple[str, str], float] = {}
         peaks: dict[tuple[str, str], float] = {}
@@ -144,8 +202,8 @@ def main() -> None:
             for temp in ("cold", "warm"):
                 for kind, _label in KINDS:
                     if temp == "cold":
-                        drop_cache(shards)
-                    res = run_child(kind, path, args.batch)
+                        drop_cache(shards + raw)
+                    res = run_child(kind, path, args.batch, Path(tmp) / "raw")
                     assert res["rows"] == args.rows, res
                     key = (temp, kind)
                     seconds[key] = min(seconds.get(key, float("inf")), res["seconds"])

@@ -52,17 +52,18 @@ def plan(shards: tuple[ShardInfo, ...], target_bytes: int) -> list[list[ShardInf
     return [r for r in runs if len(r) > 1]
 
 
-def _merged_rows(shard_dir: Path, run: list[ShardInfo], dim: int, n_classes: int) -> Rows:
+def _merged_rows(shard_dir: Path, run: list[ShardInfo], manifest: Manifest) -> Rows:
     """The rows of a run of shards, each checked first (so no damage gets a new checksum)."""
     parts = []
+    nonzero = manifest.provenance.normalized
     for info in run:
         verify_shard(shard_dir, info)
-        with ShardReader(shard_dir, info, dim) as shard:
+        with ShardReader(shard_dir, info, manifest.dim) as shard:
             block = shard.read(0, info.rows, with_views=True)
-            shard.check_features(0, block.features)
+            shard.check_features(0, block.features, nonzero)
             if block.views is not None:
-                shard.check_features(0, block.views)
-            shard.check_labels(block.labels, n_classes)
+                shard.check_features(0, block.views, nonzero)
+            shard.check_labels(block.labels, len(manifest.classes))
         parts.append(block.to_rows())
     return Rows.concat(parts)
 
@@ -73,7 +74,7 @@ def compact_shards(store_dir: Path, shard_dir: Path, manifest: Manifest,
     manifest naming them (not yet saved) and the old files to remove once it is saved."""
     replaced: dict[str, ShardInfo | None] = {}
     for run in plan(manifest.shards, target_bytes):
-        rows = _merged_rows(shard_dir, run, manifest.dim, len(manifest.classes))
+        rows = _merged_rows(shard_dir, run, manifest)
         first = run[0].first_row_id
         name = f"{first:012d}-{uuid.uuid4().hex[:8]}.h5"
         info = write_shard(shard_dir / name, rows, first, manifest.dtype)

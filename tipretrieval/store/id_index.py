@@ -64,10 +64,15 @@ def merged(index: np.ndarray, hashes: np.ndarray, first_row_id: int) -> np.ndarr
     return np.insert(index, at, new)
 
 
+def name(generation: int) -> str:
+    """The file name of the index of the manifest of `generation`."""
+    return f"{PREFIX}{generation:012d}{SUFFIX}"
+
+
 def write(store_dir: Path, index: np.ndarray, generation: int) -> IdIndexInfo:
     """Write `index` as a new file (atomic) for the manifest of `generation`."""
-    name = f"{PREFIX}{generation:012d}{SUFFIX}"
     data = index.tobytes()
-    with atomic_path(store_dir / name) as tmp:
+    with atomic_path(store_dir / name(generation)) as tmp:
         tmp.write_bytes(data)
-    return IdIndexInfo(name=name, rows=len(index), sha256=hashlib.sha256(data).hexdigest())
+    return IdIndexInfo(name=name(generation), rows=len(index),
+                       sha256=hashlib.sha256(data).hexdigest())

@@ -162,6 +162,7 @@ class BatchReader:
                            f"{DTYPES} or None (as stored)")
         self._dir, self._manifest = shard_dir, manifest
         self._dim, self._stored = manifest.dim, np.dtype(manifest.dtype)
+        self._nonzero = manifest.provenance.normalized  # unit vectors are never all zero
         self._dtype = np.dtype(features_dtype or manifest.dtype)
         self.columns, self._with_views = want, with_views
         self._reader: ShardReader | None = None
@@ -241,7 +242,7 @@ class BatchReader:
         """Dataset `name` (features or views) of `piece` into `out`, converting its dtype."""
         if piece.keep is None and out.dtype == self._stored:
             shard.column_into(name, piece.start, piece.stop, out)
-            shard.check_features(piece.start, out)
+            shard.check_features(piece.start, out, self._nonzero)
             return
         if piece.keep is not None:
             runs = _runs(piece.keep)
@@ -268,6 +269,6 @@ class BatchReader:
             if keep is not None:
                 keep = keep[start - piece.start:stop - piece.start]
                 stage = stage[keep]
-            shard.check_features(start, stage, keep)
+            shard.check_features(start, stage, self._nonzero, keep)
             convert(stage, out[pos:pos + len(stage)])
             pos += len(stage)

@@ -37,7 +37,18 @@ CHUNK_ROWS = 4096
 _CHUNK_BYTES = 4 << 20
 _TEXT_CHUNK = 256 << 10
 _ID_BLOCK = 1 << 16
-_F16_EXPONENT = np.uint16(0x7C00)
+ZERO_STRIDE = 16  # rows apart of the all-zero check: below any features chunk's row count
+_SIGNLESS = {2: np.uint16(0x7FFF), 4: np.uint32(0x7FFFFFFF)}  # float16/32 without the sign
+_INF_BITS = {2: 0x7C00, 4: 0x7F800000}  # the magnitude bits of inf; above them: NaN
+
+
+def _magnitude_bits(x: np.ndarray) -> np.ndarray:
+    """The bits of float16/32 `x` without the sign, as unsigned ints: they order like |x|,
+    with inf and NaN above every finite value and 0 only for +-0 (no float arithmetic)."""
+    mask = _SIGNLESS[x.dtype.itemsize]
+    return np.bitwise_and(x.view(mask.dtype), mask)
+
+
 RESTORE = "restore it from a backup or re-import its rows into a new store"
 
 
@@ -107,31 +118,38 @@ def _write_strings(f: h5py.File, name: str, encoded: np.ndarray) -> None:
 
 def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
                 keys: IdKeys | None = None) -> ShardInfo:
-    """Write `rows` (whose ids are `keys`) as a new shard at `path` (temp file, fsync, rename)
-    and describe it."""
+    """Write `rows` (whose ids are `keys`) as a new shard at `path` and describe it.
+
+    The HDF5 file is built in memory and written with plain file I/O (temp file, fsync,
+    rename): HDF5 never writes to the disk itself, so a full disk is an ordinary OSError, not
+    an HDF5 failure while closing (which crashed the process).
+    """
     n, dim = rows.features.shape
     split_names, split_codes = np.unique(rows.splits.astype(str), return_inverse=True)
     itemsize = np.dtype(dtype).itemsize
     keys = keys or IdKeys.of(rows.ids)
     order = np.argsort(keys.hashes, kind="stable")
+    with h5py.File(path.name, "w", driver="core", backing_store=False) as f:
+        _dataset(f, "features", rows.features.astype(dtype), dim * itemsize)
+        _dataset(f, "labels", rows.labels.astype(np.int64), 8)
+        _write_strings(f, "ids", keys.encoded)
+        _dataset(f, "id_hash", keys.hashes[order], 8)
+        _dataset(f, "id_order", order.astype(np.int64), 8)
+        _dataset(f, "splits", split_codes.astype(np.uint32).reshape(-1), 4)
+        f.create_dataset("split_names", data=[str(s) for s in split_names],
+                         dtype=h5py.string_dtype())
+        if rows.sources is not None:
+            _write_strings(f, "sources", encode(rows.sources))
+        if rows.views is not None:
+            v = rows.views.shape[1]
+            _dataset(f, "views", rows.views.astype(dtype), v * dim * itemsize)
+        f.flush()
+        image = f.id.get_file_image()
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            _dataset(f, "features", rows.features.astype(dtype), dim * itemsize)
-            _dataset(f, "labels", rows.labels.astype(np.int64), 8)
-            _write_strings(f, "ids", keys.encoded)
-            _dataset(f, "id_hash", keys.hashes[order], 8)
-            _dataset(f, "id_order", order.astype(np.int64), 8)
-            _dataset(f, "splits", split_codes.astype(np.uint32).reshape(-1), 4)
-            f.create_dataset("split_names", data=[str(s) for s in split_names],
-                             dtype=h5py.string_dtype())
-            if rows.sources is not None:
-                _write_strings(f, "sources", encode(rows.sources))
-            if rows.views is not None:
-                v = rows.views.shape[1]
-                _dataset(f, "views", rows.views.astype(dtype), v * dim * itemsize)
-        sha256, nbytes = file_sha256(tmp), tmp.stat().st_size
+        tmp.write_bytes(image)
     return ShardInfo(
-        name=path.name, rows=n, first_row_id=first_row_id, sha256=sha256, nbytes=nbytes,
+        name=path.name, rows=n, first_row_id=first_row_id,
+        sha256=hashlib.sha256(image).hexdigest(), nbytes=len(image),
         views=0 if rows.views is None else int(rows.views.shape[1]),
         has_sources=rows.sources is not None, counts=_counts(rows.labels, rows.splits),
     )
@@ -289,27 +307,29 @@ class ShardReader:
         except UnicodeDecodeError as exc:
             raise self._corrupt(f"has {name} that are not UTF-8 ({exc.reason})") from exc
 
-    def check_features(self, start: int, features: np.ndarray,
+    def check_features(self, start: int, features: np.ndarray, nonzero: bool,
                        keep: np.ndarray | None = None) -> None:
-        """CorruptData unless `features` (or views, as stored) are finite and not all zero:
-        damage that HDF5's checksums miss (a zeroed chunk passes fletcher32; a bad writer) or
+        """CorruptData unless `features` (or views, as stored) are finite and, when `nonzero`
+        (normalised stores), not all zero: damage HDF5's checksums miss (a bad writer; a zeroed
+        chunk, which passes fletcher32 and is caught by sampling every ZERO_STRIDE-th row) or
         that a format 1 shard has no checksum for. The rows are the local rows from `start`
         (those where `keep`, when given)."""
         if not len(features):
             return
-        if features.dtype == np.float16:  # exponent all ones: inf or NaN (no float cast)
-            bad = (features.view(np.uint16) & _F16_EXPONENT) == _F16_EXPONENT
-        else:
-            bad = ~np.isfinite(features)
-        rows = bad.reshape(len(features), -1).any(axis=1)
+        inf = _INF_BITS[features.dtype.itemsize]
+        bits = _magnitude_bits(features)
+        sample = bits[::ZERO_STRIDE if keep is None else 1]  # masked reads: every row
+        sample = sample.max(axis=-1).reshape(len(sample), -1)
+        if bits.max() < inf and not (nonzero and sample.min() == 0):  # the usual case
+            return
+        rows = (bits >= inf).reshape(len(bits), -1).any(axis=1)
         what = "NaN or inf features"
         if not rows.any():
-            rows = ~features.any(axis=-1).reshape(len(features), -1).all(axis=1)
+            rows = (bits.max(axis=-1) == 0).reshape(len(bits), -1).any(axis=1)
             what = "all-zero feature vectors"
-        if rows.any():
-            row = int(np.flatnonzero(rows)[0])
-            local = start + (row if keep is None else int(np.flatnonzero(keep)[row]))
-            raise self._corrupt(f"holds {what} (row id {self.info.first_row_id + local})")
+        row = int(np.flatnonzero(rows)[0])
+        local = start + (row if keep is None else int(np.flatnonzero(keep)[row]))
+        raise self._corrupt(f"holds {what} (row id {self.info.first_row_id + local})")
 
     def check_labels(self, labels: np.ndarray, n_classes: int) -> None:
         """CorruptData unless `labels` lie in -1..n_classes-1."""

@@ -224,6 +224,7 @@ class Store:
                 )
             first = manifest.next_row_id
             name = f"{first:012d}-{uuid.uuid4().hex[:8]}.h5"
+            index_name = id_index.name(manifest.generation + 1)
             try:
                 self._remove_orphans(manifest)
                 info = write_shard(self._path / SHARD_DIR / name, rows, first, manifest.dtype,
@@ -233,8 +234,9 @@ class Store:
                 old = manifest.id_index
                 manifest = manifest.with_shard(info, index_info)
                 manifest.save(self._path)
-            except OSError as exc:
+            except OSError as exc:  # (a full disk): leave the store as it was
                 (self._path / SHARD_DIR / name).unlink(missing_ok=True)
+                (self._path / index_name).unlink(missing_ok=True)
                 raise write_error(exc, self._path) from exc
             self._manifest = manifest
             if old is not None and old.name != index_info.name:
@@ -403,7 +405,8 @@ class Store:
                 continue
             with self._shard(info) as shard:
                 block = shard.read(lo - info.first_row_id, hi - info.first_row_id)
-                shard.check_features(lo - info.first_row_id, block.features)
+                shard.check_features(lo - info.first_row_id, block.features,
+                                     self.provenance.normalized)
                 shard.check_labels(block.labels, len(self._manifest.classes))
             pieces.append(block.to_rows(None if split is None else block.splits == split))
         if not pieces:
