@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import BadInput, CorruptData, NewerFormat
 from ..provenance import Provenance
-from ..util.atomic import write_json
+from ..util.atomic import atomic_path
 
 FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
@@ -49,7 +49,11 @@ class ShardInfo:
         return self.first_row_id + self.rows
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """As JSON data (label keys as strings, as JSON reads them back)."""
+        return {"name": self.name, "rows": self.rows, "first_row_id": self.first_row_id,
+                "sha256": self.sha256, "nbytes": self.nbytes, "views": self.views,
+                "has_sources": self.has_sources,
+                "counts": {s: {str(k): v for k, v in c.items()} for s, c in self.counts.items()}}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ShardInfo:
@@ -76,8 +80,8 @@ class IdIndexInfo:
 
 
 def _digest(obj: dict[str, Any]) -> str:
-    """sha256 of the manifest's content as JSON reads it back (int keys become strings)."""
-    body = json.loads(json.dumps({k: v for k, v in obj.items() if k != "checksum"}))
+    """sha256 of the manifest's content (JSON data with string keys only) but its checksum."""
+    body = {k: v for k, v in obj.items() if k != "checksum"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
                                      ensure_ascii=False).encode()).hexdigest()
 
@@ -178,10 +182,17 @@ class Manifest:
         return None
 
     def save(self, store_dir: Path) -> None:
-        """Atomically replace the store's manifest with this one (with its checksum)."""
+        """Atomically replace the store's manifest with this one (with its checksum). One
+        shard a line: readable, and encoded by json's C encoder (an indented dump is pure
+        Python, which made appends to stores of many shards slow)."""
         obj = self.to_json()
         obj["checksum"] = _digest(obj)
-        write_json(store_dir / MANIFEST_NAME, obj)
+        shards = obj.pop("shards")
+        head = json.dumps(obj, ensure_ascii=False)[:-1]
+        lines = ",\n  ".join(json.dumps(s, ensure_ascii=False) for s in shards)
+        text = f'{head}, "shards": [\n  {lines}\n]}}\n'
+        with atomic_path(store_dir / MANIFEST_NAME) as tmp:
+            tmp.write_text(text, encoding="utf-8")
 
     @classmethod
     def load(cls, store_dir: Path) -> Manifest:
