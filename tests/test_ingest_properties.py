@@ -2,13 +2,13 @@
 labels, class lists, file formats and damage. Every case either round-trips exactly or exits
 with one `error:` line (code 1 or 2) and leaves the store byte-identical.
 
-Profiles: "ci" (default, a few examples, part of `make test`) and "nightly" (many more):
+Each case runs two CLI imports, so this test tries a quarter of the profile's examples (see
+conftest.py): 12 with "ci" (the default, part of `make test`), 500 with
 `HYPOTHESIS_PROFILE=nightly pytest tests/test_ingest_properties.py`.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,18 +17,14 @@ import h5py
 import numpy as np
 import torch
 from click.testing import CliRunner
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tipretrieval.cli import main
 from tipretrieval.store.ingest import UNIT_TOLERANCE
 from tipretrieval.store.store import Store
 
-settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("nightly", max_examples=400, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+EXAMPLES = max(1, settings().max_examples // 4)  # of the profile loaded by conftest.py
 
 FORMATS = ("npz", "pt", "h5", "npy")
 DAMAGE = ("nan", "inf", "zero-row", "duplicate-id", "empty-id", "nul-id", "unknown-label",
@@ -211,7 +207,7 @@ def cases(draw):
     return first, second, kind, draw(st.integers(0, 2**16))
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES)
 @given(cases())
 def test_import_round_trips_or_fails_cleanly(case):
     first, second, kind, seed = case
