@@ -85,6 +85,8 @@ def test_classify_is_the_top_classes_of_the_logits(parts):
     np.testing.assert_array_equal(got.probs, want.probs)
     assert ad.classify(x).classes.shape == (9, 4)  # top 5 of 4 classes: all 4
     np.testing.assert_array_equal(ad.classify(x).classes, top_k(ad.logits(x), 4).classes)
+    wide = TipAdapter(keys, labels, 7, unit(np.random.default_rng(0).standard_normal((7, 6))))
+    assert wide.classify(x).classes.shape == (9, 5)  # the default: top 5
 
 
 def test_queries_of_other_types_and_layouts_score_the_same(parts):

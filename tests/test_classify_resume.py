@@ -132,3 +132,16 @@ def test_a_store_grown_after_a_kill_redoes_the_part_cut_short_by_its_old_end(
     fresh = tmp_path / "fresh"
     classify_store(cache_path, store_path, fresh, OPTIONS, show_progress=False)
     assert part_bytes(out) == part_bytes(fresh)
+
+
+def test_a_damaged_part_of_an_unfinished_job_is_redone(inputs, computed, tmp_path):
+    out = tmp_path / "out"
+    classify_store(*inputs, out, OPTIONS, show_progress=False)
+    expected = part_bytes(out)
+    kill_after(out, lost=[7])
+    damaged = out / "part-000005.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:-9] + b"\0" * 9)  # committed, then corrupted
+    computed.clear()
+    classify_store(*inputs, out, OPTIONS, show_progress=False)
+    assert computed == [(160, 191), (224, 239)]
+    assert part_bytes(out) == expected and (out / SUCCESS).exists()

@@ -75,3 +75,45 @@ def test_retrieval_is_exact_when_each_class_has_identical_keys(k):
                                    ad.logits(x), rtol=1e-5, atol=1e-4)
         trunc = ad.cache_term(x, mode="retrieval", k=k, tail=False)
         assert np.all(trunc <= exact * (1 + 1e-6)) and np.mean(trunc < 0.9 * exact) > 0.5
+
+
+def test_rescoring_makes_exactly_the_top_estimated_classes_exact():
+    rng = np.random.default_rng(13)
+    c, d = 9, 16
+    labels = rng.permutation(np.repeat(np.arange(c), rng.integers(3, 9, c)))
+    centres = unit(rng.standard_normal((c, d)))
+    keys = unit(centres[labels] + 0.7 * rng.standard_normal((len(labels), d)))
+    x = unit(centres[rng.integers(0, c, 80)] + 0.7 * rng.standard_normal((80, d)))
+    text = unit(rng.standard_normal((c, d)))
+    ad = TipAdapter(keys, labels, c, text, alpha=2.0, beta=4.0)
+    exact = ad.logits(x)
+    estimate = ad.logits(x, mode="retrieval", k=3, rescore=0)
+    for r in (1, 2, 3):
+        got = ad.logits(x, mode="retrieval", k=3, rescore=r)
+        top = np.argsort(-estimate, axis=1, kind="stable")[:, :r]
+        chosen = np.zeros_like(got, dtype=bool)
+        np.put_along_axis(chosen, top, True, axis=1)
+        np.testing.assert_allclose(got[chosen], exact[chosen], rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(got[~chosen], estimate[~chosen])
+        assert np.mean(np.abs(estimate[chosen] - exact[chosen]) > 1e-3) > 0.3  # it mattered
+
+
+def test_the_affinity_functions_take_float64_queries():
+    rng = np.random.default_rng(14)
+    labels = np.repeat(np.arange(4), 5)
+    keys = unit(rng.standard_normal((20, 8)))
+    x32 = unit(rng.standard_normal((6, 8)))
+    x64 = x32.astype(np.float64)
+    sk = affinity.SortedKeys.build(keys, labels, 4)
+    np.testing.assert_array_equal(affinity.similarities(x64, sk), affinity.similarities(x32, sk))
+    pos = np.stack([rng.choice(20, 4, replace=False) for _ in x32])
+    sims = affinity.retrieved_sims(x64, sk, pos)
+    np.testing.assert_array_equal(sims, affinity.retrieved_sims(x32, sk, pos))
+    np.testing.assert_array_equal(affinity.retrieval(x64, sk, 3.0, pos, sims),
+                                  affinity.retrieval(x32, sk, 3.0, pos, sims))
+    cand = np.tile(np.arange(2), (6, 1))
+    a = affinity.rescore_(x64, sk, 3.0, np.zeros((6, 4), np.float32), cand)
+    b = affinity.rescore_(x32, sk, 3.0, np.zeros((6, 4), np.float32), cand)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a[:, :2], affinity.exact(x32, sk, 3.0)[:, :2], rtol=1e-5)
+    assert np.all(a[:, 2:] == 0)

@@ -77,3 +77,15 @@ def test_a_new_class_added_in_memory_scores_like_a_rebuild(store, data):
     zebra = drawn.features[drawn.labels == 0]
     assert (cache.logits(zebra).argmax(1) == 10).all()
     assert_like_rebuild(cache, store, np.concatenate([x, zebra]))
+
+
+def test_a_live_index_is_updated_in_place_not_rebuilt(store, data):
+    cache = Cache.build(store, 3, text=data.text)
+    index = cache.index
+    train = store.labelled("train")
+    spare = train.take(~np.isin(train.row_ids, cache.row_ids))
+    cache.add_shots(spare.take(slice(0, 5)))
+    assert cache.index is index and index.ntotal == 35
+    cache.remove_shots(cache.row_ids[:4])
+    assert cache.index is index and index.ntotal == 31
+    assert sorted(index.ids()) == sorted(cache.row_ids)
