@@ -37,7 +37,7 @@ def clustered(rng, c=12, per=(1, 9), d=32, spread=0.35, n_query=300):
 def test_exact_matches_dense(beta):
     rng = np.random.default_rng(1)
     x, keys, labels, text = clustered(rng)
-    ad = TipAdapter(keys, labels, 12, text, alpha=1.7, beta=beta)
+    ad = TipAdapter(keys, labels, 12, text, alpha=1.7, beta=beta, weighting="sum")
     want, want_cache = dense_logits(x, keys, labels, text, 1.7, beta, 12)
     scale = np.abs(want).max()  # 1e-4 relative to the logits' scale (some logits cross 0)
     np.testing.assert_allclose(ad.logits(x), want, rtol=1e-4, atol=1e-6 * scale)
@@ -53,7 +53,7 @@ def test_exact_small_blocks_equal_large_blocks():
 
     rng = np.random.default_rng(2)
     x, keys, labels, _ = clustered(rng, per=(20, 60), n_query=700)
-    sk = affinity.SortedKeys.build(keys, labels, 12)
+    sk = affinity.SortedKeys.build(keys, labels, 12, "sum")
     big = affinity.exact(x, sk, 3.0)
     tiny = affinity.exact(x, sk, 3.0, block_bytes=4 * 512 * 7)  # 7-key blocks split classes
     np.testing.assert_allclose(tiny, big, rtol=1e-5)
@@ -112,7 +112,7 @@ def test_bad_inputs_name_the_fix():
 def test_tail_is_a_lower_bound_and_rescoring_makes_the_top_classes_exact():
     rng = np.random.default_rng(6)
     x, keys, labels, text = clustered(rng, c=20, per=(10, 40), d=24, spread=0.7, n_query=300)
-    ad = TipAdapter(keys, labels, 20, text, alpha=3.0, beta=6.0)
+    ad = TipAdapter(keys, labels, 20, text, alpha=3.0, beta=6.0, weighting="sum")
     exact = ad.cache_term(x)
     tail = ad.cache_term(x, mode="retrieval", k=4)
     assert np.all(tail <= exact * (1 + 1e-5) + 1e-6)
@@ -146,3 +146,65 @@ def test_logits_by_method_equals_each_method_alone():
         together = ad.logits_by_method(x, methods, mode=mode, k=8)
         for m in methods:
             np.testing.assert_array_equal(together[m], ad.logits(x, method=m, mode=mode, k=8))
+
+
+def weighted_dense(x, keys, labels, beta, c):
+    """Balanced cache term in float64: each class's sum times n_bar / n_c (n_bar over classes
+    that have keys), a class without keys 0."""
+    counts = np.bincount(labels, minlength=c)
+    n_bar = counts.sum() / np.count_nonzero(counts)
+    w = np.where(counts > 0, n_bar / np.maximum(counts, 1), 0.0)
+    return dense_logits(x, keys, labels, np.zeros((c, x.shape[1])), 1, beta, c)[1] * w
+
+
+@pytest.mark.parametrize("beta", [0.27, 5.5])
+def test_balanced_weighting_in_exact_retrieval_and_rescoring(beta):
+    rng = np.random.default_rng(8)
+    x, keys, labels, text = clustered(rng, per=(1, 30))
+    want = weighted_dense(x, keys, labels, beta, 12)
+    ad = TipAdapter(keys, labels, 12, text, alpha=1.0, beta=beta)
+    assert ad.weighting == "balanced"
+    np.testing.assert_allclose(ad.cache_term(x), want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ad.cache_term(x, mode="retrieval", k=len(keys)), want,
+                               rtol=1e-4, atol=1e-6)
+    tail = ad.cache_term(x, mode="retrieval", k=3)
+    assert np.all(tail <= want * (1 + 1e-4) + 1e-6)  # weighted tail stays a lower bound
+    got = ad.logits(x, method="cache", mode="retrieval", k=3, rescore=4)
+    top = np.argsort(-got, axis=1, kind="stable")[:, :4]
+    np.testing.assert_allclose(np.take_along_axis(got, top, 1),
+                               np.take_along_axis(want, top, 1), rtol=1e-4)
+    literal = TipAdapter(keys, labels, 12, text, alpha=1.0, beta=beta, weighting="sum")
+    np.testing.assert_allclose(literal.cache_term(x),
+                               dense_logits(x, keys, labels, text, 1, beta, 12)[1], rtol=1e-4)
+    assert not np.allclose(literal.cache_term(x), ad.cache_term(x))
+
+
+def test_balanced_equals_sum_bit_for_bit_when_classes_are_equal():
+    rng = np.random.default_rng(9)
+    x, keys, labels, text = clustered(rng, per=(7, 7))
+    keep = labels != 3  # the empty class stays empty: every class with keys has 7
+    x = x[:50]
+    a = TipAdapter(keys[keep], labels[keep], 12, text, 1.3, 2.0)
+    b = TipAdapter(keys[keep], labels[keep], 12, text, 1.3, 2.0, weighting="sum")
+    assert np.all(a.weights == 1.0)
+    for mode in ("exact", "retrieval"):
+        np.testing.assert_array_equal(a.logits(x, mode=mode, k=5), b.logits(x, mode=mode, k=5))
+    with pytest.raises(BadInput, match="unknown weighting"):
+        TipAdapter(keys, labels, 12, weighting="mean")
+
+
+def test_gda_method_and_no_text_refusals():
+    rng = np.random.default_rng(10)
+    x, keys, labels, text = clustered(rng, per=(4, 9))
+    ad = TipAdapter(keys, labels, 12, text, gda_alpha=0.3)
+    term = ad.gda_term(x)
+    np.testing.assert_array_equal(ad.logits(x, method="gda"),
+                                  ad.text_logits(x) + term * np.float32(0.3))
+    assert np.all(term[:, 3] == 0)  # the class without keys has no GDA term
+    together = ad.logits_by_method(x, ["gda", "cache", "tip"])
+    np.testing.assert_array_equal(together["gda"], ad.logits(x, method="gda"))
+    bare = TipAdapter(keys, labels, 12)
+    np.testing.assert_array_equal(bare.logits(x, method="gda"), term)
+    for method in ("zero-shot", "tip"):
+        with pytest.raises(BadInput, match="no text classifier: use method 'cache' or 'gda'"):
+            bare.logits(x, method=method)

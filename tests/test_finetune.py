@@ -67,3 +67,20 @@ def test_reproducible_on_gpu(data):
     a, b = run(data, device="cuda"), run(data, device="cuda")
     np.testing.assert_array_equal(a.keys, b.keys)
     assert a.train_loss[-1] < a.train_loss[0]
+
+
+def test_training_logits_use_the_class_weights(data):
+    from tipretrieval.method import affinity
+    from tipretrieval.method.finetune import _SlotKeys
+
+    keep = (data["labels"] % 2 == 1) | (np.arange(len(data["labels"])) % 3 == 0)
+    sk = affinity.SortedKeys.build(data["keys"][keep], data["labels"][keep], 8)
+    assert not sk.uniform
+    x = data["val_x"][:20]
+    with torch.no_grad():
+        got = _SlotKeys(sk)(torch.from_numpy(x), 2.0).numpy()
+    np.testing.assert_allclose(got, affinity.exact(x, sk, 2.0), rtol=1e-5)
+    sub = {**data, "keys": data["keys"][keep], "labels": data["labels"][keep],
+           "train_views": data["train_views"][keep], "train_labels": data["labels"][keep]}
+    bal, lit = run(sub), run(sub, weighting="sum")
+    assert bal.train_loss != lit.train_loss

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from tipretrieval.method import tune
@@ -78,3 +79,60 @@ def test_json_round_trip_and_heatmap(tmp_path):
     np.testing.assert_array_equal(back.grid, got.grid)
     got.save_heatmap(tmp_path / "grid.png")
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def dense_grid(val_x, val_y, keys, labels, text, weighting, steps, c=None):
+    """Every class of every cell scored, through the dense fallback path."""
+    from tipretrieval.method import affinity
+    from tipretrieval.util.progress import progress
+
+    c = text.shape[0] if text is not None else c
+    sk = affinity.SortedKeys.build(keys, labels, c, weighting)
+    clip = np.zeros((len(val_x), c), np.float32) if text is None else \
+        (torch.mm(torch.from_numpy(val_x), torch.from_numpy(text).t()) * 100.0).numpy()
+    betas, alphas = tune.grid_values(steps=steps)
+    alphas = alphas if text is not None else [1.0]
+    with progress(1, "t", disable=True) as bar:
+        return tune._dense_block(affinity.similarities(val_x, sk), clip, val_y, sk, betas,
+                                 alphas, bar)
+
+
+@pytest.mark.parametrize("weighting", ["balanced", "sum"])
+def test_pruned_grid_equals_dense_grid_on_unbalanced_caches(weighting):
+    val_x, val_y, keys, labels, text = problem(5, c=8, shots=6, n=200)
+    keep = (labels % 2 == 1) | (np.arange(len(labels)) % 6 < 2)  # even classes keep 2 keys
+    keep &= labels != 6  # and one class none
+    got = tune.search(val_x, val_y, keys[keep], labels[keep], text, weighting=weighting,
+                      steps=(40, 10), show_progress=False)
+    want = dense_grid(val_x, val_y, keys[keep], labels[keep], text, weighting, (40, 10))
+    np.testing.assert_array_equal(np.round(got.grid * 200 / 100), want)
+    assert got.grid.min() < got.grid.max()
+
+
+def test_without_text_only_beta_is_searched_and_unit_features_are_not_required():
+    val_x, val_y, keys, labels, _ = problem(6)
+    got = tune.search(val_x, val_y, keys, labels, None, num_classes=6, steps=(30, 10),
+                      show_progress=False)
+    assert got.alphas == [1.0] and got.grid.shape == (30, 1) and got.alpha == 1.0
+    np.testing.assert_array_equal(np.round(got.grid[:, 0] * 90 / 100),
+                                  dense_grid(val_x, val_y, keys, labels, None, "balanced",
+                                             (30, 10), c=6)[:, 0])
+    big = tune.search(val_x * 3, val_y, keys, labels, problem(6)[4], steps=(10, 4),
+                      show_progress=False)  # |x . k| > 1: the dense path
+    want = dense_grid(val_x * 3, val_y, keys, labels, problem(6)[4], "balanced", (10, 4))
+    np.testing.assert_array_equal(np.round(big.grid * 90 / 100), want)
+
+
+def test_edge_warnings_name_the_scale_to_widen():
+    res = tune.search(*problem(1), steps=(10, 4), show_progress=False)
+    top = tune.TuneResult(res.alphas[-1], res.betas[3], 50.0, 90, res.betas, res.alphas,
+                          res.grid, (7.0, 3.0))
+    assert top.edge_warnings() == [f"alpha {res.alphas[-1]:.4g} is the top of its grid: the "
+                                   "best may lie above it; widen the alpha scale, e.g. "
+                                   "--scale 7 6"]
+    low = tune.TuneResult(res.alphas[2], res.betas[0], 50.0, 90, res.betas, res.alphas,
+                          res.grid)
+    assert len(low.edge_warnings()) == 1 and low.edge_warnings()[0].startswith(
+        "beta 0.1 is the bottom of its grid")
+    mid = tune.TuneResult(res.alphas[1], res.betas[1], 50.0, 90, res.betas, res.alphas, res.grid)
+    assert mid.edge_warnings() == []

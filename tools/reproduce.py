@@ -3,7 +3,8 @@
     .venv/bin/python tools/reproduce.py --data ../shared/data/vitb32 [--out FILE.md]
 
 Runs every protocol of the data README ("Protocols and reference figures") on the raw arrays
-through `TipAdapter` (exact mode) and `tune.search`, checks each figure to 0.01, and adds the
+through `TipAdapter` (exact mode), `tune.search` and `gda`, including the unbalanced caches
+(both class weightings) and GDA, checks each figure to 0.01, and adds the
 retrieval mode's numbers (with prediction agreement against exact) and Tip-Adapter-F's. The
 npz files hold no augmented views, so Tip-Adapter-F trains on the shot keys as single views.
 Writes one markdown report; exits 1 when a required figure does not match.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tipretrieval.method import tune
+from tipretrieval.method import gda, tune
 from tipretrieval.method.adapter import RESCORE, TipAdapter
 from tipretrieval.method.finetune import finetune
 
@@ -129,15 +130,26 @@ def plain(data: Path, name: str, shots: int) -> Task:
     return Task(keys, split(npz, "val"), split(npz, "test"), int(keys.y.max()) + 1)
 
 
-def adapter(task: Task, alpha: float, beta: float) -> TipAdapter:
-    return TipAdapter(task.keys.x, task.keys.y, task.num_classes, task.text, alpha, beta)
+def unbalanced(task: Task) -> Task:
+    """The README's unbalanced cache: odd labels keep all keys, even labels their first 2."""
+    keep = np.zeros(len(task.keys.y), dtype=bool)
+    for c in np.unique(task.keys.y):
+        where = np.flatnonzero(task.keys.y == c)
+        keep[where if c % 2 else where[:2]] = True
+    keys = Split(task.keys.x[keep], task.keys.y[keep])
+    return Task(keys, task.val, task.test, task.num_classes, task.text)
 
 
-def searched(task: Task) -> tuple[tune.TuneResult, TipAdapter]:
+def adapter(task: Task, alpha: float, beta: float, weighting: str = "balanced") -> TipAdapter:
+    return TipAdapter(task.keys.x, task.keys.y, task.num_classes, task.text, alpha, beta,
+                      weighting=weighting)
+
+
+def searched(task: Task, weighting: str = "balanced") -> tuple[tune.TuneResult, TipAdapter]:
     """The official search on val, and the adapter at the chosen alpha, beta."""
     res = tune.search(task.val.x, task.val.y, task.keys.x, task.keys.y, task.text,
-                      show_progress=False)
-    return res, adapter(task, res.alpha, res.beta)
+                      weighting=weighting, show_progress=False)
+    return res, adapter(task, res.alpha, res.beta, weighting)
 
 
 def retrieval_rows(rep: Report, what: str, ad: TipAdapter, x: np.ndarray, y: np.ndarray,
@@ -185,6 +197,15 @@ TRUNCATION = {  # (dataset, beta): agreement % of top-k truncation at k = 1, 4, 
     ("oxford_pets", 10.0): (66.3, 73.6, 82.9, 90.4),
 }
 PETS_TRUNCATION = (89.3, 85.7, 83.4, 79.5)
+UNBALANCED_PETS = {  # weighting: (fixed test, searched alpha, beta, val, test)
+    "sum": (47.24, 0.1, 6.034, 89.54, 91.46), "balanced": (92.07, 1.115, 0.6175, 90.74, 91.99),
+}
+UNBALANCED_CACHE_ONLY = {"caltech101": {"sum": 36.71, "balanced": 86.45},  # beta 5.5, test
+                         "oxford_pets": {"sum": 41.62, "balanced": 52.28}}
+GDA_PETS = {1: (None, None, 92.07), 2: (1e-4, None, 92.07), 4: (0.01, 90.74, 92.75),
+            8: (0.1, 92.15, 92.67), 16: (1.0, 94.16, 92.19)}  # K: (alpha, val, test)
+GDA_PLAIN = {"caltech101": {4: 90.67, 16: 93.87, "unbalanced": 85.31},  # no text, test
+             "oxford_pets": {4: 76.23, 16: 86.59, "unbalanced": 58.03}}
 KS = (1, 4, 16, 64)
 
 
@@ -280,6 +301,56 @@ def run_truncation(rep: Report, data: Path) -> None:
                      f"rescore {RESCORE}", ", ".join(tails))
 
 
+def run_unbalanced(rep: Report, data: Path) -> None:
+    """Sum (official) against balanced class weighting on the README's unbalanced caches."""
+    task = unbalanced(pets25(data, 16))
+    rep.check("Pets-25 unbalanced keys", 218, len(task.keys.y), 0)
+    rep.check("Pets-25 unbalanced zero-shot test", 92.07,
+              acc(adapter(task, *FIXED).logits(task.test.x, method="zero-shot"), task.test.y))
+    for weighting, want in UNBALANCED_PETS.items():
+        what = f"Pets-25 unbalanced, {weighting}"
+        rep.check(f"{what}, alpha=1.17 beta=1 test", want[0],
+                  acc(adapter(task, *FIXED, weighting).logits(task.test.x), task.test.y))
+        res, ad = searched(task, weighting)
+        check_search(rep, what, res, ad, task, want[1:])
+    for name, table in UNBALANCED_CACHE_ONLY.items():
+        task = unbalanced(plain(data, name, 16))
+        for weighting, want in table.items():
+            ad = adapter(task, 1.0, 5.5, weighting)
+            rep.check(f"{name} unbalanced cache-only beta=5.5, {weighting}, test", want,
+                      acc(ad.logits(task.test.x, method="cache"), task.test.y))
+
+
+def gda_searched(task: Task) -> tuple[gda.GDASearch, TipAdapter]:
+    """GDA fitted on the keys, alpha chosen on val, and the adapter using it."""
+    ad = adapter(task, *FIXED)
+    clip = ad.text_logits(task.val.x) if task.text is not None else None
+    res = gda.search_alpha(clip, ad.gda_term(task.val.x), task.val.y)
+    ad.gda_alpha = res.alpha
+    return res, ad
+
+
+def run_gda(rep: Report, data: Path) -> None:
+    """GDA (Wang et al., ICLR 2024) with text on Pets-25 and without text (LDA)."""
+    for k, (alpha, val, test) in GDA_PETS.items():
+        task = pets25(data, k)
+        res, ad = gda_searched(task)
+        what = f"Pets-25 K={k} GDA"
+        if alpha is not None:
+            rep.check(f"{what} alpha", alpha, res.alpha, 1e-9)
+        if val is not None:
+            rep.check(f"{what} val", val, res.val_acc)
+        rep.check(f"{what} test", test, acc(ad.logits(task.test.x, method="gda"), task.test.y))
+    for name, table in GDA_PLAIN.items():
+        for k, want in table.items():
+            task = plain(data, name, 16) if k == "unbalanced" else plain(data, name, k)
+            task = unbalanced(task) if k == "unbalanced" else task
+            _, ad = gda_searched(task)
+            label = "unbalanced K=16" if k == "unbalanced" else f"K={k}"
+            rep.check(f"{name} {label} GDA without text test", want,
+                      acc(ad.logits(task.test.x, method="gda"), task.test.y))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="the vitb32 feature folder")
@@ -287,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     rep = Report()
-    for section in (run_pets, run_imagenet, run_cache_only, run_truncation):
+    for section in (run_pets, run_imagenet, run_cache_only, run_truncation, run_unbalanced,
+                    run_gda):
         section(rep, args.data)
     text = "# Reproduction on real CLIP ViT-B/32 features\n\n" + rep.markdown()
     if args.out:

@@ -1,11 +1,13 @@
 """`TipAdapter`: text classifier + cache keys + alpha/beta -> logits, in every method and mode.
 
 Methods: "zero-shot" = 100 * x W^T; "cache" = alpha * A(x); "tip" = their sum, added in the
-official float32 order `clip_logits + cache_logits * alpha`. Modes: "exact" sums A(x) over all
-keys; "retrieval" uses each query's top-k keys from a `KeyIndex` plus the mean-field tail,
-then recomputes exactly the cache term of the `rescore` best classes of the resulting logits
-(see `affinity`). Keys are held sorted by class; `keys`, `labels` and `row_ids` are exposed in
-that order.
+official float32 order `clip_logits + cache_logits * alpha`; "gda" = 100 * x W^T +
+gda_alpha * (x W_g^T + b) (`gda`; without text the GDA term alone). A(x) weighs each class by
+`weighting` ("balanced" by default, "sum" = the literal official formula; see `affinity`).
+Modes: "exact" sums A(x) over all keys; "retrieval" uses each query's top-k keys from a
+`KeyIndex` plus the mean-field tail, then recomputes exactly the cache term of the `rescore`
+best classes of the resulting logits (see `affinity`). Keys are held sorted by class; `keys`,
+`labels` and `row_ids` are exposed in that order.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import numpy as np
 import torch
 
 from ..errors import BadInput, TipError
-from . import affinity
+from . import affinity, gda
 from .evidence import top_keys
 from .index import KeyIndex
 
-Method = Literal["zero-shot", "cache", "tip"]
+Method = Literal["zero-shot", "cache", "tip", "gda"]
 Mode = Literal["exact", "retrieval"]
 METHODS: tuple[str, ...] = get_args(Method)
 MODES: tuple[str, ...] = get_args(Mode)
@@ -67,13 +69,17 @@ def top_k(logits: np.ndarray, k: int) -> Predictions:
 
 
 class TipAdapter:
-    """Tip-Adapter over keys (M, D) with labels (M,) in [0, num_classes) and text (C, D)."""
+    """Tip-Adapter over keys (M, D) with labels (M,) in [0, num_classes) and text (C, D).
+
+    `gda_stats` are the GDA statistics (default: fitted on the keys when method "gda" is used).
+    """
 
     def __init__(self, keys: np.ndarray, labels: np.ndarray, num_classes: int,
                  text: np.ndarray | None = None, alpha: float = 1.0, beta: float = 1.0,
                  index: KeyIndex | Callable[[], KeyIndex] | None = None,
-                 row_ids: np.ndarray | None = None):
-        self._sk = affinity.SortedKeys.build(keys, labels, num_classes)
+                 row_ids: np.ndarray | None = None, *, weighting: str = "balanced",
+                 gda_stats: gda.GDAStats | None = None, gda_alpha: float = 1.0):
+        self._sk = affinity.SortedKeys.build(keys, labels, num_classes, weighting)
         self.dim = self._sk.keys.shape[1]
         if text is not None:
             text = np.ascontiguousarray(text, dtype=np.float32)
@@ -90,6 +96,13 @@ class TipAdapter:
         self.row_ids = ids[self._sk.order]
         self._id_order = np.argsort(self.row_ids, kind="stable")
         self._index = index
+        self.weighting = weighting
+        self.gda_alpha = float(gda_alpha)
+        if gda_stats is not None and gda_stats.sums.shape != (num_classes, self.dim):
+            raise BadInput(f"GDA statistics cover {gda_stats.sums.shape} (classes, dim), expected "
+                           f"({num_classes}, {self.dim}): refit them on this cache's shots")
+        self._gda_stats = gda_stats
+        self._gda_model: gda.GDAModel | None = None
 
     @property
     def keys(self) -> np.ndarray:
@@ -100,6 +113,24 @@ class TipAdapter:
     def labels(self) -> np.ndarray:
         """(M,) int64 key labels, non-decreasing."""
         return self._sk.labels
+
+    @property
+    def weights(self) -> np.ndarray:
+        """(C,) float32 multiplier of each class's cache term (`weighting`)."""
+        return self._sk.weights
+
+    @property
+    def gda_stats(self) -> gda.GDAStats:
+        """The GDA statistics (fitted on the keys when none were given)."""
+        if self._gda_stats is None:
+            self._gda_stats = gda.GDAStats.fit(self.keys, self.labels, self.num_classes)
+        return self._gda_stats
+
+    def gda_term(self, x: np.ndarray) -> np.ndarray:
+        """x W_g^T + b (B, C) float32, the GDA discriminant."""
+        if self._gda_model is None:
+            self._gda_model = self.gda_stats.model()
+        return self._gda_model.logits(self._queries(x))
 
     @property
     def index(self) -> KeyIndex:
@@ -124,6 +155,8 @@ class TipAdapter:
         x = self._queries(x)
         if method == "zero-shot":
             return self.text_logits(x)
+        if method == "gda":
+            return self._gda_logits(x, None)
         text = self.text_logits(x) if method == "tip" else np.float32(0)
         cache = self.cache_term(x, mode=mode, k=k)
         r = min(int(rescore), self.num_classes) if mode == "retrieval" else 0
@@ -142,12 +175,20 @@ class TipAdapter:
         if unknown:
             raise BadInput(f"unknown method {unknown.pop()!r}: use one of {', '.join(METHODS)}")
         x = self._queries(x)
-        text = self.text_logits(x) if {"zero-shot", "tip"} & set(methods) else None
-        cache = self.cache_term(x) if {"cache", "tip"} & set(methods) else None
+        wanted = set(methods)
+        needs_text = {"zero-shot", "tip"} & wanted or ("gda" in wanted and self.text is not None)
+        text = self.text_logits(x) if needs_text else None
+        cache = self.cache_term(x) if {"cache", "tip"} & wanted else None
         alpha = np.float32(self.alpha)
         pieces = {"zero-shot": lambda: text, "cache": lambda: np.float32(0) + cache * alpha,
-                  "tip": lambda: text + cache * alpha}
+                  "tip": lambda: text + cache * alpha, "gda": lambda: self._gda_logits(x, text)}
         return {m: pieces[m]() for m in methods}
+
+    def _gda_logits(self, x: np.ndarray, text: np.ndarray | None) -> np.ndarray:
+        """Method "gda": text logits (computed when not given) + gda_alpha * the GDA term."""
+        if text is None and self.text is not None:
+            text = self.text_logits(x)
+        return gda.combine(text, self.gda_term(x), self.gda_alpha)
 
     def classify(self, x: np.ndarray, top: int = 5, **how) -> Predictions:
         """Top-`top` classes and probabilities; `how` is passed to `logits`."""
@@ -156,8 +197,8 @@ class TipAdapter:
     def text_logits(self, x: np.ndarray) -> np.ndarray:
         """100 * x W^T (B, C) float32; needs a text classifier."""
         if self.text is None:
-            raise BadInput("this cache has no text classifier", "use method 'cache' or build "
-                           "the cache with `text=` FILE or `templates=` NAME")
+            raise BadInput("this cache has no text classifier", "use method 'cache' or 'gda', or "
+                           "build the cache with `text=` FILE or `templates=` NAME")
         q = torch.from_numpy(self._queries(x))
         return (torch.mm(q, torch.from_numpy(self.text).t()) * 100.0).numpy()
 

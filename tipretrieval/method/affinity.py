@@ -1,4 +1,10 @@
-"""The cache term A(x)_c = sum over class-c keys j of exp(-beta * (1 - x . K_j)).
+"""The cache term A(x)_c = w_c * sum over class-c keys j of exp(-beta * (1 - x . K_j)).
+
+Class weights w_c (`class_weights`): "sum" is the official formula (w_c = 1); "balanced" (the
+default) is w_c = n_bar / n_c, with n_c the keys of class c and n_bar the mean keys per class
+that has keys, so a class with more keys does not win by count alone. When every class has
+the same number of keys every w_c is exactly 1.0 and "balanced" is the official formula bit for
+bit. A class with no keys has no cache term (0). The weight multiplies the finished class sum.
 
 Keys are held sorted by class (`SortedKeys`), so each class is a contiguous run and the
 per-class sum is a segment reduction; no M x C one-hot is ever built.
@@ -31,6 +37,7 @@ used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -39,6 +46,20 @@ from ..errors import BadInput
 
 BLOCK_BYTES = 16 << 20
 QUERY_BLOCK = 512
+Weighting = Literal["balanced", "sum"]
+WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
+
+
+def class_weights(counts: np.ndarray, weighting: str = "balanced") -> np.ndarray:
+    """(C,) float32 multiplier of each class's cache term: 1 ("sum") or n_bar / n_c."""
+    if weighting not in WEIGHTINGS:
+        raise BadInput(f"unknown weighting {weighting!r}: use one of {', '.join(WEIGHTINGS)}")
+    counts = np.asarray(counts, dtype=np.int64)
+    weights = np.ones(len(counts), dtype=np.float64)
+    present = counts > 0
+    if weighting == "balanced" and present.any():
+        weights[present] = (counts.sum() / present.sum()) / counts[present]
+    return weights.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,7 @@ class SortedKeys:
     offsets: np.ndarray     # (C + 1,) int64: class c owns keys[offsets[c]:offsets[c + 1]]
     class_sums: np.ndarray  # (C, D) float32, sum of each class's keys (accumulated in float64)
     order: np.ndarray       # (M,) int64: sorted position i holds input key order[i]
+    weights: np.ndarray     # (C,) float32 multiplier of each class's cache term
 
     @property
     def num_classes(self) -> int:
@@ -61,8 +83,20 @@ class SortedKeys:
         """(C,) number of keys of each class."""
         return np.diff(self.offsets)
 
+    @property
+    def uniform(self) -> bool:
+        """True when every class weight is 1 (the official sum)."""
+        return bool(np.all(self.weights == 1.0))
+
+    def weigh_(self, terms: np.ndarray) -> np.ndarray:
+        """In place: terms (B, C) *= the class weights (a no-op when they are all 1)."""
+        if not self.uniform:
+            terms *= self.weights
+        return terms
+
     @classmethod
-    def build(cls, keys: np.ndarray, labels: np.ndarray, num_classes: int) -> SortedKeys:
+    def build(cls, keys: np.ndarray, labels: np.ndarray, num_classes: int,
+              weighting: str = "balanced") -> SortedKeys:
         """Sort `keys` (M, D) by `labels` (M,) in [0, num_classes); validates shapes and range."""
         keys = np.asarray(keys, dtype=np.float32)
         labels = np.asarray(labels).reshape(-1)
@@ -87,7 +121,9 @@ class SortedKeys:
         present = np.flatnonzero(np.diff(offsets))
         if present.size:
             sums[present] = np.add.reduceat(keys, offsets[present], axis=0, dtype=np.float64)
-        return cls(keys, labels, offsets.astype(np.int64), sums, order)
+        offsets = offsets.astype(np.int64)
+        return cls(keys, labels, offsets, sums, order,
+                   class_weights(np.diff(offsets), weighting))
 
 
 @dataclass(frozen=True)
@@ -154,7 +190,7 @@ def exact(x: np.ndarray | None, sk: SortedKeys, beta: float, *, block_bytes: int
             else:
                 exp_affinity_(tile.numpy(), beta, src=sims[b0:b1, blk.start:blk.stop])
             out[b0:b1, blk.columns] += np.add.reduceat(tile.numpy(), blk.starts, axis=1)
-    return out
+    return sk.weigh_(out)
 
 
 def similarities(x: np.ndarray, sk: SortedKeys) -> np.ndarray:
@@ -199,12 +235,12 @@ def retrieval(x: np.ndarray, sk: SortedKeys, beta: float, pos: np.ndarray,
         has = left > 0
         mean = np.clip((total[has] - sim_sum[has]) / left[has], -1.0, 1.0).astype(np.float32)
         out[has] += left[has] * exp_affinity_(mean, beta)
-    return out.astype(np.float32)
+    return sk.weigh_(out.astype(np.float32))
 
 
 def rescore_(x: np.ndarray, sk: SortedKeys, beta: float, cache: np.ndarray,
              candidates: np.ndarray) -> np.ndarray:
-    """In place: cache[b, c] = exact A(x_b)_c for each class c in candidates[b] (B, r)."""
+    """In place: cache[b, c] = exact (weighted) A(x_b)_c for each class c in candidates[b]."""
     rows = np.repeat(np.arange(candidates.shape[0]), candidates.shape[1])
     cls = candidates.reshape(-1)
     order = np.argsort(cls, kind="stable")
@@ -217,5 +253,5 @@ def rescore_(x: np.ndarray, sk: SortedKeys, beta: float, cache: np.ndarray,
         k0, k1 = sk.offsets[c], sk.offsets[c + 1]
         if k1 > k0:
             sims = torch.mm(q[who], keys[k0:k1].t()).numpy()
-            cache[who, c] = exp_affinity_(sims, beta).sum(axis=1)
+            cache[who, c] = exp_affinity_(sims, beta).sum(axis=1) * sk.weights[c]
     return cache

@@ -1,6 +1,7 @@
 """Tip-Adapter-F: fine-tune the cache keys as a bias-free linear layer, then re-search alpha/beta.
 
-Values (labels) and the text classifier stay fixed. AdamW (lr 1e-3, eps 1e-4), cosine
+Values (labels), the class weights (`affinity.class_weights`) and the text classifier stay
+fixed. AdamW (lr 1e-3, eps 1e-4), cosine
 annealing over all steps, cross-entropy on `100 x W^T + alpha * A(x)` at the initial alpha and
 beta. Each epoch draws one stored augmented view per training image (no CLIP forward pass).
 The epoch kept is the best on the validation features (strict >), never on test; then the
@@ -64,11 +65,12 @@ class _SlotKeys(torch.nn.Module):
         self.linear.weight = torch.nn.Parameter(weight)
         self.register_buffer("slots", slots)
         self.register_buffer("mask", mask)
+        self.register_buffer("weights", torch.from_numpy(sk.weights))
 
     def forward(self, x: torch.Tensor, beta: float) -> torch.Tensor:
-        """A(x) (B, C) in the official order exp(-(beta - beta * affinity))."""
+        """A(x) (B, C) in the official order exp(-(beta - beta * affinity)), class-weighted."""
         terms = ((-1) * (beta - beta * self.linear(x))).exp() * self.mask
-        return terms.view(x.shape[0], *self.shape).sum(dim=2)
+        return terms.view(x.shape[0], *self.shape).sum(dim=2) * self.weights
 
     def keys(self) -> np.ndarray:
         """The current keys in sorted order, (M, D) float32 on the CPU."""
@@ -114,10 +116,10 @@ def finetune(keys: np.ndarray, labels: np.ndarray, text: np.ndarray, train_views
              beta: float, *, epochs: int = 20, batch_size: int = 256, lr: float = 1e-3,
              eps: float = 1e-4, seed: int = 0, device: str | None = None,
              scale: tuple[float, float] = (7.0, 3.0), steps: tuple[int, int] = (200, 20),
-             show_progress: bool = True) -> FinetuneResult:
+             weighting: str = "balanced", show_progress: bool = True) -> FinetuneResult:
     """Tip-Adapter-F on keys (M, D) with labels (M,), text (C, D), views (N, V, D)."""
     text = np.ascontiguousarray(text, dtype=np.float32)
-    sk = affinity.SortedKeys.build(keys, labels, text.shape[0])
+    sk = affinity.SortedKeys.build(keys, labels, text.shape[0], weighting)
     views = np.asarray(train_views, dtype=np.float32)
     targets = np.asarray(train_labels).reshape(-1).astype(np.int64)
     _check(views, targets, text.shape[1], text.shape[0])
@@ -159,8 +161,8 @@ def finetune(keys: np.ndarray, labels: np.ndarray, text: np.ndarray, train_views
                 accs.append(_accuracy(model, vx, val_clip, vy, alpha, beta))
                 if accs[-1] > best:
                     best, best_keys = accs[-1], model.keys()
-    tuned = tune.search(val_x, val_y, best_keys, sk.labels, text, scale=scale, steps=steps,
-                        show_progress=show_progress)
+    tuned = tune.search(val_x, val_y, best_keys, sk.labels, text, weighting=weighting,
+                        scale=scale, steps=steps, show_progress=show_progress)
     out = np.empty_like(best_keys)
     out[sk.order] = best_keys
     return FinetuneResult(out, losses, accs, int(np.argmax(accs)), tuned)
