@@ -78,8 +78,10 @@ def test_build_refuses_bad_input(store, data, tmp_path):
         Cache.build(store, 0, text=data.text)
     with pytest.raises(BadInput, match="no labelled rows in split 'nope'"):
         Cache.build(store, 2, text=data.text, split="nope")
-    with pytest.raises(BadInput, match="needs a text classifier"):
-        Cache.build(store, 2)
+    bare = Cache.build(store, 2)  # no text classifier: methods cache and gda only
+    assert bare.text is None and bare.info.gda_fit == "views"
+    with pytest.raises(BadInput, match="no text classifier"):
+        bare.logits(store.labelled("test").features[:3], method="tip")
     other = Provenance("ViT-B-32", "openai", 64)
     TextClassifier(data.text, data.classes, "x", other).save(tmp_path / "other.npz")
     with pytest.raises(BadInput, match="encoder"):

@@ -127,3 +127,39 @@ def test_refuses_a_foreign_directory(tmp_path):
     run = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), "--quick"])
     assert run.exit_code == 2 and "not empty" in run.output
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def balanced_logits(x, text, keys, key_labels, alpha, beta, weighting):
+    """`logits` with each class's cache term times mean keys per class / its keys."""
+    c = text.shape[0]
+    counts = np.bincount(key_labels, minlength=c)
+    w = counts.sum() / np.count_nonzero(counts) / np.maximum(counts, 1)
+    w = w if weighting == "balanced" else np.ones(c)
+    plain = logits(x, text, keys, key_labels, alpha, beta) - logits(x, text, keys[:0],
+                                                                    key_labels[:0], 0, beta)
+    return logits(x, text, keys[:0], key_labels[:0], 0, beta) + plain * w
+
+
+def test_unbalanced_rows_match_independent_computation(demo):
+    out, text, results = demo
+    rows = results["unbalanced"]
+    assert [(r["step"].split(",")[0], r["weighting"]) for r in rows] == [
+        ("before add-shots (2 shots)", "balanced"), ("after add-shots", "balanced"),
+        ("after add-shots", "sum"), ("after add-shots", "balanced"), ("after add-shots", "sum")]
+    train_per_class = QUICK.sizes.train
+    assert rows[0]["spread"] == "2 / 2 / 2"
+    assert rows[1]["spread"] == f"2 / {(2 + train_per_class) / 2:g} / {train_per_class}"
+    assert "add-shots on a 2-shot cache" in text
+    cache = Cache.load(out / "cache-unbalanced")
+    store = Store.open(out / "store")
+    test = store.labelled("test")
+    counts = np.bincount(cache.labels)
+    assert counts[1::2].tolist() == [train_per_class] * (QUICK.num_classes // 2)
+    assert counts[0::2].tolist() == [2] * (QUICK.num_classes // 2)
+    tol = 100.5 / len(test)
+    for row in rows[1:]:
+        got = balanced_logits(test.features, cache.text, cache.keys, cache.labels, row["alpha"],
+                              row["beta"], row["weighting"])
+        assert row["tip"] == pytest.approx(accuracy(got, test.labels), abs=tol)
+    assert (cache.alpha, cache.beta) == (rows[3]["alpha"], rows[3]["beta"])
+    assert cache.stale_tuning() is None and cache.info.weighting == "balanced"

@@ -18,7 +18,9 @@ import numpy as np
 from ..errors import BadInput
 from ..method.adapter import TipAdapter
 from ..method.adapter import top_k as take_top_k
+from ..method.affinity import WEIGHTINGS
 from ..method.finetune import FinetuneResult, finetune
+from ..method.gda import GDAStats, search_alpha
 from ..method.index import KeyIndex
 from ..method.tune import TuneResult, search
 from ..provenance import Provenance
@@ -73,8 +75,13 @@ class Cache:
     @classmethod
     def build(cls, store: Store, shots: int | None, *, seed: int = 0, text: TextInput = None,
               templates: str | None = None, index_spec: str = "Flat", index_params: str = "",
-              split: str = "train", encoder: Encoder | None = None) -> Cache:
+              split: str = "train", encoder: Encoder | None = None,
+              weighting: str = "balanced") -> Cache:
         """Sample `shots` labelled rows per class of `split` (None: all) into a new cache.
+
+        Without `text` and `templates` the cache has no text classifier: its methods are
+        "cache" and "gda". GDA's statistics are fitted on the shots' stored augmented views
+        when the store has them (as the official code does), else on the keys.
 
         `text` is a (C, D) array or a saved text-classifier file (its encoder and classes must
         match the store); with `templates` the class prompts are encoded by `encoder` (default:
@@ -95,8 +102,12 @@ class Cache:
             store_id=store.store_id, store_generation=int(store.generation),
             store_path=str(Path(store.path).resolve()), shots=shots, seed=seed, split=split,
             index_spec=index_spec, index_params=index_params, templates=resolved.templates,
-            text_source=resolved.source,
+            text_source=resolved.source, weighting=weighting,
         )
+        stats, fit = _gda_update(GDAStats.empty(len(classes), store.provenance.dim), store,
+                                 chosen.row_ids, chosen.labels, chosen.features)
+        cache.state = replace(cache.state, gda=stats,
+                              info=replace(cache.info, gda_fit=fit))
         if index_params:
             cache.index.set_params(index_params)  # bad parameters fail before anything is saved
         log.info("cache: %d keys over %d classes from %s", len(cache), len(classes), store.path)
@@ -157,6 +168,15 @@ class Cache:
         """Number of keys per class, (C,) int64."""
         return np.bincount(self.labels, minlength=self.num_classes)
 
+    def shots_spread(self) -> str:
+        """Shots per class as "min / median / max" (unequal: the balanced weights matter)."""
+        counts = self.class_counts()
+        return f"{counts.min()} / {np.median(counts):g} / {counts.max()}"
+
+    def stale_tuning(self) -> str | None:
+        """A one-line warning when alpha/beta were tuned for an earlier set of shots."""
+        return self.info.stale_tuning()
+
     # --- query path -------------------------------------------------------------------
     @property
     def index(self) -> KeyIndex:
@@ -187,7 +207,8 @@ class Cache:
             adapter = TipAdapter(
                 state.keys.keys, state.keys.labels, len(state.info.classes), text=state.text,
                 alpha=state.info.alpha, beta=state.info.beta, index=lambda: self.index,
-                row_ids=state.keys.row_ids,
+                row_ids=state.keys.row_ids, weighting=state.info.weighting,
+                gda_stats=state.gda, gda_alpha=state.info.gda_alpha,
             )
             self._adapter = (state, adapter)
         return self._adapter[1]
@@ -228,19 +249,47 @@ class Cache:
         return replace(rows, labels=relabel(mapping, rows.labels, store.classes, split))
 
     def tune(self, val: Rows, *, scale: tuple[float, float] = (7.0, 3.0),
-             steps: tuple[int, int] = (200, 20)) -> TuneResult:
-        """Run the official alpha/beta search on `val` rows and adopt its choice."""
-        if self.text is None:
-            raise BadInput("tuning needs a text classifier",
-                           "rebuild the cache with `text=` or `templates=`")
+             steps: tuple[int, int] = (200, 20), source: tuple[str, str] | None = None
+             ) -> TuneResult:
+        """Run the official alpha/beta search and GDA's alpha search on `val` rows and adopt
+        their choices; `source` (store path, split) of the rows is remembered for `retune`.
+
+        Without a text classifier only beta is searched (alpha does not change the cache
+        term's argmax) and GDA's alpha stays 1.
+        """
         _check_grid(scale, steps)
         result = search(val.features, val.labels, self.keys, self.labels, self.text,
+                        num_classes=self.num_classes, weighting=self.info.weighting,
                         scale=scale, steps=steps)
-        self.set_params(result.alpha, result.beta, {
+        adapter = self.adapter()
+        clip = None if self.text is None else adapter.text_logits(val.features)
+        chosen = search_alpha(clip, adapter.gda_term(val.features), val.labels)
+        info = self.info.with_record({
             "job": "tune", "alpha": result.alpha, "beta": result.beta,
             "val_acc": result.val_acc, "n_val": result.n_val, "scale": list(scale),
-            "steps": list(steps)})
+            "steps": list(steps), "gda_alpha": chosen.alpha, "gda_val_acc": chosen.val_acc},
+            alpha=float(result.alpha), beta=float(result.beta), gda_alpha=float(chosen.alpha),
+            tuned_version=self.info.key_version)
+        if source is not None:
+            info = replace(info, tune_source={"store": str(Path(source[0]).resolve()),
+                                              "split": source[1]})
+        self.state = replace(self.state, info=info)
         return result
+
+    def retune(self, store: Store | None = None, split: str | None = None) -> TuneResult:
+        """`tune` again on the validation rows of the last tune (or `store`/`split`), on the
+        grid it used; e.g. after `add_shots`."""
+        last = self.info.tune_source or {}
+        if store is None and "store" not in last:
+            raise BadInput("this cache was never tuned on a store, so its validation rows are "
+                           "unknown", "give them: --val STORE [--split S]")
+        store = store if store is not None else Store.open(last["store"])
+        split = split or last.get("split", "val")
+        record = next((r for r in reversed(self.info.history) if r.get("job") == "tune"), {})
+        return self.tune(self.rows_of(store, split),
+                         scale=tuple(record.get("scale", (7.0, 3.0))),
+                         steps=tuple(record.get("steps", (200, 20))),
+                         source=(str(store.path), split))
 
     def finetune(self, store: Store, val: Rows, *, epochs: int = 20, seed: int = 0,
                  device: str | None = None, scale: tuple[float, float] = (7.0, 3.0),
@@ -253,12 +302,14 @@ class Cache:
         views = self.shot_views(store)
         result = finetune(self.keys, self.labels, self.text, views, self.labels, val.features,
                           val.labels, self.alpha, self.beta, epochs=epochs, seed=seed,
-                          device=device, scale=scale, steps=steps)
+                          device=device, scale=scale, steps=steps,
+                          weighting=self.info.weighting)
         record = {"job": "finetune", "epochs": epochs, "seed": seed, "n_val": len(val),
                   "initial_alpha": self.alpha, "initial_beta": self.beta, **result.to_json()}
         state = self.state.with_keys(result.keys, method="tip-f")
         self.state = replace(state, info=state.info.with_record(
-            record, alpha=float(result.tuned.alpha), beta=float(result.tuned.beta)))
+            record, alpha=float(result.tuned.alpha), beta=float(result.tuned.beta),
+            tuned_version=self.info.key_version))
         return result
 
     def open_store(self, path: Path | str | None = None) -> Store:
@@ -297,7 +348,8 @@ class Cache:
                                    with_views=False)
         info = replace(self.info, method="tip", alpha=start["initial_alpha"],
                        beta=start["initial_beta"], history=())
-        return Cache(CacheState.make(features, self.labels, self.row_ids, info, self.text))
+        return Cache(CacheState.make(features, self.labels, self.row_ids, info, self.text,
+                                     self.state.gda))
 
     # --- changes ----------------------------------------------------------------------
     def set_params(self, alpha: float, beta: float, record: dict[str, Any] | None = None) -> None:
@@ -305,19 +357,27 @@ class Cache:
         info = self.info.with_record(record, alpha=float(alpha), beta=float(beta))
         self.state = replace(self.state, info=info)
 
+    def set_weighting(self, weighting: str) -> None:
+        """Weigh the cache term "balanced" (the default) or "sum" (the official formula)."""
+        if weighting not in WEIGHTINGS:
+            raise BadInput(f"unknown weighting {weighting!r}", f"use {' or '.join(WEIGHTINGS)}")
+        self.state = replace(self.state, info=replace(self.info, weighting=weighting))
+
     def set_keys(self, keys: np.ndarray, method: str = "tip-f") -> None:
         """Replace every key (same order, labels and row ids), e.g. by fine-tuned keys."""
         self.state = self.state.with_keys(keys, method)
 
     def add_shots(self, rows: Rows, *, classes: Sequence[str] | None = None,
                   text: TextInput = None, encoder: Encoder | None = None,
-                  store_generation: int | None = None) -> None:
+                  store_generation: int | None = None, store: Store | None = None) -> None:
         """Add labelled rows as keys without rebuilding; new classes extend the vocabulary.
 
         `rows.labels` index `classes` (default: this cache's classes), which must start with
         this cache's classes; the classes after them become new classes whose text classifier
         rows come from `text` (an array or file) or are encoded with the cache's templates by
-        `encoder` (default: the cache's encoder, loaded by name).
+        `encoder` (default: the cache's encoder, loaded by name). The GDA statistics are
+        updated with the rows' views from `store` (default: the cache's store) when fitted on
+        views, else with their features. Alpha/beta stay: see `stale_tuning` and `retune`.
         """
         classes = list(self.classes if classes is None else classes)
         if classes[:self.num_classes] != self.classes:
@@ -345,18 +405,60 @@ class Cache:
             info = replace(info, classes=self.classes + new)
         if store_generation is not None:
             info = replace(info, store_generation=int(store_generation))
-        state = self.state.plus(segment, info, text_rows)
+        gda, fit = self._gda_changed(store, segment.row_ids, segment.labels, segment.keys,
+                                     len(info.classes), +1)
+        state = self.state.plus(segment, replace(info, gda_fit=fit), text_rows, gda)
         self._carry_index(state, lambda index: index.add(segment.keys, segment.row_ids))
         if new:
             log.info("cache: new classes %s", ", ".join(new))
 
-    def remove_shots(self, row_ids: Sequence[int] | np.ndarray) -> int:
-        """Remove the keys with these store row ids (mislabelled shots); returns how many."""
+    def remove_shots(self, row_ids: Sequence[int] | np.ndarray, store: Store | None = None) -> int:
+        """Remove the keys with these store row ids (mislabelled shots); returns how many.
+
+        The GDA statistics lose the shots' views (read from `store`, default: the cache's
+        store) or keys, whichever they were fitted on."""
         row_ids = np.unique(np.asarray(row_ids, dtype=np.int64))
-        state = self.state.without(row_ids)
+        gone = np.isin(self.row_ids, row_ids)
+        gda, fit = self._gda_changed(store, self.row_ids[gone], self.labels[gone],
+                                     self.keys[gone], self.num_classes, -1)
+        state = self.state.without(row_ids, gda)
+        state = replace(state, info=replace(state.info, gda_fit=fit))
         # a trained (IVF, PQ) index loses the ids rather than being retrained
         self._carry_index(state, lambda index: index.remove(row_ids))
         return len(row_ids)
+
+    def _gda_changed(self, store: Store | None, row_ids: np.ndarray, labels: np.ndarray,
+                     keys: np.ndarray, num_classes: int, sign: int
+                     ) -> tuple[GDAStats | None, str | None]:
+        """The GDA statistics with shots added (sign +1) or removed (-1), without a refit,
+        and what they are fitted on.
+
+        Statistics fitted on views need the shots' views; when the store has none (or is
+        gone) the statistics are refitted on the keys instead, and the cache says so."""
+        stats, fit = self.state.gda, self.info.gda_fit
+        if stats is None:
+            return None, fit  # an older cache: the adapter fits GDA on the keys when used
+        stats = stats.with_classes(num_classes)
+        if fit == "keys":
+            return stats.add(keys, labels, sign), fit
+        got, used = _gda_update(stats, store or self._own_store(), row_ids, labels, keys, sign)
+        if used == "views":
+            return got, used
+        log.warning("cache: the shots have no stored views: GDA refitted on the keys")
+        if sign < 0:
+            kept = np.isin(self.row_ids, row_ids, invert=True)
+            all_keys, all_labels = self.keys[kept], self.labels[kept]
+        else:
+            all_keys = np.vstack([self.keys, keys])
+            all_labels = np.concatenate([self.labels, labels])
+        return GDAStats.fit(all_keys, all_labels, num_classes), "keys"
+
+    def _own_store(self) -> Store | None:
+        """The store the cache was built from, when it can still be opened."""
+        try:
+            return Store.open(self.info.store_path) if self.info.store_path else None
+        except (OSError, BadInput):
+            return None
 
     # --- persistence ------------------------------------------------------------------
     def save(self, path: Path | str | None = None) -> Path:
@@ -390,3 +492,25 @@ def _check_grid(scale: tuple[float, float], steps: tuple[int, int]) -> None:
                        "give `scale=` S_BETA S_ALPHA > 0")
     if not all(int(n) >= 1 for n in steps):
         raise BadInput(f"steps {tuple(steps)} must be two numbers >= 1", "give `steps=` >= 1")
+
+
+def _gda_update(stats: GDAStats, store: Store | None, row_ids: np.ndarray, labels: np.ndarray,
+                features: np.ndarray, sign: int = 1) -> tuple[GDAStats, str]:
+    """`stats` with these shots added (sign -1: removed) and what was used: "views" (every
+    shot's stored augmented views, each L2-normalised, as the official GDA fits) or "keys"."""
+    label_of = dict(zip(row_ids.tolist(), labels.tolist(), strict=True))
+    out, seen = stats, 0
+    if store is not None and len(row_ids):
+        for batch in store.iter_rows(8192, row_ids=row_ids, with_views=True):
+            hit = np.isin(batch.row_ids, row_ids)
+            if batch.views is None or not batch.views.shape[1]:
+                break
+            views = batch.views[hit]
+            views = views / np.linalg.norm(views, axis=-1, keepdims=True)
+            ys = np.array([label_of[r] for r in batch.row_ids[hit].tolist()], dtype=np.int64)
+            out = out.add(views.reshape(-1, views.shape[-1]), np.repeat(ys, views.shape[1]),
+                          sign)
+            seen += int(hit.sum())
+    if len(row_ids) and seen == len(row_ids):
+        return out, "views"
+    return stats.add(features, labels, sign), "keys"

@@ -1,9 +1,10 @@
 """The cache directory format: generations named by one atomically replaced `cache.json`.
 
 `cache.json` names the current generation and is replaced last. It lists immutable key segments
-(`keys-g<N>-<i>.npz`: keys, labels, row ids), the text classifier (`text-g<N>.npy`) and the
-FAISS index (`index-g<N>.faiss`) plus how many segments that index already holds. Adding shots
-writes one small segment and a new JSON, so a cache of a million keys grows without rewriting
+(`keys-g<N>-<i>.npz`: keys, labels, row ids), the text classifier (`text-g<N>.npy`), the GDA
+statistics (`gda-g<N>.npz`: class sums, counts, scatter) and the FAISS index
+(`index-g<N>.faiss`) plus how many segments that index already holds. Adding shots writes one
+small segment and a new JSON, so a cache of a million keys grows without rewriting
 its keys or index; segments are merged once the deltas grow past `COMPACT_FRACTION`. A reader
 that loaded generation g keeps working while g+1 is written: files of the previous generation
 are kept, older ones deleted. Writers hold `.cache.lock` (StoreLocked after 60 s); readers
@@ -29,6 +30,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from ..errors import BadInput, ConcurrentChange, CorruptData, StoreLocked, TipError
+from ..method.gda import GDAStats
 from ..method.index import KeyIndex
 from ..util.atomic import atomic_path
 from ..util.checksum import file_sha256
@@ -39,7 +41,7 @@ FORMAT = DocumentFormat("cache", 2, tag="tipretrieval-cache")  # cache.json; 2: 
 META = "cache.json"
 LOCK_NAME = ".cache.lock"
 LOCK_TIMEOUT = 60.0  # seconds a writer waits for another writer, as for a store
-_PREFIXES = ("keys-g", "text-g", "index-g")
+_PREFIXES = ("keys-g", "text-g", "index-g", "gda-g")
 _LOAD_TRIES = 5
 _FIX = "restore or rebuild the cache"
 
@@ -53,6 +55,7 @@ class Files:
     index: str
     index_segments: int  # how many leading segments `index` holds
     sha256: dict[str, str]  # of every file (empty in a version 1 cache: not checked)
+    gda: str | None = None  # the GDA statistics file
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +64,8 @@ class Files:
     def from_json(cls, obj: dict[str, Any], version: int = FORMAT.version) -> Files:
         """The files `obj` lists; TypeError or ValueError when it is malformed."""
         files = cls(list(obj["segments"]), obj.get("text"), obj["index"],
-                    int(obj["index_segments"]), dict(obj.get("sha256", {})))
+                    int(obj["index_segments"]), dict(obj.get("sha256", {})),
+                    obj.get("gda"))
         names = files.names()
         if not all(isinstance(n, str) and "/" not in n for n in names):
             raise ValueError(f"bad file names {sorted(map(str, names))}")
@@ -70,7 +74,7 @@ class Files:
         return files
 
     def names(self) -> set[str]:
-        return {*self.segments, self.index, *([self.text] if self.text else [])}
+        return {*self.segments, self.index, *(f for f in (self.text, self.gda) if f)}
 
     def checked(self, directory: Path, name: str) -> Path:
         """The path of file `name`; CorruptData when its sha256 is not the recorded one."""
@@ -88,6 +92,7 @@ class CacheDir:
     generation: int
     files: Files
     text: np.ndarray | None  # the array in `files.text` (identity tells an unchanged classifier)
+    gda: GDAStats | None = None  # the statistics in `files.gda` (identity: unchanged)
 
     def holds_index_of(self, keys: Keys) -> bool:
         """Whether this generation's index file holds the leading segments of `keys`."""
@@ -172,22 +177,28 @@ def _write(target: Path, gen: int, state: CacheState, index: Callable[[], KeyInd
         text = base.files.text
     else:
         text = write_text(target, gen, state.text)
+    if state.gda is None:
+        gda = None
+    elif base is not None and state.gda is base.gda:
+        gda = base.files.gda
+    else:
+        gda = write_gda(target, gen, state.gda)
     if base is not None and base.holds_index_of(keys):
         index_file, covered = base.files.index, base.files.index_segments
     else:
         index_file, covered = index_name(gen), len(keys.segments)
         index().save(target / index_file)
     known = base.files.sha256 if base is not None else {}
-    names = [s.file for s in keys.segments] + [index_file] + ([text] if text else [])
+    names = [s.file for s in keys.segments] + [index_file] + [n for n in (text, gda) if n]
     sha256 = {n: known.get(n) or file_sha256(target / n) for n in names}
-    files = Files([s.file for s in keys.segments], text, index_file, covered, sha256)
-    return CacheDir(target, gen, files, state.text), keys
+    files = Files([s.file for s in keys.segments], text, index_file, covered, sha256, gda)
+    return CacheDir(target, gen, files, state.text, state.gda), keys
 
 
 def _remove_generation(path: Path, generation: int) -> None:
     """Delete the files of the uncommitted `generation` (a failed save's)."""
     for f in path.iterdir():
-        if re.fullmatch(rf"(keys|text|index)-g{generation}(-\d+)?\.[a-z]+", f.name):
+        if re.fullmatch(rf"(keys|text|index|gda)-g{generation}(-\d+)?\.[a-z]+", f.name):
             f.unlink(missing_ok=True)
 
 
@@ -213,6 +224,14 @@ def write_text(path: Path, generation: int, text: np.ndarray) -> str:
     name = f"text-g{generation}.npy"
     with atomic_path(path / name) as tmp, open(tmp, "wb") as f:
         np.save(f, text)
+    return name
+
+
+def write_gda(path: Path, generation: int, stats: GDAStats) -> str:
+    """Save the GDA statistics of `generation`; returns the file name."""
+    name = f"gda-g{generation}.npz"
+    with atomic_path(path / name) as tmp, open(tmp, "wb") as f:
+        np.savez(f, sums=stats.sums, counts=stats.counts, scatter=stats.scatter)
     return name
 
 
@@ -277,12 +296,16 @@ def _read_generation(path: Path, doc: Document) -> tuple[CacheDir, CacheState]:
         with np.load(files.checked(path, name)) as z:
             segments.append(Segment(z["keys"], z["labels"], z["row_ids"], name))
     text = np.load(files.checked(path, files.text)) if files.text else None
+    gda = None
+    if files.gda:
+        with np.load(files.checked(path, files.gda)) as z:
+            gda = GDAStats(z["sums"], z["counts"], z["scatter"])
     try:
         info = CacheInfo.from_json(meta)
-        state = CacheState(info, Keys(tuple(segments)), text).checked()
+        state = CacheState(info, Keys(tuple(segments)), text, gda).checked()
     except BadInput as exc:
         raise CorruptData(f"cache {path / META} is invalid: {exc.problem}", _FIX) from exc
-    return CacheDir(path, int(meta["generation"]), files, text), state
+    return CacheDir(path, int(meta["generation"]), files, text, gda), state
 
 
 def _read_doc(path: Path) -> Document:

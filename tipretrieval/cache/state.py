@@ -19,6 +19,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import numpy as np
 
 from ..errors import BadInput
+from ..method.affinity import WEIGHTINGS
+from ..method.gda import GDAStats
 from ..provenance import Provenance
 from ..util.jsonfile import known_fields
 from .text import check_text
@@ -48,6 +50,12 @@ class CacheInfo:
     text_source: str | None = None  # text-classifier file the text came from, if any
     history: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # tune/finetune records
     cache_id: str | None = None  # made once per cache (`new_cache_id`), kept by every generation
+    weighting: str = "balanced"  # class weights of the cache term: "balanced" or "sum"
+    gda_alpha: float = 1.0  # weight of the GDA term beside the text logits (method "gda")
+    gda_fit: str | None = None  # what the GDA statistics were fitted on: "views" or "keys"
+    key_version: int = 0  # add-shots / remove-shots so far
+    tuned_version: int | None = None  # key_version when alpha/beta were last chosen on val
+    tune_source: dict[str, str] | None = None  # {"store", "split"} of the last tune on a store
 
     def __post_init__(self) -> None:
         """BadInput when a field has the wrong type or alpha/beta are not usable."""
@@ -64,6 +72,17 @@ class CacheInfo:
                            "give `beta=` > 0")
         if self.method not in ("tip", "tip-f"):
             raise BadInput(f"cache method {self.method!r} is not tip or tip-f")
+        if self.weighting not in WEIGHTINGS:
+            raise BadInput(f"cache weighting {self.weighting!r} is not {' or '.join(WEIGHTINGS)}")
+
+    def stale_tuning(self) -> str | None:
+        """A one-line warning when alpha/beta were tuned for an earlier set of shots."""
+        if self.tuned_version is None or self.tuned_version == self.key_version:
+            return None
+        changes = self.key_version - self.tuned_version
+        return (f"alpha/beta were tuned for an earlier generation of this cache's shots "
+                f"({changes} add/remove-shots since): rerun `tipretrieval tune` or "
+                f"`add-shots --retune`")
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -179,10 +198,11 @@ class CacheState:
     info: CacheInfo
     keys: Keys
     text: np.ndarray | None
+    gda: GDAStats | None = None  # GDA statistics (None: fitted on the keys when first used)
 
     @classmethod
     def make(cls, keys: np.ndarray, labels: np.ndarray, row_ids: np.ndarray, info: CacheInfo,
-             text: np.ndarray | None = None) -> CacheState:
+             text: np.ndarray | None = None, gda: GDAStats | None = None) -> CacheState:
         """A one-segment state, checked: shapes, labels in range, unique row ids, text shape."""
         segment = Segment.of(keys, labels, row_ids)
         dim = info.provenance.dim
@@ -193,7 +213,7 @@ class CacheState:
         _check_labels(segment.labels, len(info.classes))
         if len(np.unique(segment.row_ids)) != len(segment.row_ids):
             raise BadInput("row ids of the cache keys must be unique")
-        return cls(info, Keys((segment,)), check_text(text, len(info.classes), dim))
+        return cls(info, Keys((segment,)), check_text(text, len(info.classes), dim), gda)
 
     def checked(self) -> CacheState:
         """This state, if its arrays agree with its info (as read from files); else BadInput."""
@@ -206,6 +226,10 @@ class CacheState:
         if len(np.unique(keys.row_ids)) != len(keys):
             raise BadInput("the cache holds repeated row ids")
         check_text(self.text, len(self.info.classes), dim)
+        if self.gda is not None and (self.gda.sums.shape != (len(self.info.classes), dim) or
+                                     self.gda.scatter.shape != (dim, dim)):
+            raise BadInput(f"GDA statistics cover {self.gda.sums.shape}, not "
+                           f"({len(self.info.classes)}, {dim})")
         return self
 
     def with_keys(self, keys: np.ndarray, method: str) -> CacheState:
@@ -217,8 +241,10 @@ class CacheState:
         whole = Segment(keys, self.keys.labels, self.keys.row_ids)
         return replace(self, keys=Keys((whole,)), info=replace(self.info, method=method))
 
-    def without(self, row_ids: Sequence[int] | np.ndarray) -> CacheState:
-        """The cache without the keys of these store row ids (each must be a key)."""
+    def without(self, row_ids: Sequence[int] | np.ndarray,
+                gda: GDAStats | None = None) -> CacheState:
+        """The cache without the keys of these store row ids (each must be a key), with the
+        GDA statistics `gda` (updated by the caller) and the key version moved on."""
         row_ids = np.asarray(row_ids, dtype=np.int64).reshape(-1)
         missing = row_ids[~np.isin(row_ids, self.keys.row_ids)]
         if len(missing):
@@ -226,10 +252,13 @@ class CacheState:
                            "check the ids: the keys' row ids are `Cache.load(path).row_ids`")
         keep = ~np.isin(self.keys.row_ids, row_ids)
         kept = Segment(self.keys.keys[keep], self.keys.labels[keep], self.keys.row_ids[keep])
-        return replace(self, keys=Keys((kept,)))
+        info = replace(self.info, key_version=self.info.key_version + 1)
+        return replace(self, keys=Keys((kept,)), info=info, gda=gda)
 
-    def plus(self, segment: Segment, info: CacheInfo, text: np.ndarray | None) -> CacheState:
-        """The cache with one more key segment (new row ids only) under `info` and `text`."""
+    def plus(self, segment: Segment, info: CacheInfo, text: np.ndarray | None,
+             gda: GDAStats | None = None) -> CacheState:
+        """The cache with one more key segment (new row ids only) under `info`, `text` and the
+        GDA statistics `gda`, the key version moved on."""
         clash = np.isin(segment.row_ids, self.keys.row_ids)
         if clash.any() or len(np.unique(segment.row_ids)) != len(segment.row_ids):
             dup = segment.row_ids[clash][:5] if clash.any() else segment.row_ids[:5]
@@ -237,7 +266,9 @@ class CacheState:
                            "remove them first or leave them out")
         _check_labels(segment.labels, len(info.classes))
         keys = Keys((*self.keys.segments, segment))
-        return CacheState(info, keys, check_text(text, len(info.classes), info.provenance.dim))
+        info = replace(info, key_version=info.key_version + 1)
+        return CacheState(info, keys, check_text(text, len(info.classes), info.provenance.dim),
+                          gda)
 
 
 def _check_labels(labels: np.ndarray, num_classes: int) -> None:

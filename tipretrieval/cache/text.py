@@ -29,16 +29,17 @@ def check_text(text: np.ndarray | None, num_classes: int, dim: int) -> np.ndarra
 
 @dataclass(frozen=True)
 class TextSource:
-    """A text classifier and where it came from (templates name, file)."""
+    """A text classifier (None: the cache has none) and where it came from (templates, file)."""
 
-    weights: np.ndarray
+    weights: np.ndarray | None
     templates: str | None = None
     source: str | None = None
 
 
 def resolve_text(text: TextInput, templates: str | None, classes: list[str],
                  provenance: Provenance, encoder: Encoder | None = None) -> TextSource:
-    """The (C, D) text classifier from an array, a saved file, or templates + the encoder."""
+    """The (C, D) text classifier from an array, a saved file, or templates + the encoder;
+    none of them: no text classifier (a cache whose methods are cache and gda)."""
     if text is not None and templates is not None:
         raise BadInput("both a text classifier and templates given",
                        "give either `text=` FILE or `templates=` NAME")
@@ -48,8 +49,7 @@ def resolve_text(text: TextInput, templates: str | None, classes: list[str],
         return _text_from_file(Path(text), classes, provenance)
     if templates is not None:
         return TextSource(_encode_text(provenance, classes, templates, encoder), templates)
-    raise BadInput("a cache needs a text classifier", "pass `text=` FILE (a saved text "
-                   "classifier) or `templates=` NAME to encode the class prompts")
+    return TextSource(None)
 
 
 def _text_from_file(path: Path, classes: list[str], provenance: Provenance) -> TextSource:

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import BadInput
 from ..jobs.evaluate import EVAL_METHODS
+from ..method.affinity import WEIGHTINGS
 from ..provenance import Provenance
 from .options import id_list, model_options, overwrite_option, wants_encoder
 
@@ -57,6 +58,41 @@ def _encoder(provenance: Provenance, model: str | None, pretrained: str | None,
                        device=device)
 
 
+def _warn(message: str | None) -> None:
+    """One line on stderr, when there is something to say."""
+    if message:
+        click.echo(f"warning: {message}", err=True)
+
+
+def _report_tune(cache, result) -> None:
+    """The chosen alpha/beta (and GDA alpha) and one warning per choice on a grid edge."""
+    if cache.text is None:
+        click.echo(f"cache: beta {result.beta:.4g}  val top-1 {result.val_acc:.2f}% "
+                   f"({result.n_val} rows; no text classifier: alpha does not change the "
+                   f"cache's predictions)")
+    else:
+        click.echo(f"alpha {result.alpha:.4g}  beta {result.beta:.4g}  val top-1 "
+                   f"{result.val_acc:.2f}% ({result.n_val} rows)")
+    record = cache.info.history[-1]
+    click.echo(f"gda: alpha {cache.info.gda_alpha:.4g}  val top-1 {record['gda_val_acc']:.2f}%"
+               f" (fitted on {cache.info.gda_fit or 'keys'})")
+    for line in result.edge_warnings():
+        _warn(line)
+
+
+def _retune_options(command):
+    """--retune, --val, --val-split of add-shots and remove-shots."""
+    command = click.option("--val-split", default=None,
+                           help="Validation split for --retune [default: the last tune's].")(
+        command)
+    command = click.option("--val", "val_dir", default=None,
+                           help="Store of the validation rows for --retune [default: the last "
+                                "tune's].")(command)
+    return click.option("--retune", is_flag=True,
+                        help="Search alpha/beta again on the validation rows, in the same "
+                             "commit.")(command)
+
+
 @click.command("build")
 @click.argument("store_arg", metavar="[STORE]", required=False)
 @click.option("--store", "store_dir", help="Store the shots come from (or give it as STORE).")
@@ -72,11 +108,19 @@ def _encoder(provenance: Provenance, model: str | None, pretrained: str | None,
                    "efSearch=128 (HNSW).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the shot sampling.")
 @click.option("--split", default="train", show_default=True, help="Split the shots come from.")
+@click.option("--weighting", type=click.Choice(WEIGHTINGS), default="balanced",
+              show_default=True,
+              help="Cache term per class: balanced (x mean keys per class / its keys) or sum "
+                   "(the literal official formula); equal when classes have equal shots.")
 @overwrite_option("cache")
 @model_options
 def build_cmd(store_arg, store_dir, shots, out, text_file, templates, index_spec, index_params,
-              seed, split, overwrite, model, pretrained, checkpoint, device):
-    """Build a Tip-Adapter cache from K labelled shots per class of --store."""
+              seed, split, weighting, overwrite, model, pretrained, checkpoint, device):
+    """Build a Tip-Adapter cache from K labelled shots per class of --store.
+
+    Without --text and --templates the cache has no text classifier: its methods are cache
+    and gda.
+    """
     from ..cache.cache import META, Cache
 
     if store_arg and store_dir and Path(store_arg) != Path(store_dir):
@@ -91,11 +135,13 @@ def build_cmd(store_arg, store_dir, shots, out, text_file, templates, index_spec
                        needed=False) if templates else None
     cache = Cache.build(store, k, seed=seed, text=text_file, templates=templates,
                         index_spec=index_spec, index_params=index_params, split=split,
-                        encoder=encoder)
+                        encoder=encoder, weighting=weighting)
     path = cache.save(out)
-    counts = cache.class_counts()
-    click.echo(f"cache {path}: {len(cache)} keys, {cache.num_classes} classes "
-               f"({counts.min()}-{counts.max()} shots per class), index {index_spec}")
+    methods = "zero-shot, cache, tip, gda" if cache.text is not None else \
+        "cache, gda (no text classifier)"
+    click.echo(f"cache {path}: {len(cache)} keys, {cache.num_classes} classes (shots per "
+               f"class min / median / max: {cache.shots_spread()}), {weighting} weighting, "
+               f"index {index_spec}; GDA fitted on {cache.info.gda_fit}; methods: {methods}")
 
 
 @click.command("tune")
@@ -108,15 +154,16 @@ def build_cmd(store_arg, store_dir, shots, out, text_file, templates, index_spec
 @click.option("--steps", nargs=2, type=int, default=(200, 20), show_default=True,
               help="Grid sizes of beta and alpha.")
 def tune_cmd(cache_dir, val_dir, split, scale, steps):
-    """Search alpha and beta on the official grid and write them into the cache."""
+    """Search alpha and beta on the official grid (and GDA's alpha) and write them into the
+    cache; without a text classifier only beta is searched."""
     cache = _cache(cache_dir)
-    result = cache.tune(cache.rows_of(_store(val_dir), split), scale=scale, steps=steps)
+    result = cache.tune(cache.rows_of(_store(val_dir), split), scale=scale, steps=steps,
+                        source=(val_dir, split))
     grid_json, heatmap = cache.path / "tune-grid.json", cache.path / "tune-heatmap.png"
     cache.save()  # first: the grid files describe the alpha and beta the cache adopted
     result.save_json(grid_json)
     result.save_heatmap(heatmap)
-    click.echo(f"alpha {result.alpha:.4g}  beta {result.beta:.4g}  val top-1 "
-               f"{result.val_acc:.2f}% ({result.n_val} rows)")
+    _report_tune(cache, result)
     click.echo(f"grid: {grid_json}\nheat map: {heatmap}")
 
 
@@ -149,7 +196,7 @@ def finetune_cmd(cache_dir, train_dir, val_dir, split, epochs, seed, device):
 @click.option("--store", "store_dir", required=True, help="Store with labelled rows.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--methods", default=METHODS, show_default=True,
-              help="Comma-separated: zero-shot, cache, tip, tip-f.")
+              help="Comma-separated: zero-shot, cache, tip, gda, tip-f.")
 @click.option("--mode", type=click.Choice(["exact", "retrieval"]), default="exact",
               show_default=True)
 @click.option("--k", default=64, show_default=True, help="Keys per query in retrieval mode.")
@@ -160,7 +207,9 @@ def eval_cmd(cache_dir, store_dir, split, methods, mode, k, as_json):
 
     if k < 1:
         raise BadInput(f"--k {k} is not positive: retrieve at least one key per query")
-    report = evaluate(_cache(cache_dir), _store(store_dir), split=split, mode=mode, k=k,
+    cache = _cache(cache_dir)
+    _warn(cache.stale_tuning())
+    report = evaluate(cache, _store(store_dir), split=split, mode=mode, k=k,
                       methods=[m.strip() for m in methods.split(",") if m.strip()])
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.to_text())
 
@@ -177,9 +226,10 @@ def eval_cmd(cache_dir, store_dir, split, methods, mode, k, as_json):
 @click.option("--views", default=10, show_default=True, help="Augmented views per new image.")
 @click.option("--text", "text_file", type=click.Path(dir_okay=False),
               help="Text-classifier file holding the new classes.")
+@_retune_options
 @model_options
 def add_shots_cmd(cache_dir, store_dir, ids, ids_file, split, images, label, views, text_file,
-                  model, pretrained, checkpoint, device):
+                  retune, val_dir, val_split, model, pretrained, checkpoint, device):
     """Add labelled shots (and new classes) to a cache without rebuilding it.
 
     Either ids of rows already in the store (--ids; none: every labelled SPLIT row that is
@@ -206,10 +256,30 @@ def add_shots_cmd(cache_dir, store_dir, ids, ids_file, split, images, label, vie
     rows = cache.new_shots(store, split=split, ids=wanted or None)
     before = cache.num_classes
     cache.add_shots(rows, classes=store.classes, text=text_file, encoder=encoder,
-                    store_generation=store.generation)
+                    store_generation=store.generation, store=store)
+    result = _maybe_retune(cache, retune, val_dir, val_split)
     cache.save()
     click.echo(f"added {len(rows)} shots ({cache.num_classes - before} new classes): "
                f"{len(cache)} keys, generation {cache.generation}")
+    _after_shots(cache, result)
+
+
+def _maybe_retune(cache, retune: bool, val_dir: str | None, val_split: str | None):
+    """`Cache.retune` when asked (before the save, so one generation holds both)."""
+    if not retune:
+        if val_dir or val_split:
+            raise BadInput("--val/--val-split only apply with --retune", "add --retune")
+        return None
+    return cache.retune(_store(val_dir) if val_dir else None, val_split)
+
+
+def _after_shots(cache, result) -> None:
+    """The shots-per-class spread, then the retune result or the stale-tuning warning."""
+    click.echo(f"shots per class min / median / max: {cache.shots_spread()} "
+               f"({cache.info.weighting} weighting)")
+    if result is not None:
+        _report_tune(cache, result)
+    _warn(cache.stale_tuning())
 
 
 @click.command("remove-shots")
@@ -219,7 +289,8 @@ def add_shots_cmd(cache_dir, store_dir, ids, ids_file, split, images, label, vie
               help="File of ids, one per line.")
 @click.option("--row-ids", multiple=True, type=int, help="Store row ids (integers) instead.")
 @click.option("--store", "store_dir", help="Store to resolve --ids [default: the cache's store].")
-def remove_shots_cmd(cache_dir, ids, ids_file, row_ids, store_dir):
+@_retune_options
+def remove_shots_cmd(cache_dir, ids, ids_file, row_ids, store_dir, retune, val_dir, val_split):
     """Remove keys from a cache, e.g. mislabelled shots."""
     cache = _cache(cache_dir)
     wanted = id_list(ids, ids_file)
@@ -228,9 +299,12 @@ def remove_shots_cmd(cache_dir, ids, ids_file, row_ids, store_dir):
         targets += cache.key_row_ids(cache.open_store(store_dir), wanted).tolist()
     if not targets:
         raise BadInput("nothing to remove", "give --ids, --ids-file or --row-ids")
-    removed = cache.remove_shots(np.unique(targets))
+    removed = cache.remove_shots(np.unique(targets),
+                                 store=cache.open_store(store_dir) if store_dir else None)
+    result = _maybe_retune(cache, retune, val_dir, val_split)
     cache.save()
     click.echo(f"removed {removed} shots: {len(cache)} keys, generation {cache.generation}")
+    _after_shots(cache, result)
 
 
 commands = [build_cmd, tune_cmd, finetune_cmd, eval_cmd, add_shots_cmd, remove_shots_cmd]

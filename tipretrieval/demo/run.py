@@ -1,7 +1,9 @@
 """The whole pipeline on synthetic CLIP-like data, through the same API the CLI commands call.
 
 store (train with views, val, test, query) -> text classifier file -> build a cache per shot
-count -> tune alpha/beta on val -> Tip-Adapter-F -> evaluate on test -> classify the queries.
+count -> tune alpha/beta on val -> Tip-Adapter-F -> evaluate on test -> classify the queries;
+then add-shots makes a 2-shot cache unbalanced (odd classes get every training image) and both
+class weightings are measured before and after, with the stale and the retuned alpha/beta.
 """
 
 from __future__ import annotations
@@ -52,10 +54,26 @@ class ShotResult:
     val_acc: float
     cache_only: float
     tip: float
+    gda: float
+    gda_alpha: float
     tip_f: float | None = None       # Tip-Adapter-F, run for the largest cache only
     tip_f_alpha: float | None = None
     tip_f_beta: float | None = None
     best_epoch: int | None = None
+
+
+@dataclass
+class UnbalancedRow:
+    """Test top-1 of the cache grown by add-shots, under one weighting and alpha/beta."""
+
+    step: str
+    weighting: str
+    spread: str  # shots per class: min / median / max
+    alpha: float
+    beta: float
+    cache_only: float
+    tip: float
+    gda: float
 
 
 @dataclass
@@ -73,6 +91,7 @@ class DemoResult:
     query_acc: float  # agreement of the classified queries with their hidden true labels
     report: str  # index.html of the HTML report of the query predictions
     test_report: str  # index.html of the report of the (labelled) test rows
+    unbalanced: list[UnbalancedRow] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -80,13 +99,23 @@ class DemoResult:
     def table(self) -> str:
         """A Markdown table of test top-1 accuracy against shots."""
         lines = ["| shots | zero-shot | cache-only | Tip-Adapter | alpha | beta "
-                 "| Tip-Adapter-F | alpha | beta |",
-                 "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                 "| Tip-Adapter-F | alpha | beta | GDA | alpha |",
+                 "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for s in self.shots:
             fine = ("- | - | -" if s.tip_f is None else
                     f"{s.tip_f:.2f} | {s.tip_f_alpha:.4g} | {s.tip_f_beta:.4g}")
             lines.append(f"| {s.shots} | {self.zero_shot:.2f} | {s.cache_only:.2f} | "
-                         f"{s.tip:.2f} | {s.alpha:.4g} | {s.beta:.4g} | {fine} |")
+                         f"{s.tip:.2f} | {s.alpha:.4g} | {s.beta:.4g} | {fine} | "
+                         f"{s.gda:.2f} | {s.gda_alpha:.4g} |")
+        return "\n".join(lines)
+
+    def unbalanced_table(self) -> str:
+        """A Markdown table of the add-shots cache: before/after, both weightings."""
+        lines = ["| step | weighting | shots min / median / max | alpha | beta | cache-only "
+                 "| Tip-Adapter | GDA |", "|---|---|---|---:|---:|---:|---:|---:|"]
+        for r in self.unbalanced:
+            lines.append(f"| {r.step} | {r.weighting} | {r.spread} | {r.alpha:.4g} | "
+                         f"{r.beta:.4g} | {r.cache_only:.2f} | {r.tip:.2f} | {r.gda:.2f} |")
         return "\n".join(lines)
 
 
@@ -114,14 +143,15 @@ def _run_shots(store, text: np.ndarray, shots: int, out: Path, config: DemoConfi
     cache = Cache.build(store, shots, seed=seed, text=text)
     cache.save(path)
     val = cache.rows_of(store, "val")
-    tuned = cache.tune(val)
+    tuned = cache.tune(val, source=(str(store.path), "val"))
     cache.save()
     tuned.save_json(path / "tune-grid.json")
     tuned.save_heatmap(path / "tune-heatmap.png")
-    report = evaluate(cache, store, split="test", methods=["zero-shot", "cache", "tip"])
+    report = evaluate(cache, store, split="test", methods=["zero-shot", "cache", "tip", "gda"])
     result = ShotResult(shots=shots, cache=str(path), alpha=tuned.alpha, beta=tuned.beta,
                         val_acc=tuned.val_acc, cache_only=_accuracy(report, "cache"),
-                        tip=_accuracy(report, "tip"))
+                        tip=_accuracy(report, "tip"), gda=_accuracy(report, "gda"),
+                        gda_alpha=cache.info.gda_alpha)
     if fine_tune:
         fine = cache.finetune(store, val, epochs=config.epochs, seed=seed)
         cache.save()
@@ -129,6 +159,39 @@ def _run_shots(store, text: np.ndarray, shots: int, out: Path, config: DemoConfi
         result.tip_f_alpha, result.tip_f_beta = cache.alpha, cache.beta
         result.best_epoch = fine.best_epoch + 1
     return result, report
+
+
+def _unbalanced_row(step: str, cache, store) -> UnbalancedRow:
+    report = evaluate(cache, store, split="test", methods=["cache", "tip", "gda"])
+    return UnbalancedRow(step, cache.info.weighting, cache.shots_spread(), cache.alpha,
+                         cache.beta, _accuracy(report, "cache"), _accuracy(report, "tip"),
+                         _accuracy(report, "gda"))
+
+
+def _run_unbalanced(store, text: np.ndarray, out: Path, seed: int) -> list[UnbalancedRow]:
+    """A tuned 2-shot cache, then add-shots gives the odd classes every training image: test
+    accuracy before, after with the stale alpha/beta, and after retuning, both weightings."""
+    from ..cache.cache import Cache
+
+    cache = Cache.build(store, 2, seed=seed, text=text)
+    cache.tune(cache.rows_of(store, "val"), source=(str(store.path), "val"))
+    cache.save(out / "cache-unbalanced")
+    rows = [_unbalanced_row("before add-shots (2 shots)", cache, store)]
+    train = store.labelled(split="train", with_views=True)
+    cache.add_shots(train.take((train.labels % 2 == 1) & ~np.isin(train.row_ids,
+                                                                  cache.row_ids)), store=store)
+    cache.save()
+    for weighting in ("balanced", "sum"):
+        cache.set_weighting(weighting)
+        rows.append(_unbalanced_row("after add-shots, alpha/beta of before", cache, store))
+    for weighting in ("balanced", "sum"):
+        cache.set_weighting(weighting)
+        cache.retune()
+        rows.append(_unbalanced_row("after add-shots, retuned", cache, store))
+    cache.set_weighting("balanced")
+    cache.retune()
+    cache.save()
+    return rows
 
 
 def _classify_queries(cache_dir: str, store_path: Path, out: Path,
@@ -197,12 +260,14 @@ def run_demo(out_dir: str | Path, seed: int = 0, config: DemoConfig | None = Non
             rows.append(result)
         pred_dir, n_query, query_acc = _classify_queries(rows[-1].cache, out / "store", out,
                                                          dataset, config.sizes.query)
+        log.info("demo: add-shots makes a 2-shot cache unbalanced: both weightings")
+        unbalanced = _run_unbalanced(store, dataset.text, out, seed)
         html_index, test_index = _reports(rows[-1].cache, out / "store", out, pred_dir)
     result = DemoResult(
         out_dir=str(out), seed=seed, num_classes=config.num_classes, test_rows=report.rows,
         zero_shot=_accuracy(report, "zero-shot"), shots=rows, predictions=str(pred_dir),
         query_rows=n_query, query_acc=query_acc, report=str(html_index),
-        test_report=str(test_index),
+        test_report=str(test_index), unbalanced=unbalanced,
     )
     write_json(out / RESULTS, result.to_json())
     return result
@@ -223,12 +288,21 @@ on the stored augmented views and its epoch chosen on validation:
 
 {result.table()}
 
+GDA (Wang et al., ICLR 2024): text + alpha x Gaussian discriminant fitted on the shots' views.
+
+add-shots on a 2-shot cache (odd classes get every training image), test top-1 (%): the
+official "sum" cache term lets the classes with more shots win; "balanced" (the default)
+weighs each class by mean shots per class / its shots:
+
+{result.unbalanced_table()}
+
 Classified {result.query_rows} unlabelled query rows with the {best.shots}-shot Tip-Adapter-F
 cache: {result.query_acc:.2f}% of the top-1 predictions match their hidden true labels.
 
 Outputs under {out}/:
   store/                     feature store (train with augmented views, val, test, query)
   cache-<K>shot/             one cache per shot count (tune-grid.json, tune-heatmap.png)
+  cache-unbalanced/          the 2-shot cache grown by add-shots (balanced, retuned)
   predictions/               top-5 predictions of the query split (CSV parts + journal.json)
   report/, report-test/      HTML reports of the query and (labelled) test predictions
   {RESULTS}               every number above

@@ -66,7 +66,7 @@ def _unavailable(cache, method: str) -> str | None:
     if method == "tip-f" and cache.method != "tip-f":
         return "cache is not fine-tuned: run `tipretrieval finetune` first"
     if method in ("zero-shot", "tip", "tip-f") and cache.text is None:
-        return "cache has no text classifier"
+        return "cache has no text classifier: use cache or gda"
     return None
 
 

@@ -86,7 +86,9 @@ class TuneResult:
         from matplotlib import pyplot as plt
 
         fig, ax = plt.subplots(figsize=(10, 4))
-        extent = (self.betas[0], self.betas[-1], self.alphas[0], self.alphas[-1])
+        pad = [0.5 if v[-1] == v[0] else 0.0 for v in (self.betas, self.alphas)]  # one value
+        extent = (self.betas[0] - pad[0], self.betas[-1] + pad[0], self.alphas[0] - pad[1],
+                  self.alphas[-1] + pad[1])
         img = ax.imshow(self.grid.T, origin="lower", aspect="auto", extent=extent,
                         cmap="viridis", interpolation="nearest")
         ax.plot([self.beta], [self.alpha], "r+", markersize=14, mew=2)

@@ -237,12 +237,19 @@ def _labels(values: Any, vocabulary: list[str]) -> np.ndarray:
     return np.array([index[n] for n in names.tolist()], dtype=np.int64)
 
 
-def _vocabulary(current: list[str], given: Any, labels: Any) -> list[str]:
-    """The class vocabulary to import with: given, else the store's, else the sorted names."""
+def _vocabulary(current: list[str], given: Any, labels: Any, new_store: bool = False
+                ) -> list[str]:
+    """The class vocabulary to import with: given, else the store's, else the sorted names;
+    integer labels into a new store without class names name the classes "0".."C-1"."""
     if given is not None:
         return [str(c) for c in np.asarray(given).reshape(-1)]
     names = None if current or labels is None else _names(labels)
-    return current if names is None else sorted(set(names.tolist()))
+    if names is not None:
+        return sorted(set(names.tolist()))
+    if new_store and labels is not None and np.size(labels):
+        top = int(np.asarray(labels).reshape(-1).astype(np.float64).max())
+        return [str(i) for i in range(top + 1)]
+    return current
 
 
 def build_rows(found: dict[str, Any], opts: ImportOptions, vocabulary: list[str],
@@ -332,7 +339,8 @@ def _prepare(found: dict[str, Any], opts: ImportOptions, store: Store | None,
     class vocabulary their labels refer to."""
     given = opts.classes if opts.classes is not None else found.get("classes")
     labels = opts.labels if opts.labels is not None else found.get("labels")
-    vocabulary = _vocabulary(store.classes if store else [], given, labels)
+    vocabulary = _vocabulary(store.classes if store else [], given, labels,
+                             new_store=store is None)
     rows = build_rows(found, opts, vocabulary, source.name)
     if store is not None and opts.dtype is not None and opts.dtype != store.dtype:
         raise BadInput(f"store {store.path} keeps {store.dtype} on disk: drop --dtype "

@@ -33,6 +33,12 @@ def classify_store(cache_path: str | Path, store_path: str | Path, out: str | Pa
         raise BadInput(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
     options = options or ClassifyOptions()
     cache = Cache.load(cache_path)
+    if cache.text is None and options.method in ("zero-shot", "tip"):
+        raise BadInput(f"cache {cache_path} has no text classifier, so method "
+                       f"'{options.method}' has nothing to score",
+                       "use --method cache or gda, or rebuild the cache with --text/--templates")
+    if cache.stale_tuning():
+        log.warning("%s", cache.stale_tuning())
     store = Store.open(store_path)
     cache.provenance.check_compatible(store.provenance, what=f"query store {store_path}")
     _check_split(store, options.split)
