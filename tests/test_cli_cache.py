@@ -104,9 +104,8 @@ def test_add_and_remove_shots(env):
     (("add-shots", "{root}/c1", "--store", "{root}/other"), "not the store"),
     (("remove-shots", "{root}/c1"), "nothing to remove"),
     (("remove-shots", "{root}/c1", "--row-ids", "999999"), "not keys of this cache"),
-    (("build", "--store", "{root}/store", "--shots", "2", "--out", "{root}/x"),
-     "a cache needs a text classifier: pass --text FILE (a saved text classifier) or "
-     "--templates NAME"),
+    (("add-shots", "{root}/c1", "--val", "{root}/store"),
+     "--val/--val-split only apply with --retune: add --retune"),
     (("build", "{root}/store", "--store", "{root}/other", "--shots", "2", "--out", "{root}/x"),
      "two stores given"),
     (("finetune", "{root}/c1", "--train", "{root}/store", "--val", "{root}/other"), "encoder"),
