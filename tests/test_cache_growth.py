@@ -197,3 +197,16 @@ def test_import_integer_labels_into_a_new_store_names_the_classes(tmp_path):
     np.savez(tmp_path / "f.npz", features=x, labels=np.array([0, 2, 2, 4, -1, 1]))
     run("import", tmp_path / "f.npz", "--store", tmp_path / "s")
     assert Store.open(tmp_path / "s").classes == ["0", "1", "2", "3", "4"]
+
+
+def test_gda_statistics_file_is_checksummed(store, data, tmp_path):
+    from tipretrieval.errors import CorruptData
+
+    Cache.build(store, 2, text=data.text).save(tmp_path / "c")
+    files = json.loads((tmp_path / "c" / "cache.json").read_text())["files"]
+    path = tmp_path / "c" / files["gda"]
+    raw = bytearray(path.read_bytes())
+    raw[-40] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptData, match=f"damaged {files['gda']}"):
+        Cache.load(tmp_path / "c")

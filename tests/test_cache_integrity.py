@@ -132,7 +132,7 @@ def test_every_file_has_its_sha256_and_a_flip_is_named(cache_dir):
     import hashlib
 
     files = meta(cache_dir)["files"]
-    names = {*files["segments"], files["index"], files["text"]}
+    names = {*files["segments"], files["index"], files["text"], files["gda"]}
     assert files["sha256"] == {n: hashlib.sha256((cache_dir / n).read_bytes()).hexdigest()
                                for n in names}
     text = cache_dir / files["text"]
