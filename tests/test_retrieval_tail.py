@@ -38,7 +38,7 @@ def test_tail_equals_the_mean_field_formula(beta):
     centres = unit(rng.standard_normal((c, d)))
     keys = unit(centres[labels] + 0.6 * rng.standard_normal((len(labels), d)))
     x = unit(rng.standard_normal((40, d)))
-    sk = affinity.SortedKeys.build(keys, labels, c)  # already sorted: positions are indices
+    sk = affinity.SortedKeys.build(keys, labels, c, "sum")  # sorted: positions are indices
     for k in (1, 3, 6):
         # each query retrieves k random keys; some fewer (-1 padding, as FAISS gives)
         pos = np.stack([rng.choice(len(keys), size=k, replace=False) for _ in x])
@@ -65,7 +65,7 @@ def test_retrieval_is_exact_when_each_class_has_identical_keys(k):
     text = unit(rng.standard_normal((c, d)))
     x = unit(centres[rng.integers(0, c, 60)] + 0.5 * rng.standard_normal((60, d)))
     for beta in (0.5, 7.0):
-        ad = TipAdapter(keys, labels, c, text, alpha=2.5, beta=beta,
+        ad = TipAdapter(keys, labels, c, text, alpha=2.5, beta=beta, weighting="sum",
                         row_ids=rng.permutation(500)[: len(keys)])
         exact = ad.cache_term(x)
         sims = x.astype(np.float64) @ centres.T.astype(np.float64)
