@@ -147,13 +147,13 @@ def test_to_json_records_the_curves_and_the_choice(data):
 def test_defaults_run_the_official_schedule_and_search(data):
     """No hyperparameters given: 20 epochs, batch 256, AdamW lr 1e-3 eps 1e-4, seed 0, then
     the official 200 x 20 grid; device "auto" is the CPU here."""
-    res = ft.finetune(**data, show_progress=False)
+    res = ft.finetune(**data, weighting="sum", show_progress=False)  # the official sum
     ref = reference(data, epochs=20, batch_size=256, lr=1e-3, eps=1e-4, seed=0)
     assert len(res.train_loss) == 20
     np.testing.assert_allclose(res.train_loss, [r[1] for r in ref], rtol=1e-4)
     np.testing.assert_allclose(res.keys, ref[res.best_epoch][0], rtol=1e-4, atol=1e-5)
     grid = search(data["val_x"], data["val_y"], res.keys, data["labels"], data["text"],
-                  show_progress=False)
+                  weighting="sum", show_progress=False)
     assert (res.tuned.alpha, res.tuned.beta) == (grid.alpha, grid.beta)
     assert res.tuned.grid.shape == (200, 20)
     if not torch.cuda.is_available():
