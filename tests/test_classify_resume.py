@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from tipretrieval.cache.cache import Cache
 from tipretrieval.demo.synthetic import SplitSizes, make_dataset, write_store
 from tipretrieval.errors import BadInput
 from tipretrieval.jobs.classify import (
+    JOURNAL,
     SUCCESS,
     ClassifyOptions,
     Journal,
@@ -145,3 +148,21 @@ def test_a_damaged_part_of_an_unfinished_job_is_redone(inputs, computed, tmp_pat
     classify_store(*inputs, out, OPTIONS, show_progress=False)
     assert computed == [(160, 191), (224, 239)]
     assert part_bytes(out) == expected and (out / SUCCESS).exists()
+
+
+def test_out_may_be_a_new_nested_directory_and_records_the_spec_hash(inputs, tmp_path):
+    out = tmp_path / "a" / "b" / "out"
+    classify_store(*inputs, out, OPTIONS, show_progress=False)
+    journal = json.loads((out / JOURNAL).read_text())
+    spec = hashlib.sha256(json.dumps(journal["spec"], sort_keys=True).encode()).hexdigest()
+    assert journal["spec_hash"] == spec
+    assert (out / SUCCESS).read_text() == spec + "\n"
+
+
+def test_overwrite_restarts_an_unfinished_job(inputs, computed, tmp_path):
+    out = tmp_path / "out"
+    classify_store(*inputs, out, OPTIONS, show_progress=False)
+    kill_after(out, lost=[6, 7])
+    computed.clear()
+    classify_store(*inputs, out, OPTIONS, overwrite=True, show_progress=False)
+    assert len(computed) == 4 and len(read_output(out)) == 100
