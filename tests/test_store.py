@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -364,25 +363,3 @@ def test_hash_collisions_are_confirmed_by_exact_id(store, monkeypatch):
     np.testing.assert_array_equal(store.select(ids=probe).row_ids, [7, 299, 499])
     with pytest.raises(BadInput, match="already exist"):
         store.append(make_rows(3, 2))
-
-
-def test_shards_without_an_id_hash_table_are_scanned(store):
-    import h5py
-
-    from tipretrieval.store.shard import file_sha256
-
-    rows = make_rows(3000, 1)
-    store.append(rows)
-    path = _shard_path(store)
-    with h5py.File(path, "a") as f:  # what a shard written before the hash table looks like
-        del f["id_hash"], f["id_order"]
-    info = replace(store.manifest.shards[0], sha256=file_sha256(path),
-                   nbytes=path.stat().st_size)
-    replace(store.manifest, shards=(info,)).save(store.path)
-    old = Store.open(store.path)
-    old.verify()
-    probe = [rows.ids[5], "nope", rows.ids[5], rows.ids[-1]]
-    np.testing.assert_array_equal(old.existing_ids(probe), [True, False, True, True])
-    np.testing.assert_array_equal(old.select(ids=probe).row_ids, [5, 2999])
-    with pytest.raises(BadInput, match="already exist"):
-        old.append(make_rows(3, 1))

@@ -255,6 +255,27 @@ def test_format1_stores_are_read_and_appended_to(tmp_path):
                                   list(rows.ids[1495:]) + [f"r2-{i}" for i in range(5)])
 
 
+def test_format1_shards_without_an_id_hash_table_are_scanned(tmp_path):
+    """Shards written before the hash table existed (format 1) are found by reading their ids."""
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
+    rows = make_rows(1500, 1)
+    store.append(rows)
+    write_format1(store, rows)
+    path = shard_path(store, 0)
+    with h5py.File(path, "a") as f:
+        del f["id_hash"], f["id_order"]
+    obj = json.loads((store.path / "manifest.json").read_text())
+    obj["shards"][0].update(sha256=shard_mod.file_sha256(path), nbytes=path.stat().st_size)
+    (store.path / "manifest.json").write_text(json.dumps(obj))
+    old = Store.open(store.path)
+    old.verify()
+    probe = [rows.ids[5], "nope", rows.ids[5], rows.ids[-1]]
+    np.testing.assert_array_equal(old.existing_ids(probe), [True, False, True, True])
+    np.testing.assert_array_equal(old.select(ids=probe).row_ids, [5, 1499])
+    with pytest.raises(BadInput, match="already exist"):
+        old.append(make_rows(3, 1))
+
+
 def test_an_append_opens_only_the_shards_of_hash_hits(tmp_path, monkeypatch):
     store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
     for k in range(40):
@@ -281,3 +302,17 @@ def test_manifests_with_many_labels_and_float_provenance_reload(tmp_path):
     rows.labels = np.arange(300) % 30 - 1  # labels 10 < 2 as strings: key order differs
     store.append(rows)
     assert Store.open(store.path).class_counts() == store.class_counts()
+
+
+def test_a_format2_shard_without_its_id_hash_table_is_corrupt(tmp_path):
+    """Only format-1 shards may lack the table (they are scanned); in format 2 it is damage."""
+    from tipretrieval.demo.synthetic import SplitSizes, make_dataset, write_store
+
+    store = write_store(tmp_path / "s", make_dataset(num_classes=5, dim=32, seed=0),
+                        SplitSizes(train=2, val=1, test=1, query=1))
+    known = store.select().ids[0]
+    shard = sorted((tmp_path / "s" / "shards").glob("*.h5"))[0]
+    with h5py.File(shard, "a") as f:
+        del f["id_hash"]
+    with pytest.raises(CorruptData, match="id hash table"):
+        Store.open(tmp_path / "s").select(ids=[known])

@@ -341,7 +341,9 @@ class ShardReader:
         encoded = keys.encoded
         with self._reading() as f:
             if "id_hash" not in f:
-                return self._scan_ids(encoded)
+                if "ids_end" in f:  # format 2 always writes the table: its absence is damage
+                    raise self._corrupt("has lost its id hash table")
+                return self._scan_ids(encoded)  # format 1 shards from before the table
             rows = np.full(len(encoded), -1, dtype=np.int64)
             stored = f["id_hash"][()]
             self._check_hash_table(f, stored)
