@@ -149,10 +149,10 @@ def test_logits_by_method_equals_each_method_alone():
 
 
 def weighted_dense(x, keys, labels, beta, c):
-    """Balanced cache term in float64: each class's sum times n_bar / n_c (n_bar over classes
-    that have keys), a class without keys 0."""
+    """Balanced cache term in float64: each class's sum times n_bar / n_c (n_bar = keys /
+    classes), a class without keys 0."""
     counts = np.bincount(labels, minlength=c)
-    n_bar = counts.sum() / np.count_nonzero(counts)
+    n_bar = counts.sum() / c
     w = np.where(counts > 0, n_bar / np.maximum(counts, 1), 0.0)
     return dense_logits(x, keys, labels, np.zeros((c, x.shape[1])), 1, beta, c)[1] * w
 
@@ -181,11 +181,14 @@ def test_balanced_weighting_in_exact_retrieval_and_rescoring(beta):
 
 def test_balanced_equals_sum_bit_for_bit_when_classes_are_equal():
     rng = np.random.default_rng(9)
-    x, keys, labels, text = clustered(rng, per=(7, 7))
-    keep = labels != 3  # the empty class stays empty: every class with keys has 7
+    x, keys, labels, text = clustered(rng, per=(7, 7))  # 7 keys a class; class 3 empty
     x = x[:50]
-    a = TipAdapter(keys[keep], labels[keep], 12, text, 1.3, 2.0)
-    b = TipAdapter(keys[keep], labels[keep], 12, text, 1.3, 2.0, weighting="sum")
+    weights = TipAdapter(keys, labels, 12, text).weights  # n_bar = keys / classes = 77 / 12
+    np.testing.assert_allclose(weights[np.arange(12) != 3], 11 / 12, rtol=1e-6)
+    keep = labels != 3  # without the empty class every class has 7 keys: the official sum
+    keys, labels, text = keys[keep], labels[keep] - (labels[keep] > 3), np.delete(text, 3, 0)
+    a = TipAdapter(keys, labels, 11, text, 1.3, 2.0)
+    b = TipAdapter(keys, labels, 11, text, 1.3, 2.0, weighting="sum")
     assert np.all(a.weights == 1.0)
     for mode in ("exact", "retrieval"):
         np.testing.assert_array_equal(a.logits(x, mode=mode, k=5), b.logits(x, mode=mode, k=5))

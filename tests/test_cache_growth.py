@@ -47,7 +47,7 @@ def rebuild(store, cache, path):
 def balanced_dense(x, keys, labels, c, beta):
     """sum_j exp(-beta (1 - x . k_j)) per class, times n_bar / n_c, in float64."""
     counts = np.bincount(labels, minlength=c)
-    w = counts.sum() / np.count_nonzero(counts) / np.maximum(counts, 1)
+    w = counts.sum() / c / np.maximum(counts, 1)
     terms = np.exp(-beta * (1 - x.astype(np.float64) @ keys.astype(np.float64).T))
     return terms @ np.eye(c)[labels] * w
 

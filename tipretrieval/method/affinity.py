@@ -1,8 +1,8 @@
 """The cache term A(x)_c = w_c * sum over class-c keys j of exp(-beta * (1 - x . K_j)).
 
 Class weights w_c (`class_weights`): "sum" is the official formula (w_c = 1); "balanced" (the
-default) is w_c = n_bar / n_c, with n_c the keys of class c and n_bar the mean keys per class
-that has keys, so a class with more keys does not win by count alone. When every class has
+default) is w_c = n_bar / n_c, with n_c the keys of class c and n_bar = keys / classes (the
+mean keys per class), so a class with more keys does not win by count alone. When every class has
 the same number of keys every w_c is exactly 1.0 and "balanced" is the official formula bit for
 bit. A class with no keys has no cache term (0). The weight multiplies the finished class sum.
 
@@ -58,7 +58,7 @@ def class_weights(counts: np.ndarray, weighting: str = "balanced") -> np.ndarray
     weights = np.ones(len(counts), dtype=np.float64)
     present = counts > 0
     if weighting == "balanced" and present.any():
-        weights[present] = (counts.sum() / present.sum()) / counts[present]
+        weights[present] = (counts.sum() / len(counts)) / counts[present]
     return weights.astype(np.float32)
 
 
