@@ -171,18 +171,10 @@ def _write(target: Path, gen: int, state: CacheState, index: Callable[[], KeyInd
         keys = keys.whole()
     keys = Keys(tuple(s if s.file is not None else write_segment(target, gen, i, s)
                       for i, s in enumerate(keys.segments)))
-    if state.text is None:
-        text = None
-    elif base is not None and state.text is base.text:
-        text = base.files.text
-    else:
-        text = write_text(target, gen, state.text)
-    if state.gda is None:
-        gda = None
-    elif base is not None and state.gda is base.gda:
-        gda = base.files.gda
-    else:
-        gda = write_gda(target, gen, state.gda)
+    text = _file_of(state.text, None if base is None else (base.text, base.files.text),
+                    lambda value: write_text(target, gen, value))
+    gda = _file_of(state.gda, None if base is None else (base.gda, base.files.gda),
+                   lambda value: write_gda(target, gen, value))
     if base is not None and base.holds_index_of(keys):
         index_file, covered = base.files.index, base.files.index_segments
     else:
@@ -193,6 +185,17 @@ def _write(target: Path, gen: int, state: CacheState, index: Callable[[], KeyInd
     sha256 = {n: known.get(n) or file_sha256(target / n) for n in names}
     files = Files([s.file for s in keys.segments], text, index_file, covered, sha256, gda)
     return CacheDir(target, gen, files, state.text, state.gda), keys
+
+
+def _file_of(value: Any, saved: tuple[Any, str | None] | None,
+             write: Callable[[Any], str]) -> str | None:
+    """The file holding `value`: none for None, the base generation's file when `value` is the
+    very object it saved (`saved` = (object, file)), else a newly written one."""
+    if value is None:
+        return None
+    if saved is not None and value is saved[0]:
+        return saved[1]
+    return write(value)
 
 
 def _remove_generation(path: Path, generation: int) -> None:
