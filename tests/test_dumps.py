@@ -15,10 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from procs import wait_until_all_open
 
 from tipretrieval.cli import main
 from tipretrieval.store.dump_read import Columns, DumpPart, read_chunks
 from tipretrieval.store.dumps import JOURNAL, DumpOptions, import_dump
+from tipretrieval.store.lock import LOCK_NAME, writer_lock
 from tipretrieval.store.store import Store
 
 CLI = [sys.executable, "-m", "tipretrieval"]
@@ -168,3 +170,29 @@ def test_bad_dumps_exit_2_and_store_nothing(tmp_path):
     res = CliRunner().invoke(main, ["import", str(tmp_path / "dump"), "--store",
                                     str(tmp_path / "s"), "--id-column", "nope"])
     assert res.exit_code == 2 and "no column 'nope'" in res.output
+
+
+def test_two_dump_imports_creating_one_store_both_land(tmp_path):
+    """Both start on a store that does not exist yet (both wait on its writer lock, the lock
+    `import` of a file uses): the first creates it and imports, the second then appends."""
+    x = {n: np.random.default_rng(k).standard_normal((300, DIM)).astype(np.float32)
+         for k, n in enumerate(("a", "b"))}
+    for n, arr in x.items():
+        (tmp_path / n).mkdir()
+        np.save(tmp_path / n / f"{n}.npy", arr)
+    store = tmp_path / "s"
+    with writer_lock(store, 60):  # a third writer holds the lock until both imports wait on it
+        procs = [subprocess.Popen([*CLI, "import", str(tmp_path / n), "--store", str(store),
+                                   "--shard-rows", "100"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for n in x]
+        wait_until_all_open(procs, store / LOCK_NAME)
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    rows = stored(store)
+    expected = [f"{n}.npy:{i}" for n in x for i in range(300)]
+    order = [rows.ids.tolist().index(i) for i in expected]
+    assert sorted(rows.ids.tolist()) == sorted(expected)
+    np.testing.assert_allclose(rows.features[order], unit(np.concatenate(list(x.values()))),
+                               atol=2e-3)
+    assert not (store / ".import.lock").exists()

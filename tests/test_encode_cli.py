@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,10 +12,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from procs import wait_until_all_open
 
 from tipretrieval.cli import main
 from tipretrieval.encode import load_templates, text_classifier
 from tipretrieval.encode.text import TextClassifier
+from tipretrieval.store.lock import LOCK_NAME, writer_lock
 from tipretrieval.store.manifest import MANIFEST_NAME
 from tipretrieval.store.store import Store
 
@@ -104,3 +107,30 @@ def test_extract_resumes_after_kill(model_args, tmp_path):
     assert f"encoded {n - partial}, already stored {partial}" in done.stdout
     ids = Store.open(store).select().ids.astype(str)
     assert len(ids) == n and set(ids) == {f"{i:03d}.png" for i in range(n)}
+
+
+def test_two_extracts_creating_one_store_both_land_each_image_once(model_args, tmp_path):
+    """Both runs start on a store that does not exist yet and race to create it (both wait
+    on the writer lock first); the second opens the first's store, and rows either run stored
+    meanwhile are skipped at append time, so every image is stored exactly once."""
+    n = 40
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+            folder / f"{i:03d}.png")
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "tipretrieval", "extract", str(folder), "--store", str(store),
+           "--chunk", "4", "--batch-size", "4", "--workers", "0", *map(str, model_args)]
+    with writer_lock(store, 120):  # a third writer holds the lock until both runs wait on it
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=os.environ) for _ in range(2)]
+        wait_until_all_open(procs, store / LOCK_NAME)
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    encoded = [int(re.search(r"encoded (\d+), already stored (\d+)", out)[1]) for out, _ in outs]
+    assert sum(encoded) == n
+    ids = Store.open(store).select().ids.astype(str)
+    assert sorted(ids) == [f"{i:03d}.png" for i in range(n)]

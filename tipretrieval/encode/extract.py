@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import BadInput
 from ..rows import Rows
-from ..store.manifest import MANIFEST_NAME
+from ..store.hold import hold
 from ..store.store import Store
 from ..util.atomic import write_json
 from ..util.progress import progress
@@ -106,12 +106,13 @@ def _collate(batch):
 
 
 def open_or_create(path: Path, encoder: Encoder, classes: list[str]) -> Store:
-    """Open the store at `path` (checking its encoder) or create it for this encoder."""
-    if not (path / MANIFEST_NAME).exists():
-        return Store.create(path, dim=encoder.dim, provenance=encoder.provenance, classes=classes)
-    store = Store.open(path)
-    store.provenance.check_compatible(encoder.provenance, "these images' features")
-    return store
+    """Open the store at `path` (checking its encoder) or create it for this encoder; under one
+    hold of the writer lock, so a concurrent extract creating the same store waits, then opens."""
+    with hold(path) as held:
+        if held.store is None:
+            return held.create(dim=encoder.dim, provenance=encoder.provenance, classes=classes)
+    held.store.provenance.check_compatible(encoder.provenance, "these images' features")
+    return held.store
 
 
 def _label_ids(store: Store, source: Source) -> dict[str, int]:
@@ -151,10 +152,15 @@ class ChunkWriter:
             self.flush()
 
     def flush(self) -> None:
+        """Append the buffered rows, less any that a concurrent extract stored since planning
+        (checked and appended under one hold of the writer lock, so each image lands once)."""
         if self.parts:
             rows = Rows.concat(self.parts)
-            self.store.append(rows)
-            self.report.encoded += len(rows)
+            with Store.writing(self.store.path):
+                stored = self.store.refresh().existing_ids(rows.ids)
+                self.store.append(rows.take(np.flatnonzero(~stored)))
+            self.report.encoded += len(rows) - int(stored.sum())
+            self.report.already_stored += int(stored.sum())
             self.parts = []
         if self.report_path is not None:
             self.report.save(self.report_path)

@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 
-from ..errors import BadInput, TipError
+from ..errors import BadInput
 from ..provenance import Provenance
 from ..rows import Rows
 from ..util.atomic import write_json
 from ..util.progress import progress
 from .dump_read import Chunk, Columns, DumpPart, find_parts, part_rows, read_chunks
-from .manifest import MANIFEST_NAME
+from .hold import Hold, hold
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -79,65 +77,54 @@ def import_dump(source: str | Path, store_path: str | Path,
     store_path = Path(store_path)
     parts = find_parts(source)
     sizes = {_key(p): part_rows(p, opts.columns) for p in parts}
-    created = not (store_path / MANIFEST_NAME).exists()
-    made_dir = not store_path.exists()
-    store = _open_or_create(store_path, parts[0], opts)
-    try:
-        return _import(parts, sizes, store, opts, str(source))
-    except TipError:
-        if created and not len(store.refresh()):  # nothing imported: leave no empty store
-            _remove_new_store(store_path, made_dir)
-        raise
-
-
-def _remove_new_store(path: Path, made_dir: bool) -> None:
-    """Undo a store this import created (its directory was new or empty before)."""
-    if made_dir:
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    for child in path.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    with hold(store_path) as held:
+        store = _open_or_create(held, parts[0], opts)
+        try:
+            return _import(parts, sizes, store, opts, str(source))
+        except BaseException:
+            if held.created and not len(store.refresh()):  # `hold` removes the empty store
+                (store_path / JOURNAL).unlink(missing_ok=True)
+            raise
 
 
 def _import(parts: list[DumpPart], sizes: dict[str, int], store: Store, opts: DumpOptions,
             source: str) -> DumpResult:
-    """The import loop, under the store's import lock (one import at a time)."""
+    """The import loop, under the hold of the store's writer lock (one writer at a time)."""
     store_path = store.path
-    with FileLock(str(store_path / ".import.lock")):
-        journal = _journal(store_path)
-        done = journal["parts"]
-        for part in parts:
-            record = done.get(_key(part))
-            if record and record["size"] != part.features.stat().st_size:
-                raise BadInput(f"{part.features} changed since it was imported: restore it "
-                               "or import it into a new store")
-        todo = [p for p in parts if not done.get(_key(p), {}).get("done")]
-        left = sum(sizes[_key(p)] - done.get(_key(p), {}).get("rows", 0) for p in todo)
-        appended = 0
-        with progress(left, "import", disable=not opts.progress) as bar:
-            for part in todo:
-                key = _key(part)
-                record = done.setdefault(key, {"rows": 0, "done": False,
-                                               "size": part.features.stat().st_size})
-                first = True
-                for chunk in read_chunks(part, opts.columns, opts.shard_rows, record["rows"]):
-                    store, n = _append(store, part, chunk, opts, check_existing=first)
-                    first = False
-                    appended += n
-                    record["rows"] = chunk.start + len(chunk.features)
-                    write_json(store_path / JOURNAL, journal)
-                    bar.update(len(chunk.features))
-                record["done"] = True
+    journal = _journal(store_path)
+    done = journal["parts"]
+    for part in parts:
+        record = done.get(_key(part))
+        if record and record["size"] != part.features.stat().st_size:
+            raise BadInput(f"{part.features} changed since it was imported: restore it "
+                           "or import it into a new store")
+    todo = [p for p in parts if not done.get(_key(p), {}).get("done")]
+    left = sum(sizes[_key(p)] - done.get(_key(p), {}).get("rows", 0) for p in todo)
+    appended = 0
+    with progress(left, "import", disable=not opts.progress) as bar:
+        for part in todo:
+            key = _key(part)
+            record = done.setdefault(key, {"rows": 0, "done": False,
+                                           "size": part.features.stat().st_size})
+            first = True
+            for chunk in read_chunks(part, opts.columns, opts.shard_rows, record["rows"]):
+                store, n = _append(store, part, chunk, opts, check_existing=first)
+                first = False
+                appended += n
+                record["rows"] = chunk.start + len(chunk.features)
                 write_json(store_path / JOURNAL, journal)
+                bar.update(len(chunk.features))
+            record["done"] = True
+            write_json(store_path / JOURNAL, journal)
     log.info("imported %d rows from %d parts of %s into %s (%d parts already done)",
              appended, len(todo), source, store_path, len(parts) - len(todo))
     return DumpResult(store.refresh(), appended, len(todo), len(parts) - len(todo))
 
 
-def _open_or_create(path: Path, part: DumpPart, opts: DumpOptions) -> Store:
-    """The store at `path`, or a new one with the dump's dimension."""
-    if (path / MANIFEST_NAME).exists():
-        store = Store.open(path)
+def _open_or_create(held: Hold, part: DumpPart, opts: DumpOptions) -> Store:
+    """The held store, or a new one with the dump's dimension."""
+    path, store = held.path, held.store
+    if store is not None:
         if opts.dtype is not None and opts.dtype != store.dtype:
             raise BadInput(f"store {path} keeps {store.dtype} on disk: drop --dtype "
                            f"{opts.dtype} or import into a new store")
@@ -146,10 +133,10 @@ def _open_or_create(path: Path, part: DumpPart, opts: DumpOptions) -> Store:
     if first is None:
         raise BadInput(f"{part.features} has no rows: remove it from the dump")
     dim = first.features.shape[1]
-    return Store.create(path, dim=dim, dtype=opts.dtype or "float16",
-                        classes=opts.classes or (), provenance=Provenance(
-                            opts.encoder or "external", opts.weights or "unknown", dim,
-                            preprocess={"imported_from": part.name}))
+    return held.create(dim=dim, dtype=opts.dtype or "float16",
+                       classes=opts.classes or (), provenance=Provenance(
+                           opts.encoder or "external", opts.weights or "unknown", dim,
+                           preprocess={"imported_from": part.name}))
 
 
 def _append(store: Store, part: DumpPart, chunk: Chunk, opts: DumpOptions,

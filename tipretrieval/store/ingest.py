@@ -14,8 +14,8 @@ import numpy as np
 from ..errors import BadInput
 from ..provenance import Provenance
 from ..rows import Rows
-from .manifest import MANIFEST_NAME
-from .store import Store, check_can_create
+from .hold import hold
+from .store import Store
 from .validate import DuplicateIds, check_finite, check_normalised
 
 log = logging.getLogger(__name__)
@@ -303,29 +303,21 @@ def import_features(source: Path | str, store_path: Path | str,
     opts = opts or ImportOptions()
     source, store_path = Path(source), Path(store_path)
     found = read_source(source, opts.keys)
-    if not (store_path / MANIFEST_NAME).exists():
-        check_can_create(store_path)  # refuse a non-empty folder before making a lock in it
-    made_dir = not store_path.exists()
-    with Store.writing(store_path):
-        exists = (store_path / MANIFEST_NAME).exists()
-        store = Store.open(store_path) if exists else None
+    with hold(store_path) as held:
         try:
-            rows, provenance, vocabulary = _prepare(found, opts, store, source)
-            if store is None:
-                store = Store.create(store_path, dim=rows.features.shape[1],
-                                     dtype=opts.dtype or "float16",
-                                     provenance=provenance or _external(rows, source))
+            rows, provenance, vocabulary = _prepare(found, opts, held.store, source)
+            store = held.store or held.create(dim=rows.features.shape[1],
+                                              dtype=opts.dtype or "float16",
+                                              provenance=provenance or _external(rows, source))
             row_ids = store.append(rows, provenance=provenance, classes=vocabulary)
-        except BaseException as exc:
-            if not exists:
-                Store.discard(store_path, made_dir)
-            if isinstance(exc, DuplicateIds) and opts.ids is None and "ids" not in found:
+        except DuplicateIds as exc:
+            if opts.ids is None and "ids" not in found:
                 raise DuplicateIds(f"{exc} (ids default to '{source.name}:ROW'; a source with "
                                    "the same file name was imported before: give ids with "
                                    "--ids FILE or an 'ids' array)") from exc
             raise
     log.info("imported %d rows from %s into %s", len(row_ids), source, store_path)
-    return ImportResult(store=store, row_ids=row_ids, created=not exists)
+    return ImportResult(store=store, row_ids=row_ids, created=held.created)
 
 
 def _external(rows: Rows, source: Path) -> Provenance:
