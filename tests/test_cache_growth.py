@@ -123,6 +123,7 @@ def test_stale_tuning_and_retune(store, data, tmp_path, caplog):
     assert cache.stale_tuning() is None and cache.info.tune_source["split"] == "val"
     cache.add_shots(odd_extra(store, cache), store=store)
     assert "tuned for an earlier generation" in cache.stale_tuning()
+    assert cache.stale_tuning().endswith("tune again with `Cache.retune()`")
     with caplog.at_level(logging.WARNING):
         cache.save(tmp_path / "stale")
         classify_store(tmp_path / "stale", store.path, tmp_path / "p",

@@ -209,7 +209,7 @@ def test_same_basename_without_ids_names_the_fix(tmp_path):
     np.save(tmp_path / "b" / "f.npy", unit(3, 1))
     assert cli("import", tmp_path / "a" / "f.npy", "--store", tmp_path / "s").exit_code == 0
     line = error_line(cli("import", tmp_path / "b" / "f.npy", "--store", tmp_path / "s"), 2)
-    assert "ids default to 'f.npy:ROW'" in line and "--ids FILE" in line
+    assert "ids default to 'f.npy:ROW'" in line and "give ids with --ids or an 'ids' array" in line
 
 
 def test_float64_beyond_float32_is_normalised_without_warnings(tmp_path):

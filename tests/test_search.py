@@ -85,7 +85,7 @@ def test_appends_extend_the_index_with_new_rows_only(store, tmp_path):
 
 
 def test_split_index_and_missing_index(store):
-    with pytest.raises(BadInput, match="tipretrieval index"):
+    with pytest.raises(BadInput, match=r"`StoreIndex.ensure\(\)`"):
         search(store.path, Query(row="0"), k=3)
     StoreIndex.ensure(store, split="query", show_progress=False)
     hits = search(store.path, Query(row="0"), k=4, split="query")

@@ -70,7 +70,7 @@ def test_a_flipped_bit_in_any_column_is_corrupt_data_on_read(store, dataset):
     with pytest.raises(CorruptData) as exc:
         store.select(with_views=True)
     text = one_line(exc)
-    assert f"shard {path.name} cannot be read" in text and "info STORE --verify" in text
+    assert f"shard {path.name} cannot be read" in text and "`Store.verify()`" in text
     assert "Fletcher32" in text or "checksum" in text.lower()
     if dataset != "views":  # read_range reads no views
         with pytest.raises(CorruptData, match=path.name):

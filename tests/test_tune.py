@@ -129,7 +129,7 @@ def test_edge_warnings_name_the_scale_to_widen():
                           res.grid, (7.0, 3.0))
     assert top.edge_warnings() == [f"alpha {res.alphas[-1]:.4g} is the top of its grid: the "
                                    "best may lie above it; widen the alpha scale, e.g. "
-                                   "--scale 7 6"]
+                                   "`scale=` 7 6"]
     low = tune.TuneResult(res.alphas[2], res.betas[0], 50.0, 90, res.betas, res.alphas,
                           res.grid)
     assert len(low.edge_warnings()) == 1 and low.edge_warnings()[0].startswith(

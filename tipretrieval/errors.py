@@ -1,7 +1,8 @@
 """Errors with one-line messages that name the problem and, in `hint`, the fix.
 
-A hint names API parameters as `name=` (in backticks); the CLI prints the same hint with each
-such parameter replaced by its command-line option. `str(error)` is "problem: hint".
+A hint names API parameters as `name=` (in backticks; `owner.name=` where `name=` alone is
+ambiguous) and API calls as `Type.method()`; the CLI prints the same hint with each replaced by
+its command-line option or command. `str(error)` is "problem: hint".
 """
 
 from __future__ import annotations

@@ -282,7 +282,7 @@ class Cache:
         last = self.info.tune_source or {}
         if store is None and "store" not in last:
             raise BadInput("this cache was never tuned on a store, so its validation rows are "
-                           "unknown", "give them: --val STORE [--val-split S]")
+                           "unknown", "give them: `retune.store=` [`retune.split=`]")
         store = store if store is not None else Store.open(last["store"])
         split = split or last.get("split", "val")
         record = next((r for r in reversed(self.info.history) if r.get("job") == "tune"), {})

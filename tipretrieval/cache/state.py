@@ -66,10 +66,10 @@ class CacheInfo:
                                f"{getattr(hint, '__name__', hint)}")
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise BadInput(f"alpha must be a finite number >= 0, got {self.alpha}",
-                           "give `alpha=` >= 0")
+                           "tune the cache again or set alpha >= 0")
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise BadInput(f"beta must be a finite number > 0, got {self.beta}",
-                           "give `beta=` > 0")
+                           "tune the cache again or set beta > 0")
         if self.method not in ("tip", "tip-f"):
             raise BadInput(f"cache method {self.method!r} is not tip or tip-f")
         if self.weighting not in WEIGHTINGS:
@@ -81,8 +81,7 @@ class CacheInfo:
             return None
         changes = self.key_version - self.tuned_version
         return (f"alpha/beta were tuned for an earlier generation of this cache's shots "
-                f"({changes} add/remove-shots since): rerun `tipretrieval tune` or "
-                f"`add-shots --retune`")
+                f"({changes} add/remove-shots since): tune again with `Cache.retune()`")
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

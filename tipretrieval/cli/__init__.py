@@ -23,7 +23,15 @@ from . import (
     search_cmds,
     store_cmds,
 )
-from .options import cli_message
+from .options import cli_message, cli_text
+
+
+class _CliText(logging.Filter):
+    """Shows the API parameters a library log message names as options (`cli_text`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = cli_text(record.getMessage()), ()
+        return True
 
 
 class _Group(click.Group):
@@ -42,10 +50,12 @@ class _Group(click.Group):
 @click.version_option(package_name="tipretrieval")
 def main(verbose: bool) -> None:
     """Tip-Adapter CLIP few-shot classification over an HDF5 feature store and FAISS caches."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_CliText())
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[handler],
     )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-variant probing noise
 

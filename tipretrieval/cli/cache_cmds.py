@@ -13,7 +13,7 @@ from ..errors import BadInput
 from ..jobs.evaluate import EVAL_METHODS
 from ..method.affinity import WEIGHTINGS
 from ..provenance import Provenance
-from .options import id_list, model_options, overwrite_option, wants_encoder
+from .options import cli_text, id_list, model_options, overwrite_option, wants_encoder
 
 if TYPE_CHECKING:
     from ..cache.cache import Cache
@@ -59,9 +59,9 @@ def _encoder(provenance: Provenance, model: str | None, pretrained: str | None,
 
 
 def _warn(message: str | None) -> None:
-    """One line on stderr, when there is something to say."""
+    """One line on stderr, when there is something to say (API names shown as options)."""
     if message:
-        click.echo(f"warning: {message}", err=True)
+        click.echo(f"warning: {cli_text(message)}", err=True)
 
 
 def _report_tune(cache, result) -> None:

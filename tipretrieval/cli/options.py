@@ -16,13 +16,42 @@ import click
 
 from ..errors import BadInput, TipError
 
-_PARAM = re.compile(r"`([a-z_]+)=`")
-_OPTION = {"keys": "key"}  # API parameters whose option is not their dashed name
+_PARAM = re.compile(r"`([a-z_]+(?:\.[a-z_]+)?)=`")
+# API parameters whose option is not their dashed name; `owner.name=` names the parameter
+# `name` of `owner` (a method or an options field) where `name=` alone would be ambiguous.
+_OPTION = {
+    "keys": "key",
+    "row": "id",
+    "spec": "index",
+    "columns.features": "embedding-column",
+    "columns.ids": "id-column",
+    "columns.labels": "label-column",
+    "columns.sources": "path-column",
+    "retune.store": "val",
+    "retune.split": "val-split",
+}
+# API calls a hint names (in backticks) and the command that does the same
+_COMMAND = {
+    "`Store.verify()`": "`tipretrieval info STORE --verify`",
+    "`StoreIndex.ensure()`": "`tipretrieval index STORE`",
+    "`Cache.retune()`": "`tipretrieval tune` or `add-shots --retune`",
+}
+
+
+def cli_text(text: str) -> str:
+    """`text` as the CLI prints it: each API parameter (`name=`) becomes its --option and
+    each API call it names (`Store.verify()`) the command that does the same."""
+    def option(m: re.Match) -> str:
+        name = _OPTION.get(m[1], m[1].rpartition(".")[2])
+        return "--" + name.replace("_", "-")
+    for call, command in _COMMAND.items():
+        text = text.replace(call, command)
+    return _PARAM.sub(option, text)
 
 
 def cli_message(exc: TipError) -> str:
     """The one line the CLI prints for `exc`: API parameters (`name=`) become --options."""
-    return _PARAM.sub(lambda m: "--" + _OPTION.get(m[1], m[1]).replace("_", "-"), str(exc))
+    return cli_text(str(exc))
 
 
 def model_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -66,11 +66,11 @@ class TuneResult:
                 wider = list(self.scale)
                 wider[i] *= 2
                 lines.append(f"{name} {value:.4g} is the top of its grid: the best may lie "
-                             f"above it; widen the {name} scale, e.g. --scale "
+                             f"above it; widen the {name} scale, e.g. `scale=` "
                              f"{wider[0]:g} {wider[1]:g}")
             elif value == values[0]:
                 lines.append(f"{name} {value:.4g} is the bottom of its grid: the best may lie "
-                             f"below it, which the official grid (it starts at 0.1; --scale "
+                             f"below it, which the official grid (it starts at 0.1; `scale=` "
                              f"moves only its top) cannot search")
         return lines
 

@@ -149,7 +149,7 @@ def _npz_member(z: zipfile.ZipFile, columns: Columns, part: DumpPart) -> str:
         if want in names:
             return f"{want}.npy"
     raise BadInput(f"{part.features} has no {columns.features!r} or 'features' array (it has "
-                   f"{sorted(names)}): name it with --embedding-column")
+                   f"{sorted(names)})", "name it with `columns.features=`")
 
 
 def _npy_header(f, part: DumpPart) -> tuple[tuple[int, ...], np.dtype]:
@@ -224,9 +224,9 @@ def _parquet_chunks(path: Path, columns: Columns, rows: int, start: int,
         wanted["features"] = columns.features
     missing = sorted(c for c in wanted.values() if c is not None and c not in have)
     if missing:
-        raise BadInput(f"{path} has no column {missing[0]!r} (it has {sorted(have)}): name "
-                       "the right one with --embedding-column/--id-column/--label-column/"
-                       "--path-column")
+        raise BadInput(f"{path} has no column {missing[0]!r} (it has {sorted(have)})",
+                       "name the right one with `columns.features=`, `columns.ids=`, "
+                       "`columns.labels=` or `columns.sources=`")
     names = [c for c in wanted.values() if c is not None]
     at = 0
     for table in _rebatch(file.iter_batches(batch_size=min(rows, 65_536), columns=names),

@@ -73,7 +73,7 @@ def import_dump(source: str | Path, store_path: str | Path,
     """Import every part of the dump `source` into the store (created if missing), resuming."""
     opts = opts or DumpOptions()
     if opts.shard_rows < 1:
-        raise BadInput(f"--shard-rows is {opts.shard_rows}: give a positive row count")
+        raise BadInput(f"`shard_rows=` is {opts.shard_rows}", "give a positive row count")
     store_path = Path(store_path)
     parts = find_parts(source)
     sizes = {_key(p): part_rows(p, opts.columns) for p in parts}
@@ -126,8 +126,8 @@ def _open_or_create(held: Hold, part: DumpPart, opts: DumpOptions) -> Store:
     path, store = held.path, held.store
     if store is not None:
         if opts.dtype is not None and opts.dtype != store.dtype:
-            raise BadInput(f"store {path} keeps {store.dtype} on disk: drop --dtype "
-                           f"{opts.dtype} or import into a new store")
+            raise BadInput(f"store {path} keeps {store.dtype} on disk",
+                           f"drop `dtype=` {opts.dtype} or import into a new store")
         return store
     first = next(read_chunks(part, opts.columns, 1), None)
     if first is None:

@@ -79,7 +79,7 @@ def _read_h5(path: Path, names: set[str]) -> dict[str, Any]:
             ds = f[key]
             if not isinstance(ds, h5py.Dataset):
                 raise BadInput(f"{key!r} in {path} is an HDF5 {type(ds).__name__.lower()}, not "
-                               f"an array: point --key {key}=NAME at a dataset")
+                               f"an array", f"name a dataset for {key!r} with `keys=`")
             out[key] = ds[()]
         return out
 
@@ -153,8 +153,8 @@ def read_source(path: Path | str, keys: dict[str, str] | None = None) -> dict[st
                 raise BadInput(f"{name} in {path} are bytes that are not UTF-8 ({exc.reason} "
                                f"at byte {exc.start}): store them as UTF-8 text") from exc
     if "features" not in found and "views" not in found:
-        raise BadInput(f"{path} has no {keys['features']!r} array (it has {sorted(raw)}): "
-                       "name the features array with --key features=NAME")
+        raise BadInput(f"{path} has no {keys['features']!r} array (it has {sorted(raw)})",
+                       "name the features array with `keys=` features=NAME")
     return found
 
 
@@ -233,7 +233,7 @@ def _labels(values: Any, vocabulary: list[str]) -> np.ndarray:
     unknown = sorted(set(names[~known].tolist()))
     if unknown:
         raise BadInput(f"{len(unknown)} label names are not classes of the store (e.g. "
-                       f"{unknown[0]!r}): add them to the class list given with --classes")
+                       f"{unknown[0]!r})", "add them to the class list given as `classes=`")
     return np.array([index[n] for n in names.tolist()], dtype=np.int64)
 
 
@@ -313,8 +313,8 @@ def import_features(source: Path | str, store_path: Path | str,
         except DuplicateIds as exc:
             if opts.ids is None and "ids" not in found:
                 raise DuplicateIds(f"{exc} (ids default to '{source.name}:ROW'; a source with "
-                                   "the same file name was imported before: give ids with "
-                                   "--ids FILE or an 'ids' array)") from exc
+                                   "the same file name was imported before)",
+                                   "give ids with `ids=` or an 'ids' array") from exc
             raise
     log.info("imported %d rows from %s into %s", len(row_ids), source, store_path)
     return ImportResult(store=store, row_ids=row_ids, created=held.created)
@@ -335,6 +335,6 @@ def _prepare(found: dict[str, Any], opts: ImportOptions, store: Store | None,
                              new_store=store is None)
     rows = build_rows(found, opts, vocabulary, source.name)
     if store is not None and opts.dtype is not None and opts.dtype != store.dtype:
-        raise BadInput(f"store {store.path} keeps {store.dtype} on disk: drop --dtype "
-                       f"{opts.dtype} or import into a new store")
+        raise BadInput(f"store {store.path} keeps {store.dtype} on disk",
+                       f"drop `dtype=` {opts.dtype} or import into a new store")
     return rows, _provenance(found, opts, rows.features.shape[1], source), vocabulary

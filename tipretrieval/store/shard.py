@@ -218,10 +218,8 @@ class ShardReader:
             raise
 
     def _corrupt(self, problem: str) -> CorruptData:
-        return CorruptData(
-            f"shard {self.info.name} {problem}: run `tipretrieval info STORE --verify` and "
-            f"{RESTORE}"
-        )
+        return CorruptData(f"shard {self.info.name} {problem}",
+                           f"check every shard with `Store.verify()` and {RESTORE}")
 
     def _check_shapes(self, f: h5py.File, dim: int | None) -> None:
         n = self.info.rows

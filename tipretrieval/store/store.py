@@ -46,8 +46,8 @@ def write_error(exc: OSError, path: Path) -> TipError:
     (exit 2) for permissions, TipError (exit 1) for a full disk and other I/O errors."""
     text = " ".join(str(exc).split())
     if exc.errno in _DENIED or "ermission denied" in text:
-        return BadInput(f"cannot write to store {path} ({text}): check its permissions or "
-                        "choose another --store; nothing was stored")
+        return BadInput(f"cannot write to store {path} ({text}); nothing was stored",
+                        "check its permissions or write to another store")
     if exc.errno in _FULL or "No space left" in text:
         return TipError(f"disk full while writing store {path} ({text}): free space and rerun; "
                         "nothing was stored")

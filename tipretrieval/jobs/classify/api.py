@@ -36,7 +36,8 @@ def classify_store(cache_path: str | Path, store_path: str | Path, out: str | Pa
     if cache.text is None and options.method in ("zero-shot", "tip"):
         raise BadInput(f"cache {cache_path} has no text classifier, so method "
                        f"'{options.method}' has nothing to score",
-                       "use --method cache or gda, or rebuild the cache with --text/--templates")
+                       "use `method=` cache or gda, or rebuild the cache with `text=` or "
+                       "`templates=`")
     if cache.stale_tuning():
         log.warning("%s", cache.stale_tuning())
     store = Store.open(store_path)

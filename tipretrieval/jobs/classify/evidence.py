@@ -30,19 +30,20 @@ class KeyIds:
         where = cache.info.store_path
         if not where or not (Path(where) / "manifest.json").exists():
             raise BadInput(f"evidence names each key by its id in the cache's store, but the "
-                           f"store {where or '(none recorded)'} is not there: make it readable "
-                           f"at that path or drop --evidence")
+                           f"store {where or '(none recorded)'} is not there",
+                           "make it readable at that path or give `evidence=` 0")
         store = Store.open(where)
         if store.store_id != cache.store_id:
             raise BadInput(f"{where} is not the store cache keys came from (store id "
-                           f"{store.store_id}, cache built from {cache.store_id}): drop --evidence")
+                           f"{store.store_id}, cache built from {cache.store_id})",
+                           "give `evidence=` 0")
         rows = store.select(row_ids=cache.row_ids, columns=EVIDENCE_COLUMNS,
                             features_dtype=None)
         order = np.argsort(rows.row_ids, kind="stable")
         found = cls(rows.row_ids[order].astype(np.int64), rows.ids[order])
         if len(found.row_ids) != len(np.unique(cache.row_ids)):
-            raise BadInput(f"store {where} lacks some cache keys' rows: drop --evidence or "
-                           f"rebuild the cache from this store")
+            raise BadInput(f"store {where} lacks some cache keys' rows",
+                           "give `evidence=` 0 or rebuild the cache from this store")
         return found
 
     def lookup(self, row_ids: np.ndarray) -> np.ndarray:

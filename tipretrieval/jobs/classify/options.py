@@ -30,12 +30,12 @@ class ClassifyOptions:
             raise BadInput(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
         for name in ("top_k", "k", "batch_size"):
             if getattr(self, name) < 1:
-                raise BadInput(f"{name.replace('_', '-')} must be at least 1")
+                raise BadInput(f"`{name}=` is {getattr(self, name)}", "give 1 or more")
         if self.evidence < 0:
             raise BadInput(f"evidence is {self.evidence}: give 0 (none) or more keys per row")
         if self.evidence and self.method == "zero-shot":
-            raise BadInput("zero-shot uses no cache keys, so there is no evidence: drop "
-                           "--evidence or use method tip or cache")
+            raise BadInput("zero-shot uses no cache keys, so there is no evidence",
+                           "give `evidence=` 0 or use `method=` tip or cache")
         writer_for(self.fmt)
 
 

@@ -70,8 +70,8 @@ def choose_index(n: int, dim: int, budget: str = DEFAULT_BUDGET) -> str:
             y = (min(dim // pq, 6) + 1) * pq
             coarse = f"IVF{clusters}" if clusters < 1000 else f"IVF{clusters}_HNSW32"
             return f"OPQ{pq}_{y},{coarse},PQ{pq}x8"
-    raise BadInput(f"no index holds {n} x {dim} vectors in {budget}: raise --memory or give "
-                   f"--index explicitly")
+    raise BadInput(f"no index holds {n} x {dim} vectors in {budget}",
+                   "raise `memory=` or give `spec=` explicitly")
 
 
 def train_size(spec: str, n: int) -> int:

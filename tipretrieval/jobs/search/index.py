@@ -62,9 +62,10 @@ def require(store_path: Path | str, split: str | None) -> Path:
     """The index directory of `split`; BadInput naming `tipretrieval index` when none exists."""
     path = index_dir(store_path, split)
     if not (path / META).exists():
-        option = "" if split is None else f" --split {split}"
-        raise BadInput(f"store {store_path} has no search index{option.replace(' --', ' for ')}"
-                       f": run `tipretrieval index {store_path}{option}` first")
+        which, option = ("", "") if split is None else (f" for split {split}",
+                                                        f" with `split=` {split}")
+        raise BadInput(f"store {store_path} has no search index{which}",
+                       f"build it first: `StoreIndex.ensure()`{option}")
     return path
 
 
@@ -87,8 +88,8 @@ class StoreIndex:
             with np.load(path / f"rows-{info.number}.npz") as z:
                 labels, codes = z["labels"], z["splits"]
         except (OSError, ValueError, TypeError, KeyError) as err:
-            raise CorruptData(f"search index {path} is damaged ({err}): run `tipretrieval "
-                              f"index {store_path} --rebuild`") from err
+            raise CorruptData(f"search index {path} is damaged ({err})",
+                              "rebuild it: `StoreIndex.ensure()` with `rebuild=`") from err
         if info.format > FORMAT:
             raise BadInput(f"search index {path} has format {info.format}, newer than this "
                            f"tipretrieval ({FORMAT}): upgrade tipretrieval")
@@ -131,8 +132,8 @@ class StoreIndex:
         n = len(store) if split is None else store.split_counts().get(split, 0)
         if n == 0:
             where = "" if split is None else f" in split {split}"
-            raise BadInput(f"store {store.path} has no rows{where}: import rows first or "
-                           "choose another --split")
+            raise BadInput(f"store {store.path} has no rows{where}",
+                           "import rows first or choose another `split=`")
         if spec == "auto":
             spec = choose_index(n, store.dim, memory)
         try:

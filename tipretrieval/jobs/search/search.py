@@ -29,7 +29,7 @@ class Query:
 
     def __post_init__(self) -> None:
         if sum(v is not None for v in (self.text, self.image, self.row)) != 1:
-            raise BadInput("give exactly one query: --text, --image or --id")
+            raise BadInput("give exactly one query", "`text=`, `image=` or `row=`")
 
     def vector(self, store: Store, *, model: str | None = None, pretrained: str | None = None,
                checkpoint: Path | str | None = None, device: str | None = "auto") -> np.ndarray:
@@ -107,7 +107,8 @@ class Hits:
         elif path.suffix == ".json":
             path.write_text(json.dumps(self.records(), indent=1))
         else:
-            raise BadInput(f"--out {path}: name a .parquet or .json file")
+            raise BadInput(f"cannot write search hits to {path}",
+                           "name a .parquet or .json file")
 
 
 def search(store_path: Path | str, query: Query, *, k: int = 10, split: str | None = None,
@@ -120,7 +121,7 @@ def search(store_path: Path | str, query: Query, *, k: int = 10, split: str | No
     built, else of all rows), first adding any rows appended since it was saved.
     """
     if k < 1:
-        raise BadInput(f"-k is {k}: ask for at least one result")
+        raise BadInput(f"asked for {k} results", "ask for at least one")
     store = Store.open(store_path)
     label_index = None
     if label is not None:
