@@ -156,7 +156,7 @@ def test_a_full_disk_while_replacing_the_manifest_leaves_the_store_as_it_was(tmp
                                                                            monkeypatch):
     assert cli("import", npz(tmp_path / "b.npz"), "--store", tmp_path / "s").exit_code == 0
     before = tree(tmp_path / "s")
-    monkeypatch.setattr("tipretrieval.store.manifest.atomic_path", _full)
+    monkeypatch.setattr("tipretrieval.util.jsonfile.write_text", _full)
     error_line(cli("import", npz(tmp_path / "c.npz"), "--store", tmp_path / "s"), 1)
     assert tree(tmp_path / "s") == before
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
-from tipretrieval.errors import BadInput, CorruptData, TipError
+from tipretrieval.errors import BadInput, CorruptData, NewerFormat, TipError
 from tipretrieval.provenance import Provenance
 from tipretrieval.rows import Rows
 from tipretrieval.store.shard import as_float32
@@ -227,7 +227,7 @@ def test_not_a_store_and_newer_format(tmp_path, store):
     obj = json.loads(manifest.read_text())
     obj["format_version"] = 99
     manifest.write_text(json.dumps(obj))
-    with pytest.raises(BadInput, match="format version 99, newer than"):
+    with pytest.raises(NewerFormat, match="store manifest v99; this one reads up to v2"):
         Store.open(store.path)
     with pytest.raises(BadInput, match="already a store"):
         Store.create(store.path, dim=DIM, provenance=PROV)

@@ -101,7 +101,7 @@ def test_a_failure_at_any_step_leaves_a_readable_store(tmp_path, monkeypatch):
             if step == "write_shard":
                 m.setattr(compact_mod, "write_shard", _boom)
             elif step == "save":
-                m.setattr("tipretrieval.store.manifest.atomic_path", _boom)
+                m.setattr("tipretrieval.util.jsonfile.write_text", _boom)
             else:
                 m.setattr("tipretrieval.store.store.remove_replaced", _killed)
             if step == "unlink":  # killed after the new manifest: old files wait for a write

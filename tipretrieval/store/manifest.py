@@ -3,12 +3,12 @@
 Format 2 adds a sha256 of the manifest's own content (a hand-edited or damaged manifest is
 refused), a store-level id index (`id_index`) and format 2 shards (see `shard`). Every manifest
 is checked on load: shard row ranges tile the row ids, counts add up, dim and classes are sane.
-Format 1 stores are read and appended to (the append writes format 2); newer ones are refused.
+Format 1 stores are read and appended to (the append writes format 2); newer ones are refused
+(`FORMAT`, the version policy of `util.jsonfile`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import uuid
@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInput, CorruptData, NewerFormat
+from ..errors import BadInput, CorruptData
 from ..provenance import Provenance
-from ..util.atomic import atomic_path
+from ..util.jsonfile import DocumentFormat
 
 FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
+_FIX = "restore it from a backup (a manifest must never be edited)"
 DTYPES = ("float16", "float32")
 SHARD_NAME = re.compile(r"\d{12}-[0-9a-f]+\.h5")
 
@@ -79,11 +80,16 @@ class IdIndexInfo:
         return cls(name=str(obj["name"]), rows=int(obj["rows"]), sha256=str(obj["sha256"]))
 
 
-def _digest(obj: dict[str, Any]) -> str:
-    """sha256 of the manifest's content (JSON data with string keys only) but its checksum."""
-    body = {k: v for k, v in obj.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
-                                     ensure_ascii=False).encode()).hexdigest()
+def _one_shard_a_line(doc: dict[str, Any]) -> str:
+    """The manifest as text, one shard a line: readable, and encoded by json's C encoder (an
+    indented dump is pure Python, which made appends to stores of many shards slow)."""
+    head = {k: v for k, v in doc.items() if k != "shards"}
+    lines = ",\n  ".join(json.dumps(s, ensure_ascii=False) for s in doc["shards"])
+    return f'{json.dumps(head, ensure_ascii=False)[:-1]}, "shards": [\n  {lines}\n]}}\n'
+
+
+FORMAT = DocumentFormat("store manifest", FORMAT_VERSION, version_key="format_version",
+                        sealed_from=2, dump=_one_shard_a_line)
 
 
 @dataclass(frozen=True)
@@ -127,8 +133,8 @@ class Manifest:
         return replace(self, generation=self.generation + 1, classes=classes)
 
     def to_json(self) -> dict[str, Any]:
+        """The manifest's keys but its format version (`FORMAT` stamps it)."""
         return {
-            "format_version": self.format_version,
             "store_id": self.store_id,
             "generation": self.generation,
             "dim": self.dim,
@@ -141,10 +147,10 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> Manifest:
+    def from_json(cls, obj: dict[str, Any], format_version: int) -> Manifest:
         index = obj.get("id_index")
         return cls(
-            format_version=int(obj["format_version"]), store_id=str(obj["store_id"]),
+            format_version=format_version, store_id=str(obj["store_id"]),
             generation=int(obj["generation"]), dim=int(obj["dim"]), dtype=str(obj["dtype"]),
             provenance=Provenance.from_json(obj["provenance"]),
             classes=tuple(str(c) for c in obj["classes"]), next_row_id=int(obj["next_row_id"]),
@@ -182,42 +188,20 @@ class Manifest:
         return None
 
     def save(self, store_dir: Path) -> None:
-        """Atomically replace the store's manifest with this one (with its checksum). One
-        shard a line: readable, and encoded by json's C encoder (an indented dump is pure
-        Python, which made appends to stores of many shards slow)."""
-        obj = self.to_json()
-        obj["checksum"] = _digest(obj)
-        shards = obj.pop("shards")
-        head = json.dumps(obj, ensure_ascii=False)[:-1]
-        lines = ",\n  ".join(json.dumps(s, ensure_ascii=False) for s in shards)
-        text = f'{head}, "shards": [\n  {lines}\n]}}\n'
-        with atomic_path(store_dir / MANIFEST_NAME) as tmp:
-            tmp.write_text(text, encoding="utf-8")
+        """Atomically replace the store's manifest with this one (sealed with its checksum)."""
+        FORMAT.write(store_dir / MANIFEST_NAME, self.to_json(), self.format_version)
 
     @classmethod
     def load(cls, store_dir: Path) -> Manifest:
-        """Read and check a store's manifest; BadInput for a non-store or a newer format,
-        CorruptData for a damaged, edited or inconsistent one."""
+        """Read and check a store's manifest; BadInput for a non-store, NewerFormat for a newer
+        format, CorruptData for a damaged, edited or inconsistent one."""
         path = store_dir / MANIFEST_NAME
         if not path.is_file():
             raise BadInput(f"{store_dir} is not a tipretrieval store (no {MANIFEST_NAME})",
                            "check the path, or create one by importing or extracting into it")
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-            version = int(obj["format_version"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptData(f"{path} is not a valid store manifest ({exc}): restore it") from exc
-        if version > FORMAT_VERSION:
-            raise NewerFormat(f"store {store_dir} has format version {version}, newer than the "
-                              f"supported {FORMAT_VERSION}", "upgrade tipretrieval to read it")
-        if version >= 2 and obj.get("checksum") != _digest(obj):
-            raise CorruptData(f"{path} fails its checksum (damaged or edited by hand): restore "
-                              "it from a backup; manifests must not be edited")
-        try:
-            manifest = cls.from_json(obj)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CorruptData(f"{path} is not a valid store manifest ({exc}): restore it") from exc
+        doc = FORMAT.read(path, _FIX)
+        manifest = doc.parse(lambda body: cls.from_json(body, doc.version), _FIX)
         problem = manifest.problem()
         if problem:
-            raise CorruptData(f"{path} is inconsistent ({problem}): restore it from a backup")
+            raise CorruptData(f"the {FORMAT.name} {path} is inconsistent ({problem})", _FIX)
         return manifest

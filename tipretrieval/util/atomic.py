@@ -44,7 +44,17 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def json_text(obj: Any) -> str:
+    """`obj` as indented JSON text, ending with a newline."""
+    return json.dumps(obj, indent=2, sort_keys=False) + "\n"
+
+
+def write_text(target: Path | str, text: str) -> None:
+    """Atomically replace `target` with `text` (UTF-8)."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_json(target: Path | str, obj: Any) -> None:
     """Atomically replace `target` with `obj` as indented JSON."""
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_text(target, json_text(obj))

@@ -1,24 +1,35 @@
 """Versioned JSON documents: one way to read and write the JSON files a tipretrieval directory
-is named by (cache.json, classify journal; the store manifest follows the same policy).
+is named by (the store manifest, cache.json, the classify journal).
 
 Version policy, the same for all: a document records the version of its format; a reader
 refuses a newer version with one line ("written by a newer tipretrieval: upgrade"), reads every
 older one, and gates compatibility code on the version it read (`Document.version`). Keys a
 dataclass does not know are ignored (`known_fields`); a missing required key is CorruptData.
+A format may seal its documents from a given version on with a "checksum" key (the sha256 of
+the rest, `content_sha256`); a reader refuses a document of such a version that fails it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import BadInput, CorruptData, NewerFormat
-from .atomic import write_json
+from .atomic import json_text, write_text
 
 T = TypeVar("T")
+CHECKSUM = "checksum"
+
+
+def content_sha256(obj: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON (sorted keys, compact, UTF-8) of `obj` but its checksum."""
+    body = {k: v for k, v in obj.items() if k != CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=False).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -29,22 +40,31 @@ class DocumentFormat:
     version: int  # the version this tipretrieval writes and the newest it reads
     version_key: str = "version"
     tag: str | None = None  # the value of the document's "format" key, if it has one
+    sealed_from: int | None = None  # the first version whose documents carry a checksum
+    dump: Callable[[dict[str, Any]], str] = json_text  # a stamped document as text
 
     def stamp(self, body: Mapping[str, Any], version: int | None = None) -> dict[str, Any]:
-        """`body` with this format's tag and `version` (default: the current one)."""
+        """`body` with this format's tag and `version` (default: the current one), and its
+        checksum when documents of that version are sealed."""
         head = {"format": self.tag} if self.tag else {}
-        return {**head, self.version_key: version or self.version, **body}
+        doc = {**head, self.version_key: version or self.version, **body}
+        if self._sealed(doc[self.version_key]):
+            doc[CHECKSUM] = content_sha256(doc)
+        return doc
 
     def write(self, path: Path, body: Mapping[str, Any], version: int | None = None) -> None:
         """Atomically replace `path` with `body`, stamped with this format and `version`."""
-        write_json(path, self.stamp(body, version))
+        write_text(path, self.dump(self.stamp(body, version)))
+
+    def _sealed(self, version: int) -> bool:
+        return self.sealed_from is not None and version >= self.sealed_from
 
     def read(self, path: Path, fix: str) -> Document:
         """The document at `path`: CorruptData when unreadable (`fix` says what to do),
         BadInput when it is another kind of document, NewerFormat when written by a newer
         tipretrieval."""
         try:
-            obj = json.loads(path.read_text())
+            obj = json.loads(path.read_text(encoding="utf-8"))
             version = int(obj[self.version_key])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CorruptData(f"the {self.name} {path} is unreadable ({exc})", fix) from exc
@@ -55,7 +75,11 @@ class DocumentFormat:
             raise NewerFormat(f"{path} was written by a newer tipretrieval ({self.name} "
                               f"v{version}; this one reads up to v{self.version})",
                               "upgrade tipretrieval")
-        body = {k: v for k, v in obj.items() if k not in ("format", self.version_key)}
+        if self._sealed(version) and obj.get(CHECKSUM) != content_sha256(obj):
+            raise CorruptData(f"the {self.name} {path} fails its checksum (damaged or edited "
+                              "by hand)", fix)
+        head = {"format", self.version_key} | ({CHECKSUM} if self.sealed_from else set())
+        body = {k: v for k, v in obj.items() if k not in head}
         return Document(self, path, version, body)
 
 
@@ -72,7 +96,7 @@ class Document:
         """`build(body)`; a missing key or a bad value is CorruptData naming the file."""
         try:
             return build(self.body)
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise CorruptData(f"the {self.format.name} {self.path} is invalid ({exc!r})", fix
                               ) from exc
 
