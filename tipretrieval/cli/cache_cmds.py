@@ -9,29 +9,26 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
+from ..cache.cache import META, Cache
+from ..encode.resolve import encode_into_store, encoder_for, labelled_source
 from ..errors import BadInput
-from ..jobs.evaluate import EVAL_METHODS
+from ..jobs.evaluate import EVAL_METHODS, evaluate
 from ..method.affinity import WEIGHTINGS
 from ..provenance import Provenance
+from ..store.store import Store
 from .options import cli_text, id_list, model_options, overwrite_option, wants_encoder
 
 if TYPE_CHECKING:
-    from ..cache.cache import Cache
     from ..encode.model import Encoder
-    from ..store.store import Store
 
 METHODS = ",".join(EVAL_METHODS)
 
 
 def _store(path: str) -> Store:
-    from ..store.store import Store
-
     return Store.open(path)
 
 
 def _cache(path: str) -> Cache:
-    from ..cache.cache import Cache
-
     return Cache.load(path)
 
 
@@ -50,8 +47,6 @@ def _shots(value: str) -> int | None:
 def _encoder(provenance: Provenance, model: str | None, pretrained: str | None,
              checkpoint: str | None, device: str, *, needed: bool = True) -> Encoder | None:
     """The encoder the options name for these features; None when not needed and not named."""
-    from ..encode.resolve import encoder_for  # start-up time: torch, open_clip
-
     if not (needed or wants_encoder(model, pretrained, checkpoint)):
         return None
     return encoder_for(provenance, model=model, pretrained=pretrained, checkpoint=checkpoint,
@@ -121,8 +116,6 @@ def build_cmd(store_arg, store_dir, shots, out, text_file, templates, index_spec
     Without --text and --templates the cache has no text classifier: its methods are cache
     and gda.
     """
-    from ..cache.cache import META, Cache
-
     if store_arg and store_dir and Path(store_arg) != Path(store_dir):
         raise BadInput(f"two stores given ({store_arg}, --store {store_dir})", "give one")
     if not (store_arg or store_dir):
@@ -203,8 +196,6 @@ def finetune_cmd(cache_dir, train_dir, val_dir, split, epochs, seed, device):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def eval_cmd(cache_dir, store_dir, split, methods, mode, k, as_json):
     """Top-1/top-5 accuracy of each method on the labelled rows of a store."""
-    from ..jobs.evaluate import evaluate
-
     if k < 1:
         raise BadInput(f"--k {k} is not positive: retrieve at least one key per query")
     cache = _cache(cache_dir)
@@ -235,8 +226,6 @@ def add_shots_cmd(cache_dir, store_dir, ids, ids_file, split, images, label, vie
     Either ids of rows already in the store (--ids; none: every labelled SPLIT row that is
     not a key yet), or images (--images SOURCE --label NAME) encoded into the store first.
     """
-    from ..encode.resolve import encode_into_store, labelled_source  # start-up time
-
     cache = _cache(cache_dir)
     store = cache.open_store(store_dir)
     wanted = id_list(ids, ids_file)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..demo.run import QUICK, DemoConfig, run_demo, summary
+
 
 @click.command("demo")
 @click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
@@ -12,8 +14,6 @@ import click
 @click.option("--quick", is_flag=True, help="A smaller dataset and fewer shots (seconds).")
 def demo_cmd(out: str, seed: int, quick: bool) -> None:
     """Run store -> build -> tune -> finetune -> eval -> classify on synthetic data."""
-    from ..demo.run import QUICK, DemoConfig, run_demo, summary
-
     click.echo(summary(run_demo(out, seed=seed, config=QUICK if quick else DemoConfig())))
 
 

@@ -6,17 +6,21 @@ from pathlib import Path
 
 import click
 
+from ..encode.extract import ExtractOptions, default_workers, extract
+from ..encode.ray_extract import extract_ray
+from ..encode.resolve import encoder_for, spec_for
+from ..encode.sources import scan_source
+from ..encode.text import build_text_classifier, read_classnames
 from ..errors import BadInput
 from ..provenance import Provenance
+from ..store.manifest import MANIFEST_NAME
+from ..store.store import Store
 from ..util.ray_setup import ENGINES
 from .options import model_options
 
 
 def _store_provenance(store_dir: Path) -> Provenance | None:
     """The provenance of the store at `store_dir`, or None when there is none yet."""
-    from ..store.manifest import MANIFEST_NAME
-    from ..store.store import Store
-
     return Store.open(store_dir).provenance if (store_dir / MANIFEST_NAME).exists() else None
 
 
@@ -51,10 +55,6 @@ def extract_cmd(source, store_dir, split, views, model, pretrained, checkpoint, 
     path[,label]. Row ids are image paths relative to the source root. Rerunning skips ids
     already stored; unreadable files are skipped and listed in the report.
     """
-    from ..encode.extract import ExtractOptions, default_workers, extract
-    from ..encode.resolve import encoder_for, spec_for
-    from ..encode.sources import scan_source
-
     store_path = Path(store_dir)
     src = scan_source(source, unlabelled=unlabelled)
     store_prov = _store_provenance(store_path)
@@ -64,8 +64,6 @@ def extract_cmd(source, store_dir, split, views, model, pretrained, checkpoint, 
     )
     report_file = Path(report_path) if report_path else store_path / f"extract-report-{split}.json"
     if engine == "ray":
-        from ..encode.ray_extract import extract_ray
-
         spec = spec_for(store_prov, model=model, pretrained=pretrained, checkpoint=checkpoint)
         report = extract_ray(src, store_path, spec, options, report_file, id_prefix=id_prefix,
                              address=ray_address)
@@ -89,10 +87,6 @@ def extract_cmd(source, store_dir, split, views, model, pretrained, checkpoint, 
 @model_options
 def text_cmd(classes_file, store_dir, templates, out, model, pretrained, checkpoint, device):
     """Build the CLIP text classifier: one prompt-ensembled, L2-normalised row per class."""
-    from ..encode.resolve import encoder_for
-    from ..encode.text import build_text_classifier, read_classnames
-    from ..store.store import Store
-
     if not (classes_file or store_dir):
         raise BadInput("no class names: pass --classes FILE or --store DIR")
     store = Store.open(Path(store_dir)) if store_dir else None

@@ -16,9 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..cache.cache import Cache
 from ..errors import BadInput
+from ..jobs.classify import ClassifyOptions, classify_store, read_output
 from ..jobs.evaluate import EvalReport, evaluate
+from ..jobs.report import ReportOptions, build_report
 from ..util.atomic import write_json
 from .synthetic import SplitSizes, SyntheticDataset, make_dataset, write_store
 
@@ -137,8 +141,6 @@ def _accuracy(report: EvalReport, method: str) -> float:
 def _run_shots(store, text: np.ndarray, shots: int, out: Path, config: DemoConfig, seed: int,
                fine_tune: bool) -> tuple[ShotResult, EvalReport]:
     """build -> tune -> eval, then (when `fine_tune`) finetune -> eval tip-f, for one K."""
-    from ..cache.cache import Cache
-
     path = out / f"cache-{shots}shot"
     cache = Cache.build(store, shots, seed=seed, text=text)
     cache.save(path)
@@ -171,8 +173,6 @@ def _unbalanced_row(step: str, cache, store) -> UnbalancedRow:
 def _run_unbalanced(store, text: np.ndarray, out: Path, seed: int) -> list[UnbalancedRow]:
     """A tuned 2-shot cache, then add-shots gives the odd classes every training image: test
     accuracy before, after with the stale alpha/beta, and after retuning, both weightings."""
-    from ..cache.cache import Cache
-
     cache = Cache.build(store, 2, seed=seed, text=text)
     cache.tune(cache.rows_of(store, "val"), source=(str(store.path), "val"))
     cache.save(out / "cache-unbalanced")
@@ -197,8 +197,6 @@ def _run_unbalanced(store, text: np.ndarray, out: Path, seed: int) -> list[Unbal
 def _classify_queries(cache_dir: str, store_path: Path, out: Path,
                       dataset: SyntheticDataset, per_class: int) -> tuple[Path, int, float]:
     """Classify the query split into CSV parts; score top-1 against the hidden labels."""
-    from ..jobs.classify import ClassifyOptions, classify_store, read_output
-
     pred_dir = out / "predictions"
     classify_store(cache_dir, store_path, pred_dir,
                    ClassifyOptions(top_k=5, fmt="csv", split="query", evidence=3),
@@ -211,9 +209,6 @@ def _classify_queries(cache_dir: str, store_path: Path, out: Path,
 
 def _reports(cache_dir: str, store_path: Path, out: Path, pred_dir: Path) -> tuple[Path, Path]:
     """HTML reports of the query predictions and of the classified (labelled) test split."""
-    from ..jobs.classify import ClassifyOptions, classify_store
-    from ..jobs.report import ReportOptions, build_report
-
     test_dir = out / "test-predictions"
     classify_store(cache_dir, store_path, test_dir,
                    ClassifyOptions(top_k=5, split="test", evidence=3), show_progress=False)
@@ -230,8 +225,6 @@ def _reports(cache_dir: str, store_path: Path, out: Path, pred_dir: Path) -> tup
 def _one_torch_thread() -> Iterator[None]:
     """The demo's tensors are small: one intra-op thread avoids OpenMP spin-waits, which make
     the grid search 5-10x slower on a busy 2-core machine."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import BadInput
 from ..provenance import Provenance
 from ..rows import Rows
+from ..store.store import Store
 
 GROUP_NAMES = (
     "bird", "dog", "cat", "fish", "flower", "tree", "car", "boat", "aircraft", "insect",
@@ -225,10 +226,8 @@ class SplitSizes:
 
 
 def write_store(path: str | Path, dataset: SyntheticDataset, sizes: SplitSizes | None = None, *,
-                dtype: str = "float16"):
+                dtype: str = "float16") -> Store:
     """Create a Store at `path` holding train (with views), val, test and unlabelled query rows."""
-    from ..store.store import Store
-
     sizes = sizes or SplitSizes()
     store = Store.create(path, dim=dataset.dim, provenance=dataset.provenance(),
                          classes=dataset.classes, dtype=dtype)

@@ -100,7 +100,7 @@ def amp_dtype_for(device: torch.device) -> torch.dtype | None:
 
 def register_model_name(model: str) -> str:
     """Accept a built-in open_clip name or the path of a model-config JSON (registered by stem)."""
-    import open_clip
+    import open_clip  # start-up time: open_clip takes seconds to import
 
     path = Path(model)
     if path.suffix == ".json":
@@ -127,7 +127,7 @@ def load_encoder(
     `checkpoint` may be a plain state_dict, a {'state_dict': ...} wrapper or a .safetensors file.
     Neither `pretrained` nor `checkpoint` gives random weights (tests and benchmarks only).
     """
-    import open_clip
+    import open_clip  # start-up time: open_clip takes seconds to import
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
     if pretrained and checkpoint:

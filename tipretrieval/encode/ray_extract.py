@@ -96,7 +96,7 @@ def completed_blocks(batches: Iterable[dict[str, np.ndarray]],
 
 def _actor_cpus(actors: int, gpus: float) -> int:
     """CPUs per actor: 1 on CPU clusters; on GPU ones, a share of the CPUs for decoding."""
-    import ray
+    import ray  # optional dependency (the `ray` extra)
 
     if not gpus:
         return 1
@@ -106,7 +106,7 @@ def _actor_cpus(actors: int, gpus: float) -> int:
 def _encoded_blocks(job: ExtractJob, blocks: list[list[ImageItem]], spec: EncoderSpec,
                     provenance: Provenance) -> Iterator[tuple[int, EncodedBatch]]:
     """Encode `blocks` on a Ray actor pool; yield each block as soon as it is complete."""
-    import ray
+    import ray  # optional dependency (the `ray` extra)
 
     if not blocks:
         return

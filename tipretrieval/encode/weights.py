@@ -35,13 +35,14 @@ def hf_offline() -> bool:
 
 
 def hf_cache_dir() -> Path:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # start-up time: only weight look-ups need the hub
 
     return Path(constants.HF_HUB_CACHE)
 
 
 def _hf_candidates(hf_hub: str) -> tuple[str, list[str]]:
     """The repo id and the file names open_clip would fetch for an 'org/repo/[file]' entry."""
+    # start-up time: open_clip takes seconds to import
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     repo, filename = os.path.split(hf_hub)
@@ -56,6 +57,7 @@ def _hf_candidates(hf_hub: str) -> tuple[str, list[str]]:
 
 def cached_file(cfg: dict[str, Any]) -> Path | None:
     """The already-downloaded weights for a pretrained config, or None."""
+    # start-up time: only weight look-ups need the hub
     from huggingface_hub import try_to_load_from_cache
 
     if cfg.get("file"):
@@ -101,6 +103,7 @@ def _offline_error(model: str, tag: str, cfg: dict[str, Any], why: str) -> BadIn
 
 def resolve_tag(model: str, tag: str) -> ResolvedWeights:
     """The local file for `model`/`tag`, downloading it only when online."""
+    # start-up time: open_clip takes seconds to import
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
     from open_clip.pretrained import list_pretrained_tags_by_model as tags_of
     from open_clip.transform import merge_preprocess_dict

@@ -85,7 +85,7 @@ def _read_h5(path: Path, names: set[str]) -> dict[str, Any]:
 
 
 def _read_pt(path: Path) -> dict[str, Any]:
-    import torch  # only .pt sources need torch, which takes seconds to import
+    import torch  # start-up time: only .pt sources need torch (seconds to import)
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -13,7 +13,7 @@ ENGINES: tuple[str, ...] = get_args(Engine)
 def init_ray(address: str | None = None) -> None:
     """Connect to the cluster at `address`, or start a local Ray on this machine if none is up."""
     try:
-        import ray
+        import ray  # optional dependency (the `ray` extra)
     except ImportError:
         raise BadInput("the Ray engine needs Ray", "pip install 'tipretrieval[ray]'") from None
     if ray.is_initialized():
@@ -27,7 +27,7 @@ def init_ray(address: str | None = None) -> None:
 def actor_resources() -> tuple[int, float]:
     """(actors, GPUs per actor): one actor per GPU when the cluster has GPUs, else one per CPU
     but one (left to the driver)."""
-    import ray
+    import ray  # optional dependency (the `ray` extra)
 
     total = ray.cluster_resources()
     gpus = int(total.get("GPU", 0))
