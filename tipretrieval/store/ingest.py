@@ -141,7 +141,8 @@ def read_source(path: Path | str, keys: dict[str, str] | None = None) -> dict[st
             raw = _read_pt(path)
         else:
             raw = _read_h5(path, set(keys.values()))
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile,
+            RuntimeError) as exc:  # RuntimeError: HDF5 and torch on some damaged files
         raise BadInput(f"cannot read {path} ({_reason(exc)}): check that it is a valid "
                        f"{suffix} file") from exc
     found = {}
