@@ -16,6 +16,7 @@ from click.testing import CliRunner
 import tipretrieval
 from tipretrieval import Store
 from tipretrieval.cli import _CliText, main
+from tipretrieval.cli.cache_cmds import _warn
 from tipretrieval.cli.options import cli_message, cli_text
 from tipretrieval.errors import BadInput
 from tipretrieval.jobs.classify.options import ClassifyOptions
@@ -116,6 +117,12 @@ def test_cli_log_handler_shows_options():
         "tune again with `tipretrieval tune` or `add-shots --retune`: --top-k"
 
 
+def test_cli_warnings_show_options(capsys):
+    _warn("alpha 3 is the top of its grid: widen the alpha scale, e.g. `scale=` 7 6")
+    assert capsys.readouterr().err == \
+        "warning: alpha 3 is the top of its grid: widen the alpha scale, e.g. --scale 7 6\n"
+
+
 # --- the same errors from the API (`name=`) and from the command line (--option) -----------
 def test_classify_options_name_parameters():
     with pytest.raises(BadInput) as exc:
@@ -153,6 +160,9 @@ def test_missing_search_index_api_and_cli(small_store):
     assert str(exc.value).endswith("build it first: `StoreIndex.ensure()` with `split=` q")
     assert cli_message(exc.value).endswith(
         "build it first: `tipretrieval index STORE` with --split q")
+    with pytest.raises(BadInput) as exc:
+        search(small_store.path, Query(row="r0"), label="c")
+    assert str(exc.value).endswith("has no class 'c': give `label=` one of its classes: 'a', 'b'")
     res = CliRunner().invoke(main, ["search", str(small_store.path), "--id", "r0", "-k", "2"])
     assert res.exit_code == 2
     assert res.output.strip().endswith(

@@ -126,8 +126,10 @@ def search(store_path: Path | str, query: Query, *, k: int = 10, split: str | No
     label_index = None
     if label is not None:
         if label not in store.classes:
-            raise BadInput(f"store {store_path} has no class {label!r}: use one of its classes "
-                           f"(tipretrieval info {store_path})")
+            shown = ", ".join(map(repr, store.classes[:5]))
+            more = f" and {len(store.classes) - 5} more" if len(store.classes) > 5 else ""
+            raise BadInput(f"store {store_path} has no class {label!r}",
+                           f"give `label=` one of its classes: {shown}{more}")
         label_index = store.classes.index(label)
     if index_split is None and split is not None and (index_dir(store.path, split) / META).exists():
         index_split = split
