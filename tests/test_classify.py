@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -151,6 +152,8 @@ def test_journal_version_policy(inputs, tmp_path):
                    show_progress=False)
     journal = json.loads((out / JOURNAL).read_text())
     assert journal["format_version"] == 2 and "checksum" in journal
+    rest = json.dumps({k: v for k, v in journal.items() if k != "checksum"}, sort_keys=True)
+    assert journal["checksum"] == hashlib.sha256(rest.encode()).hexdigest()  # as v2 wrote it
     expected = read_output(out)
     older = {**journal, "format_version": 1,  # a version 1 journal: no checksums at all
              "parts": [{k: v for k, v in p.items() if k != "sha256"} for p in journal["parts"]]}

@@ -136,9 +136,9 @@ def test_an_edited_journal_is_refused_and_nothing_changes(inputs, finished, tmp_
     edit(journal)
     (out / JOURNAL).write_text(json.dumps(journal))
     edited = tree(out)
-    with pytest.raises(CorruptData, match="journal.json is damaged"):
+    with pytest.raises(CorruptData, match="journal.json fails its checksum"):
         read(out)
-    with pytest.raises(CorruptData, match="journal.json is damaged.*`overwrite=`"):
+    with pytest.raises(CorruptData, match="journal.json fails its checksum.*`overwrite=`"):
         classify_store(*inputs, out, OPTIONS, show_progress=False)
     assert tree(out) == edited
     classify_store(*inputs, out, OPTIONS, overwrite=True, show_progress=False)

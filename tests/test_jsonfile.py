@@ -85,3 +85,10 @@ def test_an_unsealed_format_leaves_a_checksum_key_to_its_reader(tmp_path):
     plain = DocumentFormat("journal-like", 2, version_key="format_version")
     plain.write(tmp_path / "j.json", {"n": 1, "checksum": "its own"})
     assert plain.read(tmp_path / "j.json", FIX).body == {"n": 1, "checksum": "its own"}
+
+
+def test_a_format_may_bring_its_own_checksum(tmp_path):
+    own = DocumentFormat("own", 1, sealed_from=1, digest=lambda rest: ",".join(sorted(rest)))
+    own.write(tmp_path / "d.json", {"b": 1, "a": 2})
+    assert json.loads((tmp_path / "d.json").read_text())["checksum"] == "a,b,version"
+    assert own.read(tmp_path / "d.json", FIX).body == {"b": 1, "a": 2}

@@ -5,8 +5,9 @@ Version policy, the same for all: a document records the version of its format; 
 refuses a newer version with one line ("written by a newer tipretrieval: upgrade"), reads every
 older one, and gates compatibility code on the version it read (`Document.version`). Keys a
 dataclass does not know are ignored (`known_fields`); a missing required key is CorruptData.
-A format may seal its documents from a given version on with a "checksum" key (the sha256 of
-the rest, `content_sha256`); a reader refuses a document of such a version that fails it.
+A format may seal its documents from a given version on with a "checksum" key (a sha256 of
+the rest: `content_sha256`, or the format's own `digest`); a reader refuses a document of such
+a version that fails it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class DocumentFormat:
     version_key: str = "version"
     tag: str | None = None  # the value of the document's "format" key, if it has one
     sealed_from: int | None = None  # the first version whose documents carry a checksum
+    digest: Callable[[dict[str, Any]], str] = content_sha256  # the checksum of the rest
     dump: Callable[[dict[str, Any]], str] = json_text  # a stamped document as text
 
     def stamp(self, body: Mapping[str, Any], version: int | None = None) -> dict[str, Any]:
@@ -49,7 +51,7 @@ class DocumentFormat:
         head = {"format": self.tag} if self.tag else {}
         doc = {**head, self.version_key: version or self.version, **body}
         if self._sealed(doc[self.version_key]):
-            doc[CHECKSUM] = content_sha256(doc)
+            doc[CHECKSUM] = self._checksum(doc)
         return doc
 
     def write(self, path: Path, body: Mapping[str, Any], version: int | None = None) -> None:
@@ -58,6 +60,9 @@ class DocumentFormat:
 
     def _sealed(self, version: int) -> bool:
         return self.sealed_from is not None and version >= self.sealed_from
+
+    def _checksum(self, doc: Mapping[str, Any]) -> str:
+        return self.digest({k: v for k, v in doc.items() if k != CHECKSUM})
 
     def read(self, path: Path, fix: str) -> Document:
         """The document at `path`: CorruptData when unreadable (`fix` says what to do),
@@ -75,7 +80,7 @@ class DocumentFormat:
             raise NewerFormat(f"{path} was written by a newer tipretrieval ({self.name} "
                               f"v{version}; this one reads up to v{self.version})",
                               "upgrade tipretrieval")
-        if self._sealed(version) and obj.get(CHECKSUM) != content_sha256(obj):
+        if self._sealed(version) and obj.get(CHECKSUM) != self._checksum(obj):
             raise CorruptData(f"the {self.name} {path} fails its checksum (damaged or edited "
                               "by hand)", fix)
         head = {"format", self.version_key} | ({CHECKSUM} if self.sealed_from else set())

@@ -24,7 +24,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from ...errors import BadInput, CorruptData, StoreLocked, TipError
+from ...errors import BadInput, StoreLocked, TipError
 from ...util.atomic import atomic_path, fsync_dir, write_json
 from ...util.checksum import file_sha256
 from ...util.jsonfile import DocumentFormat, known_fields
@@ -36,8 +36,16 @@ JOURNAL = "journal.json"
 SUCCESS = "_SUCCESS"
 LOCK = ".classify.lock"
 LOCK_WAIT_S = 2.0  # a second job into one directory waits this long, then fails
+
+
+def _digest(obj: Any) -> str:
+    """sha256 of the canonical JSON of `obj` (the job spec's hash; the journal's checksum)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
 # version 2: checksums of the journal and of every part (version 1 journals are read unchecked)
-FORMAT = DocumentFormat("classify journal", 2, version_key="format_version")
+FORMAT = DocumentFormat("classify journal", 2, version_key="format_version", sealed_from=2,
+                        digest=_digest)
 _FIX = "classify again with `overwrite=`"
 
 
@@ -104,7 +112,7 @@ class Journal:
     cache_path: str | None = None  # where the cache was last read (not part of the job's identity)
 
     def to_json(self) -> dict[str, Any]:
-        body = FORMAT.stamp({
+        return FORMAT.stamp({
             "state": "complete" if self.complete else "running",
             "spec_hash": self.spec.digest(),
             "spec": self.spec.to_json(),
@@ -113,7 +121,6 @@ class Journal:
             "rows": sum(p.rows for p in self.parts.values()),
             "parts": [asdict(self.parts[i]) for i in sorted(self.parts)],
         })
-        return {**body, "checksum": _digest(body)}
 
     @classmethod
     def load(cls, out: Path) -> Journal:
@@ -123,10 +130,6 @@ class Journal:
         if not path.is_file():
             raise TipError(f"{out} has no {JOURNAL}", "it is not a classify output")
         doc = FORMAT.read(path, _FIX)
-        content = {k: v for k, v in doc.body.items() if k != "checksum"}
-        if doc.version >= 2 and doc.body.get("checksum") != _digest(
-                FORMAT.stamp(content, doc.version)):
-            raise CorruptData(f"{path} is damaged (checksum mismatch)", _FIX)
         unchecked = {"sha256": ""} if doc.version < 2 else {}
         return doc.parse(lambda obj: cls(
             spec=JobSpec.from_json(obj["spec"]),
@@ -230,11 +233,6 @@ def _drop(out: Path, journal: Journal, damaged: dict[int, str]) -> Journal:
     journal = replace(journal, parts=parts, complete=False)
     journal.save(out)
     return journal
-
-
-def _digest(obj: Any) -> str:
-    """sha256 of the canonical JSON of `obj`."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def _listed(diffs: dict[str, tuple[Any, Any]]) -> str:
