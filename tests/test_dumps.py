@@ -114,6 +114,25 @@ def test_npz_streaming_equals_load(tmp_path):
     np.testing.assert_array_equal(np.concatenate([c.features for c in chunks]), x[50:])
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_unit_rows_of_a_dump_are_stored_bit_exact(tmp_path, dtype):
+    """Issue 9: rows already unit norm in their dtype are stored as given, the rest scaled."""
+    x = unit(np.random.default_rng(3).standard_normal((700, DIM))).astype(dtype)
+    x[[5, 650]] *= 2  # two rows far from unit norm, in different chunks
+    (tmp_path / "d").mkdir()
+    np.save(tmp_path / "d" / "a.npy", x)
+    import_dump(tmp_path / "d", tmp_path / "s", DumpOptions(shard_rows=300, dtype=dtype,
+                                                            progress=False))
+    got = Store.open(tmp_path / "s").select(features_dtype=None).features
+    keep = ~np.isin(np.arange(700), [5, 650])
+    assert got.dtype == np.dtype(dtype)
+    assert got[keep].tobytes() == x[keep].tobytes()
+    scaled = x[~keep].astype(np.float64)
+    np.testing.assert_allclose(got[~keep], scaled / np.linalg.norm(scaled, axis=1,
+                                                                   keepdims=True), atol=1e-3)
+    assert not np.array_equal(got[~keep], x[~keep])
+
+
 def test_lost_journal_write_does_not_duplicate_rows(tmp_path):
     clip_dump(tmp_path / "dump", files=2, rows=300)
     opts = DumpOptions(columns=Columns(ids="image_path"), shard_rows=100, progress=False)

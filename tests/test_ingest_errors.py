@@ -17,9 +17,10 @@ from click.testing import CliRunner
 
 from tipretrieval.cli import main
 from tipretrieval.errors import BadInput
-from tipretrieval.store import ingest, lock
+from tipretrieval.store import lock, normalise
 from tipretrieval.store.ingest import ImportOptions, import_features
 from tipretrieval.store.store import Store
+from tipretrieval.store.validate import NORM_TOLERANCE
 
 DIM = 8
 
@@ -289,4 +290,4 @@ def test_import_options_without_cli_use_the_same_rules(tmp_path):
     np.save(tmp_path / "f.npy", unit(2))
     res = import_features(tmp_path / "f.npy", tmp_path / "s", opts)
     np.testing.assert_array_equal(res.store.select().labels, [1, 0])
-    assert ingest.UNIT_TOLERANCE[2] < 2e-3  # kept rows still pass the store's norm check
+    assert normalise.UNIT_TOLERANCE[2] < NORM_TOLERANCE  # kept rows pass the store's norm check

@@ -21,7 +21,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from tipretrieval.cli import main
-from tipretrieval.store.ingest import UNIT_TOLERANCE
+from tipretrieval.store.normalise import UNIT_TOLERANCE
 from tipretrieval.store.store import Store
 
 EXAMPLES = max(1, settings().max_examples // 4)  # of the profile loaded by conftest.py

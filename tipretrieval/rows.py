@@ -35,9 +35,12 @@ class Rows:
 
     @classmethod
     def make(cls, ids, features, labels=None, splits="train", sources=None, views=None,
-             row_ids=None) -> Rows:
-        """Build Rows with types coerced and lengths checked; scalar `splits` applies to all."""
-        features = np.asarray(features, dtype=np.float32)
+             row_ids=None, keep_float16: bool = False) -> Rows:
+        """Build Rows with types coerced and lengths checked; scalar `splits` applies to all.
+        `keep_float16` keeps float16 features as given (for appending to a float16 store
+        without a float32 round trip); otherwise features become float32."""
+        if not (keep_float16 and np.asarray(features).dtype == np.float16):
+            features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2:
             raise BadInput(f"features must be a 2-D (rows, dim) array, got shape {features.shape}")
         n = features.shape[0]

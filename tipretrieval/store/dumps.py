@@ -1,8 +1,10 @@
 """Streaming import of embedding dumps into a store: bounded memory, resumable per file.
 
-Each part of a dump (`dump_read`) is read `shard_rows` rows at a time; every chunk is converted
-to float32 once, L2-normalised in place and appended as one shard (the store validates it as
-it does every append), so memory is bounded by a few chunk-sized arrays whatever the dump size.
+Each part of a dump (`dump_read`) is read `shard_rows` rows at a time; every chunk is copied
+once into the store's dtype with its rows L2-normalised (`normalise.unit_rows`: rows already
+unit norm are kept bit-exact, norms are computed in blocks, so no float32 copy of the chunk
+is made) and appended as one shard (the store validates it as it does every append), so
+memory is bounded by a few chunk-sized arrays whatever the dump size.
 After each append `STORE/import-journal.json` (replaced atomically) records how many rows of
 the part are committed, and a finished part is marked done, so a rerun skips finished parts
 and continues a part where it stopped. A kill between an append and the journal write leaves
@@ -26,6 +28,7 @@ from ..util.atomic import write_json
 from ..util.progress import progress
 from .dump_read import Chunk, Columns, DumpPart, find_parts, part_rows, read_chunks
 from .hold import Hold, hold
+from .normalise import unit_rows
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -152,24 +155,12 @@ def _append(store: Store, part: DumpPart, chunk: Chunk, opts: DumpOptions,
             return store, 0
     vocabulary = list(store.classes)
     labels = None if chunk.labels is None else _label_indices(chunk.labels, vocabulary)
-    features = chunk.features.astype(np.float32)  # the chunk's one float32 copy
-    if opts.normalize:
-        _unit_rows_(features, ids)
-    rows = Rows.make(ids, features, labels, opts.split, chunk.sources)
+    dtype = np.dtype(store.dtype)
+    features = unit_rows(chunk.features, ids, "features", dtype) if opts.normalize \
+        else chunk.features.astype(dtype)  # the chunk's one copy, in the store's dtype
+    rows = Rows.make(ids, features, labels, opts.split, chunk.sources, keep_float16=True)
     store.append(rows, provenance=_provenance(opts, store.dim), classes=vocabulary)
     return store, n
-
-
-def _unit_rows_(x: np.ndarray, ids: list[str]) -> None:
-    """L2-normalise float32 rows in place (no temporaries of x's size); all-zero rows are
-    refused, NaN/inf rows stay non-finite and the store's checks name them."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    zero = norms == 0
-    if zero.any():
-        raise BadInput(f"{int(zero.sum())} rows are all zero (first: id "
-                       f"{ids[int(np.flatnonzero(zero)[0])]!r}): drop them, they cannot be "
-                       "normalised")
-    x /= norms[:, None]
 
 
 def _label_indices(labels: np.ndarray, vocabulary: list[str]) -> np.ndarray:

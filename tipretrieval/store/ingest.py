@@ -15,8 +15,9 @@ from ..errors import BadInput
 from ..provenance import Provenance
 from ..rows import Rows
 from .hold import hold
+from .normalise import unit_rows
 from .store import Store
-from .validate import DuplicateIds, check_finite, check_normalised
+from .validate import DuplicateIds, check_vectors
 
 log = logging.getLogger(__name__)
 
@@ -169,37 +170,15 @@ def _float_array(value: Any, ndim: int, what: str) -> np.ndarray:
     return arr.astype(np.float64) if arr.dtype.itemsize > 8 else arr
 
 
-# A row whose norm is within this of 1 is kept as given (its dtype's rounding of a unit vector
-# is within ~1 ulp of norm 1); other rows are scaled.
-UNIT_TOLERANCE = {2: 2.0**-10, 4: 2.0**-17, 8: 2.0**-17}
-
-
 def _unit(x: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
-    """`x` (float16/32/64) as float32 unit rows: rows already unit-norm within their dtype's
-    tolerance are kept exactly, the others scaled (in float64 for float64 input, so values
-    beyond float32's range are fine); BadInput for NaN/inf or all-zero rows."""
-    check_finite(x, ids, what)
-    work = x.astype(np.float64 if x.dtype == np.float64 else np.float32)
-    with np.errstate(over="ignore"):
-        norms = np.sqrt(np.einsum("...i,...i->...", work, work))
-    scale = np.abs(work).max(axis=-1)
-    zero = (scale == 0).reshape(len(x), -1).any(axis=1)
-    if zero.any():
-        i = int(np.flatnonzero(zero)[0])
-        raise BadInput(f"{what} of {int(zero.sum())} rows are all zero (first: id {ids[i]!r}): "
-                       "drop those rows, they cannot be normalised")
-    bad = ~(np.abs(norms - 1.0) <= UNIT_TOLERANCE[x.dtype.itemsize])
-    if bad.any():
-        y = work[bad] / scale[bad][:, None]
-        work[bad] = y / np.linalg.norm(y, axis=-1, keepdims=True)
-    return work.astype(np.float32, copy=False)
+    """`x` as float32 unit rows (`normalise.unit_rows`: unit rows kept exactly)."""
+    return unit_rows(x, ids, what, np.float32)
 
 
 def _as_float32(x: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
     """`x` as float32 for --require-normalized: BadInput unless finite and unit-norm first
     (so out-of-range values are reported as unnormalised, not as inf after the cast)."""
-    check_finite(x, ids, what)
-    check_normalised(x, ids, what)
+    check_vectors(x, ids, what, normalised=True)
     return x.astype(np.float32)
 
 

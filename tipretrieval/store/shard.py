@@ -130,7 +130,7 @@ def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
     keys = keys or IdKeys.of(rows.ids)
     order = np.argsort(keys.hashes, kind="stable")
     with h5py.File(path.name, "w", driver="core", backing_store=False) as f:
-        _dataset(f, "features", rows.features.astype(dtype), dim * itemsize)
+        _dataset(f, "features", rows.features.astype(dtype, copy=False), dim * itemsize)
         _dataset(f, "labels", rows.labels.astype(np.int64), 8)
         _write_strings(f, "ids", keys.encoded)
         _dataset(f, "id_hash", keys.hashes[order], 8)

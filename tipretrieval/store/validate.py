@@ -11,6 +11,7 @@ from ..errors import BadInput
 from ..provenance import Provenance
 from ..rows import Rows
 from .manifest import Manifest
+from .normalise import first_bad, non_finite, row_norms, rows_of
 from .shard import IdKeys
 
 NORM_TOLERANCE = 2e-3
@@ -20,31 +21,18 @@ class DuplicateIds(BadInput):
     """Rows whose ids the store already holds."""
 
 
-def first_bad(mask: np.ndarray, ids: np.ndarray) -> str:
-    """How many rows `mask` marks and which is first, for error messages."""
-    i = int(np.flatnonzero(mask)[0])
-    return f"{int(mask.sum())} rows (first: row {i}, id {ids[i]!r})"
-
-
-def check_normalised(x: np.ndarray, ids: np.ndarray, what: str) -> None:
-    """BadInput naming the rows of `x` whose L2 norm is not 1 (within NORM_TOLERANCE)."""
-    wide = np.float64 if x.dtype == np.float64 else np.float32
-    with np.errstate(over="ignore"):
-        norms = np.sqrt(np.einsum("...i,...i->...", x, x, dtype=wide))
-    bad = np.abs(norms - 1.0) > NORM_TOLERANCE
-    if bad.ndim > 1:
-        bad = bad.any(axis=tuple(range(1, bad.ndim)))
-    if bad.any():
-        raise BadInput(f"{what} of {first_bad(bad, ids)} are not L2-normalised",
-                       "normalise them first (importing does so unless told not to)")
-
-
-def check_finite(x: np.ndarray, ids: np.ndarray, what: str) -> None:
-    """BadInput naming the rows of `x` (features or views) that hold NaN or inf."""
-    bad = ~np.isfinite(x).all(axis=tuple(range(1, x.ndim)))
+def check_vectors(x: np.ndarray, ids: np.ndarray, what: str, normalised: bool) -> None:
+    """BadInput naming the rows of `x` (features or views) that hold NaN or inf or, when
+    `normalised`, whose L2 norm is not 1 (within NORM_TOLERANCE); one blockwise pass."""
+    norms = row_norms(x)
+    bad = rows_of(non_finite(x, norms))
     if bad.any():
         raise BadInput(f"{what} of {first_bad(bad, ids)} contain NaN or inf: drop or "
                        "recompute those rows")
+    bad = rows_of(np.abs(norms - 1.0) > NORM_TOLERANCE)
+    if normalised and bad.any():
+        raise BadInput(f"{what} of {first_bad(bad, ids)} are not L2-normalised",
+                       "normalise them first (importing does so unless told not to)")
 
 
 def _check_strings(values: Iterable[str], what: str) -> None:
@@ -89,17 +77,13 @@ def check_rows(rows: Rows, keys: IdKeys, manifest: Manifest, provenance: Provena
             f"{manifest.dim}: encode them with {manifest.provenance.describe()} or use "
             "another store"
         )
-    check_finite(rows.features, rows.ids, "features")
-    if manifest.provenance.normalized:
-        check_normalised(rows.features, rows.ids, "features")
+    check_vectors(rows.features, rows.ids, "features", manifest.provenance.normalized)
     if rows.views is not None:
         if rows.views.ndim != 3 or rows.views.shape[0] != n or \
                 rows.views.shape[2] != manifest.dim:
             raise BadInput(f"views have shape {rows.views.shape}, expected ({n}, V, "
                            f"{manifest.dim}): give V views of dim {manifest.dim} per row")
-        check_finite(rows.views, rows.ids, "views")
-        if manifest.provenance.normalized:
-            check_normalised(rows.views, rows.ids, "views")
+        check_vectors(rows.views, rows.ids, "views", manifest.provenance.normalized)
     k = len(manifest.classes)
     bad = (rows.labels < -1) | (rows.labels >= k)
     if bad.any():
