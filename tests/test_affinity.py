@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from tipretrieval.errors import BadInput
+from tipretrieval.method import affinity
 from tipretrieval.method.adapter import TipAdapter, top_k
+from tipretrieval.method.index import KeyIndex
 
 
 def unit(a):
@@ -211,3 +213,27 @@ def test_gda_method_and_no_text_refusals():
     for method in ("zero-shot", "tip"):
         with pytest.raises(BadInput, match="no text classifier: use method 'cache' or 'gda'"):
             bare.logits(x, method=method)
+
+
+@pytest.mark.parametrize("spec", ["IVF4,SQ4", "IVF4,Flat"])
+def test_retrieved_keys_are_scored_exactly_whatever_the_index_codes(spec):
+    """Retrieval sums exact similarities of the retrieved keys: an index of quantised codes
+    (SQ4: its scores are estimates) is rescored; an IVF-Flat index's scores are used as
+    they are, and equal the exact ones."""
+    rng = np.random.default_rng(8)
+    x, keys, labels, text = clustered(rng, n_query=200)
+    row_ids = rng.permutation(1000)[: len(keys)] + 50
+    index = KeyIndex.build(keys, row_ids, spec, use_gpu=False)
+    index.set_params("nprobe=2")
+    ad = TipAdapter(keys, labels, 12, text, alpha=2.0, beta=4.0, index=index, row_ids=row_ids)
+    index_sims, found = index.search(x, 6)
+    sorted_keys = affinity.SortedKeys.build(keys, labels, 12)
+    position = {r: i for i, r in enumerate(row_ids[sorted_keys.order].tolist())}
+    pos = np.vectorize(lambda r: position.get(r, -1))(found)
+    exact_sims = np.where(pos >= 0, np.einsum("bd,bkd->bk", x, sorted_keys.keys[pos]), 0)
+    want = affinity.retrieval(x, sorted_keys, 4.0, pos, exact_sims)
+    np.testing.assert_allclose(ad.cache_term(x, mode="retrieval", k=6), want, rtol=1e-5,
+                               atol=1e-6)
+    assert index.exact_sims == (spec == "IVF4,Flat")
+    if not index.exact_sims:  # the estimates differ enough that using them would show
+        assert np.abs(index_sims - exact_sims)[pos >= 0].max() > 1e-3

@@ -98,3 +98,44 @@ def test_gpu_request_without_gpu_is_refused(data):
     keys, ids, _ = data
     with pytest.raises(BadInput, match="no GPU"):
         KeyIndex.build(keys, ids, use_gpu=True)
+
+
+def _faiss_search(index: KeyIndex, q: np.ndarray, k: int):
+    """FAISS's own scan of the CPU index (the reference for the list-major search)."""
+    sims, ids = index._cpu.search(np.ascontiguousarray(q), k)
+    return sims, ids
+
+
+@pytest.mark.parametrize("k", [5, 120, 900])
+def test_list_major_ivf_search_equals_faiss(k):
+    """Batches on an IVF-Flat index are answered list-major (`ivf_scan`): the same keys with
+    the same scores as FAISS's scan, padding (-1, -FLT_MAX) included; and after an add or a
+    removal the lists are read afresh."""
+    rng = np.random.default_rng(5)
+    keys = unit(rng.standard_normal((3000, 24)))
+    ids = rng.permutation(10**6)[:3000].astype(np.int64)
+    q = unit(rng.standard_normal((300, 24)))
+    index = KeyIndex.build(keys[:2500], ids[:2500], spec="IVF16,Flat", use_gpu=False)
+    index.set_params("nprobe=3")
+    for step in ("built", "added", "removed"):
+        if step == "added":
+            index.add(keys[2500:], ids[2500:])
+        if step == "removed":
+            index.remove(ids[:700])
+        sims, got = index.search(q, k)
+        want_sims, want = _faiss_search(index, q, k)
+        assert got.shape == (300, k) and got.dtype == np.int64 and sims.dtype == np.float32
+        np.testing.assert_allclose(sims, want_sims, rtol=1e-5, atol=1e-6)
+        assert [sorted(a) for a in got.tolist()] == [sorted(a) for a in want.tolist()]
+        assert np.all(np.diff(sims, axis=1) <= 0)
+        assert (got == -1).sum() == (want == -1).sum()
+    assert (got == -1).any() == (k == 900) and not np.isin(got, ids[:700]).any()
+    assert np.isin(ids[2500:], got).any()
+
+
+def test_exact_sims_only_for_uncompressed_keys(data):
+    keys, ids, _ = data
+    assert KeyIndex.build(keys, ids, "Flat", use_gpu=False).exact_sims
+    assert KeyIndex.build(keys, ids, "IVF4,Flat", use_gpu=False).exact_sims
+    assert not KeyIndex.build(keys, ids, "IVF4,SQ8", use_gpu=False).exact_sims
+    assert not KeyIndex.build(keys, ids, "HNSW16", use_gpu=False).exact_sims

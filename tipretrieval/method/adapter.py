@@ -210,9 +210,10 @@ class TipAdapter:
             return affinity.exact(x, self._sk, self.beta)
         if k < 1:
             raise BadInput(f"k is {k}: retrieve at least one key per query")
-        _, ids = self.index.search(x, min(int(k), max(1, self.index.ntotal)))
+        sims, ids = self.index.search(x, min(int(k), max(1, self.index.ntotal)))
         pos = self._positions(ids)
-        sims = affinity.retrieved_sims(x, self._sk, pos)
+        if not self.index.exact_sims:  # quantised codes: score the retrieved keys exactly
+            sims = affinity.retrieved_sims(x, self._sk, pos)
         return affinity.retrieval(x, self._sk, self.beta, pos, sims, tail=tail)
 
     def evidence(self, x: np.ndarray, classes: np.ndarray, n: int

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
+from .parallel import run_all
 
 BLOCK_BYTES = 16 << 20
 QUERY_BLOCK = 512
@@ -217,25 +218,32 @@ def retrieval(x: np.ndarray, sk: SortedKeys, beta: float, pos: np.ndarray,
     """A(x) (B, C) float32 from retrieved keys `pos` (B, k) (sorted positions, -1 = none).
 
     `sims` are x . keys[pos]. With `tail`, classes' unretrieved keys add the mean-field term
-    (module docstring); without it this is plain top-k truncation.
+    (module docstring); without it this is plain top-k truncation. The tail of a class with
+    no retrieved key (most of the B x C cells) is one dense pass; only the cells with
+    retrieved keys are summed sparsely.
     """
     b, c = pos.shape[0], sk.num_classes
     valid = pos >= 0
     rows = np.broadcast_to(np.arange(b)[:, None], pos.shape)[valid]
-    flat = rows * c + sk.labels[pos[valid]]
+    cells, at = np.unique(rows * c + sk.labels[pos[valid]], return_inverse=True)
     s = np.asarray(sims, dtype=np.float32)[valid]
-    terms = exp_affinity_(s.copy(), beta)
-    out = np.bincount(flat, weights=terms, minlength=b * c).reshape(b, c)
+    hit = np.bincount(at, weights=exp_affinity_(s.copy(), beta), minlength=len(cells))
+    out = np.zeros((b, c), dtype=np.float32)
     if tail:
-        got = np.bincount(flat, minlength=b * c).reshape(b, c)
-        sim_sum = np.bincount(flat, weights=s, minlength=b * c).reshape(b, c)
         total = torch.mm(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                          torch.from_numpy(sk.class_sums).t()).numpy()
-        left = sk.counts[None, :] - got
-        has = left > 0
-        mean = np.clip((total[has] - sim_sum[has]) / left[has], -1.0, 1.0).astype(np.float32)
-        out[has] += left[has] * exp_affinity_(mean, beta)
-    return sk.weigh_(out.astype(np.float32))
+        counts = sk.counts
+        has = np.flatnonzero(counts > 0)
+        n = counts[has].astype(np.float32)
+        mean = np.clip(total[:, has] / n, -1.0, 1.0)
+        out[:, has] = exp_affinity_(mean, beta) * n  # no key of the class retrieved
+        left = counts[cells % c] - np.bincount(at, minlength=len(cells))
+        sim_sum = np.bincount(at, weights=s, minlength=len(cells))
+        some = left > 0
+        mean = np.clip((total.reshape(-1)[cells[some]] - sim_sum[some]) / left[some], -1.0, 1.0)
+        hit[some] += left[some] * exp_affinity_(mean.astype(np.float32), beta)
+    out.reshape(-1)[cells] = hit
+    return sk.weigh_(out)
 
 
 def rescore_(x: np.ndarray, sk: SortedKeys, beta: float, cache: np.ndarray,
@@ -248,10 +256,13 @@ def rescore_(x: np.ndarray, sk: SortedKeys, beta: float, cache: np.ndarray,
     cuts = np.flatnonzero(np.diff(cls)) + 1
     q = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     keys = torch.from_numpy(sk.keys)
-    for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(cls)], strict=True):
-        c, who = cls[start], rows[start:stop]
+
+    def one_class(span: tuple[int, int]) -> None:
+        c, who = cls[span[0]], rows[span[0]:span[1]]
         k0, k1 = sk.offsets[c], sk.offsets[c + 1]
         if k1 > k0:
-            sims = torch.mm(q[who], keys[k0:k1].t()).numpy()
+            sims = torch.mm(q[torch.from_numpy(who)], keys[k0:k1].t()).numpy()
             cache[who, c] = exp_affinity_(sims, beta).sum(axis=1) * sk.weights[c]
+
+    run_all(one_class, zip(np.r_[0, cuts], np.r_[cuts, len(cls)], strict=True))
     return cache

@@ -4,7 +4,9 @@ The CPU index (an `IndexIDMap2` around any factory spec built with METRIC_INNER_
 the source of truth: it is what `save` writes and what `add`/`remove` change. When FAISS
 reports GPUs (`faiss.get_num_gpus() > 0`, false on faiss-cpu) a GPU copy serves searches,
 sharded over all GPUs when there are several; it is rebuilt after a removal. GPU top-k is
-limited to k <= 2048, so larger k are answered by the CPU index.
+limited to k <= 2048, so larger k are answered by the CPU index. On the CPU, batches of
+queries against an IVF-Flat index are answered list-major with matrix products (`ivf_scan`):
+the same lists and exact scores as FAISS's scan, several times faster.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from ..errors import BadInput, CorruptData
 from ..util.atomic import atomic_path
+from .ivf_scan import MIN_QUERIES, ListScan
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class KeyIndex:
             raise BadInput("use_gpu was requested but FAISS sees no GPU: install faiss-gpu "
                            "on a GPU machine or pass use_gpu=False")
         self._gpu = None
+        self._scan: ListScan | None = None  # views of the lists: dropped whenever they change
         self._sync_gpu()
 
     @classmethod
@@ -90,6 +94,13 @@ class KeyIndex:
         """Key dimension D."""
         return int(self._cpu.d)
 
+    @property
+    def exact_sims(self) -> bool:
+        """True when `search` scores keys as stored, uncompressed (Flat and IVF-Flat), so its
+        sims are the float32 inner products themselves; quantised codes give estimates."""
+        return isinstance(faiss.downcast_index(self._cpu.index),
+                          (faiss.IndexFlat, faiss.IndexIVFFlat))
+
     def ids(self) -> np.ndarray:
         """All row ids in the index, in insertion order (int64)."""
         return faiss.vector_to_array(self._cpu.id_map).astype(np.int64)
@@ -117,6 +128,11 @@ class KeyIndex:
             sims, ids = self._cpu.search(x, int(k), params=_selecting(self._cpu.index, selector))
             return sims.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
         gpu = self._gpu is not None and k <= GPU_MAX_K
+        if not gpu and len(x) >= MIN_QUERIES:
+            if self._scan is None:
+                self._scan = ListScan.of(self._cpu)
+            if self._scan is not None:
+                return self._scan.search(x, int(k))
         sims, ids = (self._gpu if gpu else self._cpu).search(x, int(k))
         return sims.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
 
@@ -133,6 +149,7 @@ class KeyIndex:
                            "remove them first or use new row ids")
         if not len(keys):
             return
+        self._scan = None
         self._cpu.add_with_ids(keys, ids)
         if self._gpu is not None:
             self._gpu.add_with_ids(keys, ids)
@@ -140,6 +157,7 @@ class KeyIndex:
     def remove(self, ids: np.ndarray) -> int:
         """Remove keys by row id; returns how many were removed; the GPU copy is rebuilt."""
         ids = np.ascontiguousarray(np.asarray(ids).reshape(-1), dtype=np.int64)
+        self._scan = None
         if isinstance(faiss.downcast_index(self._cpu.index), faiss.IndexFlatCodes):
             removed = int(self._cpu.remove_ids(faiss.IDSelectorBatch(ids)))
         else:
