@@ -36,6 +36,8 @@ def test_files_get_the_umask_permissions_not_mkstemp_0600(tmp_path):
 def test_empty_append_changes_nothing(tmp_path):
     store = Store.create(tmp_path / "s", dim=4, provenance=PROV)
     store.append(Rows.make(ids=[], features=np.zeros((0, 4), np.float32)))
+    store.append(Rows.make(ids=[], features=np.zeros((0, 4), np.float16), keep_float16=True,
+                           views=np.zeros((0, 2, 4), np.float32)))
     assert len(Store.open(tmp_path / "s")) == 0
     assert Store.open(tmp_path / "s").generation == store.generation
 

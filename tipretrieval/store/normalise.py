@@ -78,7 +78,7 @@ def first_bad(mask: np.ndarray, ids: np.ndarray) -> str:
 
 def rows_of(bad: np.ndarray) -> np.ndarray:
     """A bool per row (first axis): any entry of the row is marked in `bad`."""
-    return bad.reshape(len(bad), -1).any(axis=1)
+    return bad.reshape(bad.shape[0], int(np.prod(bad.shape[1:]))).any(axis=1)
 
 
 def _refuse(bad: np.ndarray, ids: np.ndarray, what: str, problem: str) -> None:
