@@ -10,9 +10,11 @@ from .errors import BadInput
 
 
 def _strings(values, n: int, what: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=object).reshape(-1)
+    arr = np.array(values, dtype=object).reshape(-1)
     if arr.shape[0] != n:
         raise BadInput(f"{what} has {arr.shape[0]} entries for {n} rows: give one per row")
+    if set(map(type, arr.tolist())) <= {str}:  # already str (a C-speed check): no copy
+        return arr
     return np.array([str(v) for v in arr], dtype=object)
 
 

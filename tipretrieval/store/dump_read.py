@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import BadInput
@@ -239,12 +240,19 @@ def _parquet_chunks(path: Path, columns: Columns, rows: int, start: int,
         yield Chunk(
             a, _embeddings(table[columns.features], path) if features
             else np.empty((table.num_rows, 0)),
-            ids=None if columns.ids is None else [str(v) for v in table[columns.ids].to_pylist()],
+            ids=None if columns.ids is None else _texts(table[columns.ids], None),
             labels=None if columns.labels is None else np.asarray(
                 table[columns.labels].to_pylist()),
-            sources=None if columns.sources is None else [
-                "" if v is None else str(v) for v in table[columns.sources].to_pylist()],
+            sources=None if columns.sources is None else _texts(table[columns.sources], ""),
         )
+
+
+def _texts(column: pa.ChunkedArray, null: str | None) -> list:
+    """A column as a list of str: string columns as they are (nulls become `null`, or "None"
+    when `null` is None, as str(None)), other types through str()."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return pc.fill_null(column, "None" if null is None else null).to_pylist()
+    return [(null if v is None and null is not None else str(v)) for v in column.to_pylist()]
 
 
 def _embeddings(column: pa.ChunkedArray, path: Path) -> np.ndarray:

@@ -168,10 +168,12 @@ def _label_indices(labels: np.ndarray, vocabulary: list[str]) -> np.ndarray:
     (in sorted order per chunk, so reruns agree); None/empty names are unlabelled (-1)."""
     if labels.dtype.kind in "iu":
         return labels.astype(np.int64)
-    names = ["" if v is None else str(v) for v in labels.tolist()]
-    vocabulary += sorted(set(names) - set(vocabulary) - {""})
-    index = {c: i for i, c in enumerate(vocabulary)}
-    return np.array([index[n] if n else -1 for n in names], dtype=np.int64)
+    names = labels.tolist()
+    if not set(map(type, names)) <= {str, type(None)}:
+        names = ["" if v is None else str(v) for v in names]
+    vocabulary += sorted(set(names) - set(vocabulary) - {"", None})
+    index = {c: i for i, c in enumerate(vocabulary)} | {"": -1, None: -1}
+    return np.fromiter(map(index.__getitem__, names), np.int64, len(names))
 
 
 def _provenance(opts: DumpOptions, dim: int) -> Provenance | None:

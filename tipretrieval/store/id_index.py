@@ -43,9 +43,10 @@ def load(store_dir: Path, manifest: Manifest) -> np.ndarray | None:
 
 def build(hashes: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """An index of the given id hashes and their row ids."""
+    order = np.lexsort((rows, hashes))  # by hash, then row (two integer sorts, not records)
     index = np.empty(len(hashes), dtype=ENTRY)
-    index["hash"], index["row"] = hashes, rows
-    return np.sort(index, order=("hash", "row"), kind="stable")
+    index["hash"], index["row"] = hashes[order], rows[order]
+    return index
 
 
 def candidates(index: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

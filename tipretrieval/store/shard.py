@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +54,14 @@ RESTORE = "restore it from a backup or re-import its rows into a new store"
 
 def encode(strings: Iterable) -> np.ndarray:
     """Strings as an object array of UTF-8 bytes; BadInput for text that is not Unicode."""
+    values = strings.tolist() if isinstance(strings, np.ndarray) else list(strings)
+    try:
+        out = [s.encode("utf-8") for s in values]  # the usual case: valid str
+        return np.array(out + [b""], dtype=object)[:-1]
+    except (AttributeError, UnicodeEncodeError):
+        pass
     out = []
-    for s in strings:
+    for s in values:
         try:
             out.append(str(s).encode("utf-8"))
         except UnicodeEncodeError as exc:
@@ -93,11 +99,29 @@ def _chunk_rows(row_bytes: int, n: int) -> int:
     return max(1, min(n, CHUNK_ROWS, _CHUNK_BYTES // max(row_bytes, 1)))
 
 
-def _counts(labels: np.ndarray, splits: np.ndarray) -> dict[str, dict[int, int]]:
+def _split_codes(splits: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The sorted split names and each row's index into them (uint32)."""
+    values = [str(s) for s in set(splits.tolist())]
+    names = sorted(values)
+    if len(names) == 1:
+        return names, np.zeros(len(splits), np.uint32)
+    index = {n: i for i, n in enumerate(names)}
+    return names, np.fromiter(map(index.__getitem__, map(str, splits.tolist())), np.uint32,
+                              len(splits))
+
+
+def _counts(labels: np.ndarray, names: list[str], codes: np.ndarray
+            ) -> dict[str, dict[int, int]]:
+    """Rows per split name and label."""
+    if not len(codes):
+        return {}
+    labels = labels.astype(np.int64)
+    low = int(labels.min())
+    span = int(labels.max()) - low + 1
+    pairs, counts = np.unique(codes.astype(np.int64) * span + (labels - low), return_counts=True)
     out: dict[str, dict[int, int]] = {}
-    pairs = zip(splits.tolist(), labels.tolist(), strict=True)
-    for (split, label), count in Counter(pairs).items():
-        out.setdefault(split, {})[int(label)] = count
+    for pair, count in zip(pairs.tolist(), counts.tolist(), strict=True):
+        out.setdefault(names[pair // span], {})[pair % span + low] = int(count)
     return out
 
 
@@ -110,7 +134,7 @@ def _dataset(f: h5py.File, name: str, data: np.ndarray, row_bytes: int) -> None:
 def _write_strings(f: h5py.File, name: str, encoded: np.ndarray) -> None:
     """`encoded` (UTF-8 bytes per row) as `{name}_utf8` bytes plus `{name}_end` offsets."""
     data = np.frombuffer(b"".join(encoded.tolist()), dtype=np.uint8)
-    ends = np.cumsum([len(b) for b in encoded.tolist()], dtype=np.int64)
+    ends = np.cumsum(np.fromiter(map(len, encoded.tolist()), np.int64, len(encoded)))
     f.create_dataset(f"{name}_utf8", data=data, fletcher32=bool(len(data)),
                      chunks=(max(1, min(len(data), _TEXT_CHUNK)),) if len(data) else None)
     _dataset(f, f"{name}_end", ends, 8)
@@ -125,7 +149,7 @@ def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
     an HDF5 failure while closing (which crashed the process).
     """
     n, dim = rows.features.shape
-    split_names, split_codes = np.unique(rows.splits.astype(str), return_inverse=True)
+    split_names, split_codes = _split_codes(rows.splits)
     itemsize = np.dtype(dtype).itemsize
     keys = keys or IdKeys.of(rows.ids)
     order = np.argsort(keys.hashes, kind="stable")
@@ -145,13 +169,16 @@ def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
             _dataset(f, "views", rows.views.astype(dtype), v * dim * itemsize)
         f.flush()
         image = f.id.get_file_image()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(image)
+    with ThreadPoolExecutor(1) as pool:  # hashing (which frees the GIL) while writing
+        digest = pool.submit(lambda: hashlib.sha256(image).hexdigest())
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(image)
+        sha256 = digest.result()
     return ShardInfo(
         name=path.name, rows=n, first_row_id=first_row_id,
-        sha256=hashlib.sha256(image).hexdigest(), nbytes=len(image),
+        sha256=sha256, nbytes=len(image),
         views=0 if rows.views is None else int(rows.views.shape[1]),
-        has_sources=rows.sources is not None, counts=_counts(rows.labels, rows.splits),
+        has_sources=rows.sources is not None, counts=_counts(rows.labels, split_names, split_codes),
     )
 
 

@@ -36,6 +36,10 @@ def check_vectors(x: np.ndarray, ids: np.ndarray, what: str, normalised: bool) -
 
 
 def _check_strings(values: Iterable[str], what: str) -> None:
+    values = list(values)
+    joined = "".join(values)
+    if all(values) and "\x00" not in joined and _unicode(joined):  # the usual case, at C speed
+        return
     for v in values:
         if not v or "\x00" in v:
             raise BadInput(f"{what} {v!r} is empty or contains a NUL character: give every "
@@ -46,6 +50,17 @@ def _check_strings(values: Iterable[str], what: str) -> None:
             except UnicodeEncodeError as exc:
                 raise BadInput(f"{what} {v!r} is not valid Unicode ({exc.reason}): decode it "
                                "with the right codec first") from exc
+
+
+def _unicode(text: str) -> bool:
+    """Whether `text` is valid Unicode (encodable as UTF-8: no lone surrogates)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def extended_classes(current: tuple[str, ...], classes: Iterable[str]) -> tuple[str, ...]:
@@ -95,6 +110,9 @@ def check_rows(rows: Rows, keys: IdKeys, manifest: Manifest, provenance: Provena
     _check_strings(sorted({str(s) for s in rows.splits.tolist()}), "split")
     if rows.sources is not None:
         _check_strings(rows.sources, "source")
+    hashes = np.sort(keys.hashes)
+    if not (hashes[1:] == hashes[:-1]).any():  # equal ids hash equal: all ids differ
+        return
     uniq, counts = np.unique(keys.encoded, return_counts=True)
     if (counts > 1).any():
         dups = uniq[counts > 1]
