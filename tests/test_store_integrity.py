@@ -316,3 +316,26 @@ def test_a_format2_shard_without_its_id_hash_table_is_corrupt(tmp_path):
         del f["id_hash"]
     with pytest.raises(CorruptData, match="id hash table"):
         Store.open(tmp_path / "s").select(ids=[known])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_every_inf_and_nan_pattern_is_refused_and_the_largest_finite_values_read(tmp_path,
+                                                                                 dtype):
+    """Both signs of inf, NaN with the lowest and highest payloads; +-max finite reads."""
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES, dtype=dtype)
+    store.append(make_rows(300, 1))
+    path = shard_path(store, 0)
+    bits = np.dtype(f"u{np.dtype(dtype).itemsize}")
+    inf, sign = (0x7C00, 0x8000) if dtype == "float16" else (0x7F800000, 0x80000000)
+
+    def read_with(pattern: int) -> None:
+        with h5py.File(path, "r+") as f:  # through HDF5, so its checksums stay valid
+            x = f["features"][()]
+            x.view(bits)[9, 2] = pattern
+            f["features"][...] = x
+        list(store.iter_rows(100, columns=("features",), features_dtype=None))
+    for pattern in (inf - 1, sign | (inf - 1)):  # the largest finite values
+        read_with(pattern)
+    for pattern in (inf, sign | inf, inf + 1, sign | inf + 1, sign - 1, sign | sign - 1):
+        with pytest.raises(CorruptData, match="NaN or inf features \\(row id 9\\)"):
+            read_with(pattern)

@@ -5,13 +5,17 @@ process's RSS after imports and opening the store (the baseline). Like is compar
 the Store's fastest option (features as stored, plus row ids) with raw h5py reading the
 `features` dataset alone (the I/O floor), and the Store's default `Rows` (ids, labels,
 splits, row ids, float32 features) with raw h5py reading and decoding the same columns by hand
-(features cast with numpy's astype). The raw reads use copies of the shards written without
-checksums (same datasets and chunks, no fletcher32 filter), so the ratios include the cost of
-the store's integrity checks (fletcher32 on every chunk, finite/non-zero features, label
-range). Cold reads first evict the shard files from the page cache (posix_fadvise(DONTNEED) on
-each; the system-wide cache is left alone for other users). Every read is repeated
-(`--repeat`, kinds interleaved) and its fastest run is reported, with the highest peak RSS of
-its runs, so a busy shared machine skews every kind alike.
+(features cast with numpy's astype); raw h5py reading the features of the store's own shards
+shows what HDF5's fletcher32 check costs by itself. The raw reads use copies of the shards
+written without checksums (same datasets and chunks, no fletcher32 filter), so the ratios
+include the cost of the store's integrity checks (fletcher32 on every chunk, finite/non-zero
+features, label range). Before every cold read the store shards and the raw copies are evicted
+from the page cache (fsync, then posix_fadvise(DONTNEED) on each file; the system-wide cache
+is left alone for other users), before every warm read both are read once; `fincore` checks
+how much of them is cached at the start of each run. Every read is repeated (`--repeat`,
+kinds interleaved) and its fastest run is reported, with the highest peak RSS of its runs, so
+a busy shared machine skews every kind alike; each kind's least CPU time is shown too, as it
+is less disturbed by other users than wall time.
 
 `--appends N` instead measures what one small append costs as shards accumulate: N appends of
 `--append-rows` rows to a new store, timing the first and the last ten.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,10 +48,12 @@ from tipretrieval.util.progress import progress
 
 APPEND_ROWS = 100_000
 KINDS = (("raw", "raw h5py, features only (as stored)"),
+         ("raw-sum", "raw h5py, features only, on the store's shards (fletcher32 checked)"),
          ("fast", "Store.iter_rows(columns=(features, row_ids), features_dtype=None)"),
          ("raw-same", "raw h5py, the default's columns (ids, labels, splits, row ids; float32)"),
          ("store", "Store.iter_rows() default (all columns; float32)"))
-PAIRS = (("fast", "raw"), ("store", "raw-same"), ("store", "raw"))  # (store kind, raw kind)
+PAIRS = (("fast", "raw"), ("store", "raw-same"), ("store", "raw"),  # (store kind, raw kind)
+         ("raw-sum", "raw"), ("fast", "raw-sum"))
 FAST = {"columns": ("features", "row_ids"), "features_dtype": None}
 
 
@@ -86,9 +93,10 @@ def without_checksums(shards: list[Path], out: Path) -> list[Path]:
 def child_read(kind: str, path: str, batch: int, raw_dir: str | None) -> dict:
     """Stream the whole store once (in this fresh process); time it and measure peak RSS."""
     store = Store.open(path)
-    shards = [Path(raw_dir) / s.name for s in store.manifest.shards]
+    folder = Path(path) / SHARD_DIR if kind == "raw-sum" else Path(raw_dir)
+    shards = [folder / s.name for s in store.manifest.shards]
     baseline = _status_mb("VmRSS")
-    start, rows = time.perf_counter(), 0
+    start, cpu, rows = time.perf_counter(), time.process_time(), 0
     if kind.startswith("raw"):
         for shard, info in zip(shards, store.manifest.shards, strict=True):
             with h5py.File(shard, "r") as f:
@@ -106,19 +114,38 @@ def child_read(kind: str, path: str, batch: int, raw_dir: str | None) -> dict:
     else:
         for part in store.iter_rows(batch, **(FAST if kind == "fast" else {})):
             rows += len(part)
-    return {"seconds": time.perf_counter() - start, "rows": rows,
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu,
+            "rows": rows,
             "peak_above_baseline_mb": _status_mb("VmHWM") - baseline, "baseline_mb": baseline}
 
 
 def drop_cache(files: list[Path]) -> None:
-    """Evict `files` (written and synced) from the page cache."""
-    os.sync()
+    """Evict `files` from the page cache: fsync each first (POSIX_FADV_DONTNEED drops only
+    clean pages), then fadvise; the system-wide cache is left alone for other users."""
     for p in files:
         fd = os.open(p, os.O_RDONLY)
         try:
+            os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def warm_cache(files: list[Path]) -> None:
+    """Read `files` once so that they are in the page cache."""
+    for p in files:
+        with open(p, "rb", buffering=0) as f:
+            while f.read(16 << 20):
+                pass
+
+
+def resident(files: list[Path]) -> float | None:
+    """The fraction of the bytes of `files` in the page cache (`fincore`; None without it)."""
+    if shutil.which("fincore") is None:
+        return None
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES",
+                          *map(str, files)], check=True, capture_output=True, text=True).stdout
+    return sum(int(v) for v in out.split()) / sum(p.stat().st_size for p in files)
 
 
 def write(path: Path, n: int, dim: int, dtype: str) -> float:
@@ -198,32 +225,43 @@ def main() -> None:
         mb = args.rows * args.dim * np.dtype(args.dtype).itemsize / 1e6
         seconds: dict[tuple[str, str], float] = {}
         peaks: dict[tuple[str, str], float] = {}
+        cpus: dict[tuple[str, str], float] = {}
+        cached = {"cold": [], "warm": []}  # page-cache residency at the start of each run
         for _ in range(args.repeat):
             for temp in ("cold", "warm"):
                 for kind, _label in KINDS:
-                    if temp == "cold":
-                        drop_cache(shards + raw)
+                    (drop_cache if temp == "cold" else warm_cache)(shards + raw)
+                    cached[temp].append(resident(shards + raw))
                     res = run_child(kind, path, args.batch, Path(tmp) / "raw")
                     assert res["rows"] == args.rows, res
                     key = (temp, kind)
                     seconds[key] = min(seconds.get(key, float("inf")), res["seconds"])
+                    cpus[key] = min(cpus.get(key, float("inf")), res["cpu"])
                     peaks[key] = max(peaks.get(key, 0.0), res["peak_above_baseline_mb"])
-    table = [("write (Store.append)", write_s, None)]
-    table += [(f"{temp} read: {label}", seconds[temp, kind], peaks[temp, kind])
+    table = [("write (Store.append)", write_s, None, None)]
+    table += [(f"{temp} read: {label}", seconds[temp, kind], cpus[temp, kind], peaks[temp, kind])
               for temp in ("cold", "warm") for kind, label in KINDS]
     print(f"{args.rows:,} rows x {args.dim} {args.dtype} ({mb:,.0f} MB of features), batch "
-          f"{args.batch}, {len(shards)} shards; cold = shard files evicted with fadvise; "
-          f"best of {args.repeat} runs")
-    print("| phase | rows/s | MB/s | seconds | peak RSS above baseline |")
-    print("|---|---:|---:|---:|---:|")
-    for name, secs, peak in table:
+          f"{args.batch}, {len(shards)} shards; best of {args.repeat} runs; load average "
+          f"{os.getloadavg()[0]:.2f} at the end")
+    for temp, what in (("cold", "evicted: fsync + fadvise(DONTNEED)"), ("warm", "read once")):
+        fractions = [f for f in cached[temp] if f is not None]
+        found = (f"{min(fractions):.1%}-{max(fractions):.1%} of their bytes in the page cache "
+                 "(fincore)") if fractions else "page cache not checked (no fincore)"
+        print(f"{temp}: before each run the store shards and raw copies were {what}; "
+              f"{found}")
+    print("| phase | rows/s | MB/s | seconds | CPU seconds | peak RSS above baseline |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, secs, cpu, peak in table:
+        cpu_s = "-" if cpu is None else f"{cpu:.2f}"
         peak_s = "-" if peak is None else f"{peak:,.0f} MB"
-        print(f"| {name} | {args.rows / secs:,.0f} | {mb / secs:,.0f} | {secs:.2f} | {peak_s} |")
+        print(f"| {name} | {args.rows / secs:,.0f} | {mb / secs:,.0f} | {secs:.2f} | {cpu_s} | "
+              f"{peak_s} |")
     labels = dict(KINDS)
     for temp in ("cold", "warm"):
         for mine, raw in PAIRS:
             print(f"{temp}: {labels[mine]} at {seconds[temp, raw] / seconds[temp, mine]:.2f}x "
-                  f"{labels[raw]}")
+                  f"{labels[raw]} (CPU time: {cpus[temp, raw] / cpus[temp, mine]:.2f}x)")
 
 if __name__ == "__main__":
     main()

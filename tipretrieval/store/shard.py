@@ -35,6 +35,9 @@ from .manifest import Manifest, ShardInfo
 
 CHUNK_ROWS = 4096
 _CHUNK_BYTES = 4 << 20
+# Chunk cache of each open dataset: holds a features chunk that one batch reads in part until
+# the next batch reads the rest, so every chunk is read and checksummed once.
+CACHE_BYTES = 2 * _CHUNK_BYTES + (1 << 20)
 _TEXT_CHUNK = 256 << 10
 _ID_BLOCK = 1 << 16
 ZERO_STRIDE = 16  # rows apart of the all-zero check: below any features chunk's row count
@@ -47,6 +50,16 @@ def _magnitude_bits(x: np.ndarray) -> np.ndarray:
     with inf and NaN above every finite value and 0 only for +-0 (no float arithmetic)."""
     mask = _SIGNLESS[x.dtype.itemsize]
     return np.bitwise_and(x.view(mask.dtype), mask)
+
+
+def _finite(x: np.ndarray) -> bool:
+    """Whether float16/32 `x` holds no inf or NaN, from two max reductions over its bits (no
+    temporaries): inf and NaN are the patterns from inf's up, as signed ints when positive and
+    as unsigned ints when negative."""
+    size = x.dtype.itemsize
+    inf = _INF_BITS[size]
+    return (int(x.view(f"i{size}").max()) < inf and
+            int(x.view(f"u{size}").max()) < inf | 1 << (8 * size - 1))
 
 
 RESTORE = "restore it from a backup or re-import its rows into a new store"
@@ -231,9 +244,10 @@ class ShardReader:
         self.path = shard_dir / info.name
         check_present(self.path, info)
         try:
-            self._file = h5py.File(self.path, "r")
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=CACHE_BYTES, rdcc_w0=1.0)
         except OSError as exc:
             raise self._corrupt(f"cannot be read ({_one_line(exc)})") from exc
+        self._datasets: dict[str, h5py.Dataset] = {}
         try:
             with self._reading() as f:
                 self._split_names = np.array(
@@ -273,6 +287,13 @@ class ShardReader:
                 text = "a chunk fails its fletcher32 checksum: the data is damaged"
             raise self._corrupt(f"cannot be read ({text})") from exc
 
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """Dataset `name`, kept open so that its chunk cache lasts from one read to the next."""
+        ds = self._datasets.get(name)
+        if ds is None:
+            ds = self._datasets[name] = self._file[name]
+        return ds
+
     @property
     def split_names(self) -> np.ndarray:
         """The shard's split names (object array of str) indexed by the `splits` codes."""
@@ -280,15 +301,13 @@ class ShardReader:
 
     def read(self, start: int, stop: int, with_views: bool = False) -> Block:
         """Rows `start:stop` of the shard as a Block (ids and sources decoded)."""
-        with self._reading() as f:
-            return Block(
-                row_ids=np.arange(start, stop, dtype=np.int64) + self.info.first_row_id,
-                ids=self.strings("ids", start, stop), labels=f["labels"][start:stop],
-                splits=self.splits(start, stop), features=f["features"][start:stop],
-                sources=self.strings("sources", start, stop) if self.info.has_sources
-                else None,
-                views=f["views"][start:stop] if with_views and self.info.views else None,
-            )
+        return Block(
+            row_ids=np.arange(start, stop, dtype=np.int64) + self.info.first_row_id,
+            ids=self.strings("ids", start, stop), labels=self.column("labels", start, stop),
+            splits=self.splits(start, stop), features=self.column("features", start, stop),
+            sources=self.strings("sources", start, stop) if self.info.has_sources else None,
+            views=self.column("views", start, stop) if with_views and self.info.views else None,
+        )
 
     def splits(self, start: int, stop: int) -> np.ndarray:
         """The split names of rows `start:stop`; CorruptData for a code without a name."""
@@ -299,28 +318,28 @@ class ShardReader:
 
     def column(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows `start:stop` of dataset `name` as stored."""
-        with self._reading() as f:
-            return f[name][start:stop]
+        with self._reading():
+            return self._dataset(name)[start:stop]
 
     def column_into(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
         """Rows `start:stop` of dataset `name` straight into `out` (its stored dtype, no copy)."""
-        with self._reading() as f:
-            f[name].read_direct(out, np.s_[start:stop])
+        with self._reading():
+            self._dataset(name).read_direct(out, np.s_[start:stop])
 
     def raw_strings(self, name: str, start: int, stop: int) -> list[bytes]:
         """The UTF-8 bytes of string column `name` (ids, sources) for rows `start:stop`."""
         stop = min(stop, self.info.rows)
         if stop <= start:
             return []
-        with self._reading() as f:
+        with self._reading():
             if not self._text:
-                return [bytes(b) for b in f[name][start:stop].tolist()]
-            ends = f[f"{name}_end"][max(start - 1, 0):stop]
+                return [bytes(b) for b in self._dataset(name)[start:stop].tolist()]
+            ends = self._dataset(f"{name}_end")[max(start - 1, 0):stop]
             base = int(ends[0]) if start else 0
             ends = ends[1:] if start else ends
             if np.any(np.diff(ends) <= 0) or ends[0] <= base:  # every string is non-empty
                 raise self._corrupt(f"has damaged {name} offsets")
-            data = f[f"{name}_utf8"][base:int(ends[-1])].tobytes()
+            data = self._dataset(f"{name}_utf8")[base:int(ends[-1])].tobytes()
             if len(data) != int(ends[-1]) - base or b"\0" in data:
                 raise self._corrupt(f"has damaged {name} text")
         return _split_text(data, ends, base)
@@ -341,12 +360,11 @@ class ShardReader:
         (those where `keep`, when given)."""
         if not len(features):
             return
+        sample = features[::ZERO_STRIDE if keep is None else 1]  # masked reads: every row
+        if _finite(features) and not (nonzero and _magnitude_bits(sample).max(axis=-1).min() == 0):
+            return  # the usual case
         inf = _INF_BITS[features.dtype.itemsize]
         bits = _magnitude_bits(features)
-        sample = bits[::ZERO_STRIDE if keep is None else 1]  # masked reads: every row
-        sample = sample.max(axis=-1).reshape(len(sample), -1)
-        if bits.max() < inf and not (nonzero and sample.min() == 0):  # the usual case
-            return
         rows = (bits >= inf).reshape(len(bits), -1).any(axis=1)
         what = "NaN or inf features"
         if not rows.any():
@@ -423,6 +441,7 @@ class ShardReader:
         return rows
 
     def close(self) -> None:
+        self._datasets.clear()
         self._file.close()
 
     def __enter__(self) -> ShardReader:
