@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from procs import wait_until_all_open
 
 from tipretrieval.cli import main
+from tipretrieval.errors import BadInput
 from tipretrieval.store.dump_read import Columns, DumpPart, read_chunks
 from tipretrieval.store.dumps import JOURNAL, DumpOptions, import_dump
 from tipretrieval.store.lock import LOCK_NAME, writer_lock
@@ -131,6 +132,20 @@ def test_unit_rows_of_a_dump_are_stored_bit_exact(tmp_path, dtype):
     np.testing.assert_allclose(got[~keep], scaled / np.linalg.norm(scaled, axis=1,
                                                                    keepdims=True), atol=1e-3)
     assert not np.array_equal(got[~keep], x[~keep])
+
+
+def test_npy_chunks_by_file_reads_equal_the_array_fortran_order_too(tmp_path):
+    x = np.random.default_rng(4).standard_normal((257, 8)).astype(np.float16)
+    for name, arr in (("c.npy", x), ("f.npy", np.asfortranarray(x))):
+        np.save(tmp_path / name, arr)
+        chunks = list(read_chunks(DumpPart(tmp_path / name), Columns(), 100, start=30))
+        assert [c.start for c in chunks] == [30, 130, 230]
+        assert all(c.features.flags.c_contiguous for c in chunks)
+        np.testing.assert_array_equal(np.concatenate([c.features for c in chunks]), x[30:])
+    raw = (tmp_path / "c.npy").read_bytes()
+    (tmp_path / "t.npy").write_bytes(raw[:-40])  # a truncated export
+    with pytest.raises(BadInput, match="valid .npy file"):
+        list(read_chunks(DumpPart(tmp_path / "t.npy"), Columns(), 100))
 
 
 def test_lost_journal_write_does_not_duplicate_rows(tmp_path):

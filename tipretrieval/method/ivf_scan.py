@@ -42,7 +42,9 @@ class ListScan:
         """A scan over `index`'s lists when it is an inner-product IVF-Flat index, else None."""
         inner = faiss.downcast_index(index.index)
         if not isinstance(inner, faiss.IndexIVFFlat) or \
-                inner.metric_type != faiss.METRIC_INNER_PRODUCT:
+                inner.metric_type != faiss.METRIC_INNER_PRODUCT or \
+                not isinstance(faiss.downcast_InvertedLists(inner.invlists),
+                               faiss.ArrayInvertedLists):  # lists in memory: views stay valid
             return None
         return ListScan(inner, faiss.vector_to_array(index.id_map).astype(np.int64))
 

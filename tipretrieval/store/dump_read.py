@@ -138,10 +138,22 @@ def read_chunks(part: DumpPart, columns: Columns, rows: int, start: int = 0
 
 
 def _npy_chunks(part: DumpPart, rows: int, start: int) -> Iterator[Chunk]:
+    """Chunks read with plain file reads (a memory map's touched pages would count towards
+    the process's resident memory, up to the whole file)."""
     arr = np.load(part.features, mmap_mode="r")
     _check_matrix(arr.shape, arr.dtype, part)
-    for a in range(start, arr.shape[0], rows):
-        yield Chunk(a, arr[a:a + rows])  # a view of the memory map: read on conversion
+    (n, d), dtype, offset = arr.shape, arr.dtype, arr.offset
+    if not arr.flags.c_contiguous:  # Fortran order: rows are not contiguous in the file
+        for a in range(start, n, rows):
+            yield Chunk(a, np.ascontiguousarray(arr[a:a + rows]))
+        return
+    del arr
+    with open(part.features, "rb") as f:
+        f.seek(offset + start * d * dtype.itemsize)
+        for a in range(start, n, rows):
+            b = min(a + rows, n)
+            data = np.fromfile(f, dtype=dtype, count=(b - a) * d)
+            yield Chunk(a, data.reshape(b - a, d))  # short read (truncated): ValueError
 
 
 def _npz_member(z: zipfile.ZipFile, columns: Columns, part: DumpPart) -> str:
