@@ -237,3 +237,45 @@ def test_retrieved_keys_are_scored_exactly_whatever_the_index_codes(spec):
     assert index.exact_sims == (spec == "IVF4,Flat")
     if not index.exact_sims:  # the estimates differ enough that using them would show
         assert np.abs(index_sims - exact_sims)[pos >= 0].max() > 1e-3
+
+
+@pytest.mark.parametrize("n_keys, c", [(1, 1), (1, 4), (9, 1)])
+def test_a_cache_of_one_key_or_one_class_matches_dense(n_keys, c):
+    rng = np.random.default_rng(11)
+    keys = unit(rng.standard_normal((n_keys, 16)))
+    labels = np.full(n_keys, c - 1)  # with several classes, only the last has the key
+    x = unit(rng.standard_normal((40, 16)))
+    text = unit(rng.standard_normal((c, 16)))
+    want = weighted_dense(x, keys, labels, 2.5, c)  # one key of 4 classes: weight 1/4
+    ad = TipAdapter(keys, labels, c, text, alpha=1.5, beta=2.5)
+    np.testing.assert_allclose(ad.cache_term(x), want, rtol=1e-5, atol=1e-7)
+    for mode in ("exact", "retrieval"):
+        np.testing.assert_allclose(ad.logits(x, method="cache", mode=mode, k=n_keys),
+                                   1.5 * want, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(ad.logits(x, mode=mode, k=n_keys),
+                                   100 * x @ text.T + 1.5 * want, rtol=1e-5, atol=1e-4)
+
+
+def test_top_k_probabilities_are_each_rows_softmax_whatever_its_scale():
+    logits = np.array([[1000.0, 998.0, 990.0],
+                       [0.5, -0.5, 0.0],
+                       [-2000.0, -2003.0, -2001.0]], dtype=np.float32)
+    got = top_k(logits, 3)
+    assert got.classes.tolist() == [[0, 1, 2], [0, 2, 1], [0, 2, 1]]
+    e = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+    want = np.take_along_axis(e / e.sum(axis=1, keepdims=True), got.classes, axis=1)
+    np.testing.assert_allclose(got.probs, want, rtol=1e-6)
+    np.testing.assert_allclose(top_k(logits, 1).probs[:, 0], want[:, 0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["zero-shot", "cache", "tip", "gda"])
+def test_logits_by_method_of_one_method_equals_that_method_alone(method):
+    rng = np.random.default_rng(12)
+    x, keys, labels, text = clustered(rng, n_query=50)
+    for t in (text, None):
+        ad = TipAdapter(keys, labels, 12, text=t, alpha=1.7, beta=3.0, gda_alpha=0.5)
+        if t is None and method in ("zero-shot", "tip"):
+            continue
+        got = ad.logits_by_method(x, [method])
+        assert list(got) == [method]
+        np.testing.assert_array_equal(got[method], ad.logits(x, method=method))

@@ -1,5 +1,6 @@
 """`atomic_path`: the target is replaced whole or not at all, durably (fsync before rename)."""
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -62,3 +63,13 @@ def test_new_files_get_the_umask_permissions_not_0600(tmp_path):
     write_json(target, {"a": [1, 2]})
     assert target.read_text() == '{\n  "a": [\n    1,\n    2\n  ]\n}\n'
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~atomic._UMASK
+
+
+def test_write_json_keeps_the_callers_key_order(tmp_path):
+    target = tmp_path / "doc.json"
+    doc = {"version": 2, "name": "x", "body": {"zeta": 1, "alpha": [3, 1]}}
+    write_json(target, doc)  # the version first, as written, for people reading the file
+    text = target.read_text()
+    assert list(json.loads(text)) == ["version", "name", "body"]
+    assert text.index('"zeta"') < text.index('"alpha"')
+    assert json.loads(text) == doc

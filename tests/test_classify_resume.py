@@ -166,3 +166,30 @@ def test_overwrite_restarts_an_unfinished_job(inputs, computed, tmp_path):
     computed.clear()
     classify_store(*inputs, out, OPTIONS, overwrite=True, show_progress=False)
     assert len(computed) == 4 and len(read_output(out)) == 100
+
+
+def as_version_1(out: Path) -> None:
+    """Rewrite `out`'s journal as a version 1 tipretrieval wrote it: no checksums at all."""
+    journal = json.loads((out / JOURNAL).read_text())
+    del journal["checksum"]
+    journal["format_version"] = 1
+    journal["parts"] = [{k: v for k, v in p.items() if k != "sha256"} for p in journal["parts"]]
+    (out / JOURNAL).write_text(json.dumps(journal))
+
+
+def test_a_version_1_journal_resumes_its_unfinished_job(inputs, computed, tmp_path):
+    out = tmp_path / "out"
+    classify_store(*inputs, out, OPTIONS, show_progress=False)
+    expected = part_bytes(out)
+    kill_after(out, lost=[7])
+    as_version_1(out)
+    (out / "part-000005.parquet").unlink()  # a committed part whose file is gone
+    computed.clear()
+    classify_store(*inputs, out, OPTIONS, show_progress=False)
+    assert computed == [(160, 191), (224, 239)]  # unchecked parts are kept, missing ones redone
+    assert part_bytes(out) == expected and (out / SUCCESS).exists()
+    journal = json.loads((out / JOURNAL).read_text())
+    assert journal["format_version"] == 2
+    redone = {p["file"]: p["sha256"] for p in journal["parts"] if p["index"] in (5, 7)}
+    assert redone == {f: hashlib.sha256(expected[f]).hexdigest()
+                      for f in ("part-000005.parquet", "part-000007.parquet")}
