@@ -212,8 +212,8 @@ def test_orphans_of_a_killed_writer_are_ignored_then_removed(store):
     assert len(Store.open(store.path).select()) == 20
 
 
-def test_second_writer_times_out_with_a_clear_error(store):
-    store.lock_timeout = 0.2
+def test_second_writer_times_out_with_a_clear_error(store, monkeypatch):
+    monkeypatch.setattr(Store, "lock_timeout", 0.2)  # a class setting (create uses it too)
     with FileLock(store.path / ".lock"):
         with pytest.raises(TipError, match="locked by another writer"):
             store.append(make_rows(5, 1))
