@@ -135,3 +135,19 @@ def test_retrieval_k_above_the_key_count_uses_every_key(parts):
     ad = TipAdapter(keys, labels, 4, text, alpha=1.0, beta=4.0, row_ids=np.arange(30, 38))
     np.testing.assert_allclose(ad.cache_term(x, mode="retrieval", k=100, tail=False),
                                ad.cache_term(x), rtol=1e-5)
+
+
+def test_evidence_is_the_asked_class_keys_most_similar_to_each_query(parts):
+    keys, labels, text, x = parts  # classes 0, 1, 2, 3 have 3, 2, 3 and 0 keys
+    row_ids = np.array([70, 10, 55, 31, 90, 12, 44, 8])
+    ad = TipAdapter(keys, labels, 4, text, row_ids=row_ids)
+    classes = np.array([0, 1, 2, 3, 0, 2, 1, 0, 2])
+    ids, sims = ad.evidence(x, classes, 3)
+    assert ids.dtype == np.int64 and sims.dtype == np.float32 and ids.shape == (9, 3)
+    for b, c in enumerate(classes):
+        mine = np.flatnonzero(labels == c)
+        s = keys[mine].astype(np.float64) @ x[b].astype(np.float64)
+        best = np.argsort(-s, kind="stable")
+        assert ids[b].tolist() == row_ids[mine[best]].tolist() + [-1] * (3 - len(mine))
+        np.testing.assert_allclose(sims[b, :len(mine)], s[best], rtol=1e-5, atol=1e-6)
+        assert np.isnan(sims[b, len(mine):]).all()

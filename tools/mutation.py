@@ -4,9 +4,12 @@ What is mutated, which tests run and which lines are excluded (each with its rea
 [mutmut] section of setup.cfg. SCOPE names the mutants that count, by mutmut's mutant-name
 patterns: whole modules, and only the add/remove-shots code of the cache. `--sample 147` keeps
 the mutants whose number ends in 1, 4 or 7 (about 30% of each function's), for a quicker
-estimate. Run from the repository root; mutmut works in ./mutants (kept between runs: unchanged
-functions keep their results unless `--fresh`). Exit status 1 when the total score is under
-`--target`.
+estimate. Run from the repository root; mutmut works in ./mutants. `--fresh` forgets earlier
+results and tests every mutant. Otherwise the run is incremental: it tests the mutants of
+functions changed since their last run (or never run) and every mutant not killed last time (new
+tests may kill it); killed mutants of unchanged functions keep their result. (mutmut itself
+re-tests every mutant it is given by name, so the names are chosen here.) Exit status 1 when
+the total score is under `--target`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from mutmut.mutation.file_mutation import mutate_file_contents
 from mutmut.stats import status_by_exit_code
 
 SHOTS = ["xǁCacheǁadd_shots", "xǁCacheǁremove_shots", "xǁCacheǁ_carry_index"]
@@ -49,15 +53,41 @@ def mutant_patterns(prefixes: list[str], sample: str) -> list[str]:
     return [f"{p}__mutmut_*" + (f"[{sample}]" if sample else "") for p in prefixes]
 
 
+def in_scope(name: str, prefixes: list[str], sample: str) -> bool:
+    """Whether the mutant `name` counts (its module's SCOPE patterns and the sample)."""
+    return any(fnmatch.fnmatch(name, p) for p in mutant_patterns(prefixes, sample))
+
+
+def to_test(sample: str) -> list[str]:
+    """Names and patterns of the mutants an incremental run tests (module docstring)."""
+    names: list[str] = []
+    for module, prefixes in SCOPE.values():
+        meta = Path("mutants/tipretrieval") / f"{module}.meta"
+        if not meta.exists():
+            names += mutant_patterns(prefixes, sample)
+            continue
+        data = json.loads(meta.read_text())
+        before = data["hash_by_function_name"]
+        dotted = "tipretrieval." + module.removesuffix(".py").replace("/", ".")
+        path = Path("tipretrieval") / module  # mutmut's own hashes of the functions it mutates
+        now = mutate_file_contents(str(path), path.read_text()).hash_by_function_name
+        changed = {f"{dotted}.{f}" for f, h in now.items() if before.get(f) != h}
+        changed = {f for f in changed if in_scope(f"{f}__mutmut_1", prefixes, "")}
+        names += mutant_patterns(sorted(changed), sample)
+        names += [k for k, code in data["exit_code_by_key"].items()
+                  if k.rpartition("__mutmut_")[0] not in changed and in_scope(k, prefixes, sample)
+                  and (code is None or status_by_exit_code[code] not in DETECTED)]
+    return names
+
+
 def results(sample: str) -> dict[str, dict[str, str]]:
     """{module label: {mutant name: status}} for the mutants in SCOPE (and the sample)."""
     out: dict[str, dict[str, str]] = {}
     for label, (module, prefixes) in SCOPE.items():
         meta = Path("mutants/tipretrieval") / f"{module}.meta"
         codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
-        pats = mutant_patterns(prefixes, sample)
         out[label] = {k: status_by_exit_code[v] for k, v in codes.items()
-                      if any(fnmatch.fnmatch(k, p) for p in pats)}
+                      if in_scope(k, prefixes, sample)}
     return out
 
 
@@ -83,7 +113,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", 2)),
                         help="mutants tested at once (default 2, or $MUTATION_JOBS)")
-    parser.add_argument("--fresh", action="store_true", help="forget earlier results first")
+    parser.add_argument("--fresh", action="store_true",
+                        help="forget earlier results and test every mutant")
     parser.add_argument("--report-only", action="store_true", help="only print the table")
     parser.add_argument("--sample", default="", help="only mutants whose number ends in one "
                         "of these digits, e.g. 147 (default: all)")
@@ -95,10 +126,11 @@ def main() -> int:
         mutmut = Path(sys.executable).with_name("mutmut")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
         start = time.monotonic()
-        names = [p for _, prefixes in SCOPE.values()
-                 for p in mutant_patterns(prefixes, args.sample)]
-        subprocess.run([str(mutmut), "run", "--max-children", str(args.jobs), *names],
-                       env=env, check=False)
+        names = to_test(args.sample)
+        print(f"testing {len(names)} mutant names and patterns")
+        if names:
+            subprocess.run([str(mutmut), "run", "--max-children", str(args.jobs), *names],
+                           env=env, check=False)
         print(f"\nmutmut run took {time.monotonic() - start:.0f} s")
     found = results(args.sample)
     print(table(found))
