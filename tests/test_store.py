@@ -155,6 +155,14 @@ def test_add_classes_and_append_with_new_vocabulary(store):
         store.append(make_rows(5, 2), classes=["bee", "ant"])
 
 
+def test_adding_classes_is_one_new_generation_and_only_when_a_name_is_new(store):
+    before = store.generation
+    assert store.add_classes(["eel"]) == [4]
+    assert store.generation == Store.open(store.path).generation == before + 1
+    assert store.add_classes(["ant", "eel"]) == [0, 4]  # nothing new: nothing written
+    assert Store.open(store.path).generation == before + 1
+
+
 def test_snapshot_isolation_and_refresh(store):
     store.append(make_rows(100, 1))
     reader = Store.open(store.path)

@@ -136,3 +136,15 @@ def test_edge_warnings_name_the_scale_to_widen():
         "beta 0.1 is the bottom of its grid")
     mid = tune.TuneResult(res.alphas[1], res.betas[1], 50.0, 90, res.betas, res.alphas, res.grid)
     assert mid.edge_warnings() == []
+
+
+def test_edge_warnings_on_grids_of_two_values_and_of_one():
+    alphas = [0.1, 1.0]
+    two = tune.TuneResult(1.0, 0.1, 50.0, 10, [0.1, 3.0], alphas, np.zeros((2, 2)))
+    assert [w.split(" is the ")[1][:6] for w in two.edge_warnings()] == ["bottom", "top of"]
+    assert two.edge_warnings()[0].startswith("beta 0.1 ")
+    assert two.edge_warnings()[1].startswith("alpha 1 ")
+    one_beta = tune.TuneResult(1.0, 2.0, 50.0, 10, [2.0], alphas, np.zeros((1, 2)))
+    assert one_beta.edge_warnings() == [  # one beta has no edge; alpha is still checked
+        "alpha 1 is the top of its grid: the best may lie above it; widen the alpha scale, "
+        "e.g. --scale 7 6"]
