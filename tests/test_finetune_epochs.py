@@ -96,3 +96,42 @@ def test_a_tie_keeps_the_earlier_epoch(monkeypatch):
     assert not np.array_equal(seen[1], seen[3])
     order = affinity.SortedKeys.build(data["keys"], data["labels"], 6).order
     np.testing.assert_array_equal(res.keys[order], seen[1])  # sorted back to the input order
+
+
+def test_an_all_zero_validation_run_keeps_epoch_0_keys_not_the_untrained_ones(monkeypatch):
+    data = make(2)
+    seen = []
+
+    def hopeless(model, *args):
+        seen.append(model.keys().copy())
+        return 0.0
+
+    monkeypatch.setattr(ft, "_accuracy", hopeless)
+    res = run(data, epochs=3)
+    assert res.best_epoch == 0 and res.val_acc == [0.0, 0.0, 0.0]
+    order = affinity.SortedKeys.build(data["keys"], data["labels"], 6).order
+    np.testing.assert_array_equal(res.keys[order], seen[0])
+    assert not np.allclose(res.keys, data["keys"])  # epoch 0 trained them
+
+
+def test_validation_accuracy_uses_the_official_logits_on_a_knife_edge():
+    """A val row where the text favours a wrong class and the cache the true one; alpha sets
+    the true class 0.2% of the text gap ahead, or behind: val accuracy 100 or 0, as the
+    training-free adapter says (lr 0: the keys never move)."""
+    data = make(5)
+    ad = TipAdapter(data["keys"], data["labels"], 6, data["text"], alpha=1.0, beta=2.0)
+    clip, cache = ad.text_logits(data["val_x"]), ad.cache_term(data["val_x"])
+    for row, y in enumerate(data["val_y"]):
+        b = int(np.argmax(clip[row]))
+        if b != y and cache[row, y] > cache[row, b]:
+            break
+    assert b != y and cache[row, y] > cache[row, b]  # such a row was found
+    edge = float(clip[row, b] - clip[row, y]) / float(cache[row, y] - cache[row, b])
+    for factor, want in ((1.002, 100.0), (0.998, 0.0)):
+        alpha = edge * factor
+        knife = {**data, "val_x": data["val_x"][row:row + 1], "val_y": data["val_y"][row:row + 1],
+                 "alpha": alpha}
+        adapter = TipAdapter(data["keys"], data["labels"], 6, data["text"], alpha=alpha,
+                             beta=2.0)
+        assert (adapter.logits(knife["val_x"]).argmax(1)[0] == y) == (want == 100.0)
+        assert run(knife, lr=0.0, epochs=1).val_acc == [want]
