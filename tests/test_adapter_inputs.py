@@ -99,8 +99,10 @@ def test_queries_of_other_types_and_layouts_score_the_same(parts):
     np.testing.assert_array_equal(ad.logits(np.asfortranarray(x)), want)
     np.testing.assert_allclose(ad.text_logits(x.tolist()), 100 * x @ text.T, rtol=1e-5,
                                atol=1e-4)
-    np.testing.assert_allclose(ad.logits(x, mode="retrieval", k=8, rescore=0), want,
-                               rtol=1e-5, atol=1e-5)
+    retrieval = ad.logits(x, mode="retrieval", k=8, rescore=0)
+    np.testing.assert_allclose(retrieval, want, rtol=1e-5, atol=1e-5)
+    assert retrieval.dtype == np.float32
+    assert ad.cache_term(x, mode="retrieval", k=3).dtype == np.float32
 
 
 def test_the_index_is_built_or_loaded_once_and_only_when_needed(parts):

@@ -5,6 +5,7 @@ import pytest
 
 from tipretrieval.method import affinity
 from tipretrieval.method.adapter import TipAdapter
+from tipretrieval.method.index import KeyIndex
 
 
 def unit(a):
@@ -117,3 +118,24 @@ def test_the_affinity_functions_take_float64_queries():
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a[:, :2], affinity.exact(x32, sk, 3.0)[:, :2], rtol=1e-5)
     assert np.all(a[:, 2:] == 0)
+
+
+def test_keys_an_index_does_not_return_fall_to_the_tail():
+    """An IVF index probing one list returns fewer than k ids (-1 padding): the padding is no
+    key, and every key not returned is in its class's tail."""
+    rng = np.random.default_rng(13)
+    c, d = 4, 16
+    labels = rng.permutation(np.repeat(np.arange(c), [5, 8, 3, 6]))
+    centres = unit(rng.standard_normal((c, d)))
+    keys = unit(centres[labels] + 0.5 * rng.standard_normal((len(labels), d)))
+    row_ids = rng.permutation(1000)[: len(keys)] + 7
+    index = KeyIndex.build(keys, row_ids, "IVF4,Flat")  # nprobe 1
+    x = unit(centres[rng.integers(0, c, 50)] + 0.5 * rng.standard_normal((50, d)))
+    _, ids = index.search(x, 10)
+    assert (ids == -1).any() and (ids >= 0).any()
+    where = {int(r): i for i, r in enumerate(row_ids)}
+    pos = np.array([[where.get(int(r), -1) for r in row] for row in ids])  # input order
+    retrieved, tail = by_hand(x, keys, labels, c, 3.0, pos)
+    ad = TipAdapter(keys, labels, c, beta=3.0, index=index, row_ids=row_ids, weighting="sum")
+    np.testing.assert_allclose(ad.cache_term(x, mode="retrieval", k=10), retrieved + tail,
+                               rtol=2e-5, atol=1e-7)
