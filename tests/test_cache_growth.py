@@ -138,6 +138,15 @@ def test_stale_tuning_and_retune(store, data, tmp_path, caplog):
         Cache.build(store, 2, text=data.text).retune()
 
 
+def test_stale_tuning_counts_every_add_and_remove(store, data):
+    cache = Cache.build(store, 2, text=data.text)
+    cache.tune(cache.rows_of(store, "val"), steps=(4, 2))
+    cache.add_shots(odd_extra(store, cache), store=store)
+    assert "(1 add/remove-shots since)" in cache.stale_tuning()
+    cache.remove_shots(cache.row_ids[:2], store=store)
+    assert "(2 add/remove-shots since)" in cache.stale_tuning()
+
+
 def run(*args, code=0):
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == code, (result.output, result.stderr, result.exception)

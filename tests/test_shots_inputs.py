@@ -54,6 +54,20 @@ def test_shots_already_in_the_cache_are_refused_by_row_id(setup):
         cache.add_shots(keys)
 
 
+def test_the_refusal_names_only_the_clashing_or_the_repeated_row_ids(setup):
+    cache, spare, _ = fresh(setup)
+    _, _, train = setup
+    key = cache.row_ids[2]
+    mixed = train.take(np.isin(train.row_ids, np.r_[spare.row_ids[:3], key]))
+    with pytest.raises(BadInput, match=rf"row ids \[{key}\] are already keys"):
+        cache.add_shots(mixed)
+    twice = spare.take(slice(0, 3))
+    again = int(twice.row_ids[0])
+    twice = replace(twice, row_ids=np.r_[twice.row_ids[:2], again])
+    with pytest.raises(BadInput, match=rf"row ids \[[^]]*\b{again}\b[^]]*\] .*or repeated"):
+        cache.add_shots(twice)
+
+
 def test_remove_counts_each_row_once_and_refuses_unknown_ids(setup):
     cache, _, x = fresh(setup)
     ids = cache.row_ids.copy()
