@@ -148,3 +148,28 @@ def test_edge_warnings_on_grids_of_two_values_and_of_one():
     assert one_beta.edge_warnings() == [  # one beta has no edge; alpha is still checked
         "alpha 1 is the top of its grid: the best may lie above it; widen the alpha scale, "
         "e.g. --scale 7 6"]
+
+
+def test_a_class_that_wins_only_at_small_alpha_is_scored_there():
+    """The text favours class 1 by 2 logits; class 0 has six keys equal to the query, class 1
+    one orthogonal key. Class 1 wins the small-alpha cells only: the pruned search must keep it
+    as a contender for those cells and agree with the dense grid."""
+    e = np.eye(8, dtype=np.float32)
+    keys = np.stack([e[0]] * 6 + [e[1]])
+    labels = np.array([0] * 6 + [1])
+    text = np.stack([0.5 * e[0] + np.sqrt(1 - 0.5 ** 2) * e[2],
+                     0.52 * e[0] + np.sqrt(1 - 0.52 ** 2) * e[3]]).astype(np.float32)
+    val_x, val_y = e[:1], np.array([0])
+    got = tune.search(val_x, val_y, keys, labels, text, weighting="sum", steps=(10, 10),
+                      show_progress=False)
+    want = dense_grid(val_x, val_y, keys, labels, text, "sum", (10, 10))
+    assert (want[:, 0] == 0).all() and (want[:, -1] == 1).all()
+    np.testing.assert_array_equal(got.grid / 100, want)
+
+
+def test_the_grid_scale_round_trips_and_defaults_for_older_records():
+    got = tune.search(*problem(1), scale=(5.0, 2.0), steps=(6, 3), show_progress=False)
+    back = tune.TuneResult.from_json(json.loads(json.dumps(got.to_json())))
+    assert back.scale == (5.0, 2.0) and back.betas == got.betas and back.alphas == got.alphas
+    older = {k: v for k, v in got.to_json().items() if k != "scale"}  # before scale was kept
+    assert tune.TuneResult.from_json(older).scale == (7.0, 3.0)
