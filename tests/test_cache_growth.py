@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -220,3 +221,18 @@ def test_gda_statistics_file_is_checksummed(store, data, tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(CorruptData, match=f"damaged {files['gda']}"):
         Cache.load(tmp_path / "c")
+
+
+def test_shot_views_come_from_the_store_given_when_the_cache_store_moved(store, data, tmp_path):
+    home = tmp_path / "home"
+    shutil.copytree(store.path, home)
+    cache = Cache.build(Store.open(home), 2, text=data.text)
+    assert cache.info.gda_fit == "views"
+    there = Store.open(shutil.move(home, tmp_path / "moved"))  # the recorded path is gone
+    cache.add_shots(odd_extra(there, cache), store=there)
+    cache.remove_shots(cache.row_ids[:3], store=there)
+    assert cache.info.gda_fit == "views"  # both read the shots' views from `there`
+    fresh = rebuild(there, cache, tmp_path / "fresh")
+    x = there.select(split="test").features
+    np.testing.assert_allclose(cache.logits(x, method="gda"), fresh.logits(x, method="gda"),
+                               rtol=1e-5, atol=1e-5)
