@@ -147,7 +147,7 @@ def test_edge_warnings_on_grids_of_two_values_and_of_one():
     one_beta = tune.TuneResult(1.0, 2.0, 50.0, 10, [2.0], alphas, np.zeros((1, 2)))
     assert one_beta.edge_warnings() == [  # one beta has no edge; alpha is still checked
         "alpha 1 is the top of its grid: the best may lie above it; widen the alpha scale, "
-        "e.g. --scale 7 6"]
+        "e.g. `scale=` 7 6"]
 
 
 def test_a_class_that_wins_only_at_small_alpha_is_scored_there():
