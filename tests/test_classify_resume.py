@@ -193,3 +193,19 @@ def test_a_version_1_journal_resumes_its_unfinished_job(inputs, computed, tmp_pa
     redone = {p["file"]: p["sha256"] for p in journal["parts"] if p["index"] in (5, 7)}
     assert redone == {f: hashlib.sha256(expected[f]).hexdigest()
                       for f in ("part-000005.parquet", "part-000007.parquet")}
+
+
+def test_the_journal_says_running_and_where_the_cache_is_and_a_resume_keeps_the_lock(
+        inputs, tmp_path):
+    out = tmp_path / "out"
+    classify_store(*inputs, out, OPTIONS, show_progress=False)
+    kill_after(out, lost=[7])
+    where = str(inputs[0].resolve())
+    doc = json.loads((out / JOURNAL).read_text())
+    assert (doc["state"], doc["cache_path"]) == ("running", where)
+    assert Journal.load(out).cache_path == where
+    lock = out / ".classify.lock"
+    inode = lock.stat().st_ino
+    classify_store(*inputs, out, OPTIONS, show_progress=False)
+    assert lock.stat().st_ino == inode  # the held lock is not swept away with temp files
+    assert json.loads((out / JOURNAL).read_text())["state"] == "complete"

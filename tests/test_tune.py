@@ -173,3 +173,37 @@ def test_the_grid_scale_round_trips_and_defaults_for_older_records():
     assert back.scale == (5.0, 2.0) and back.betas == got.betas and back.alphas == got.alphas
     older = {k: v for k, v in got.to_json().items() if k != "scale"}  # before scale was kept
     assert tune.TuneResult.from_json(older).scale == (7.0, 3.0)
+
+
+def test_a_tie_between_classes_goes_to_the_lower_index_as_argmax_does():
+    """Classes 0 and 1 have the same keys and text: every cell ties them, and argmax picks
+    class 0, so validation rows of class 1 are never right, and rows of class 0 always."""
+    e = np.eye(8, dtype=np.float32)
+    keys = np.stack([e[0], e[0], e[0], e[0], e[1]])
+    labels = np.array([0, 0, 1, 1, 2])
+    text = np.stack([e[0], e[0], e[1]])
+    val_x, val_y = np.stack([e[0], e[0], e[1]]), np.array([1, 0, 2])
+    got = tune.search(val_x, val_y, keys, labels, text, weighting="sum", steps=(5, 4),
+                      show_progress=False)
+    want = dense_grid(val_x, val_y, keys, labels, text, "sum", (5, 4))
+    assert (want == 2).all()
+    np.testing.assert_array_equal(np.round(got.grid * 3 / 100), want)
+
+
+def test_one_class_is_always_right():
+    val_x, _, keys, _, text = problem(2)
+    got = tune.search(val_x, np.zeros(len(val_x), int), keys, np.zeros(len(keys), int),
+                      text[:1], steps=(5, 4), show_progress=False)
+    assert (got.grid == 100.0).all() and got.val_acc == 100.0
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])  # unit features: pruned path; x3: dense path
+def test_counts_add_up_over_row_blocks(scale):
+    val_x, val_y, keys, labels, text = problem(4)
+    whole = tune.search(val_x * scale, val_y, keys, labels, text, steps=(6, 4),
+                        show_progress=False)
+    blocks = tune.search(val_x * scale, val_y, keys, labels, text, steps=(6, 4),
+                         block_bytes=4 * 24 * 7, show_progress=False)  # 7 rows a block
+    np.testing.assert_array_equal(blocks.grid, whole.grid)
+    want = dense_grid(val_x * scale, val_y, keys, labels, text, "balanced", (6, 4))
+    np.testing.assert_array_equal(np.round(whole.grid * len(val_y) / 100), want)

@@ -41,3 +41,15 @@ def test_bad_validation_sets_are_refused(x, y):
     with pytest.raises(BadInput, match="validation features"):
         tune.search(x, y, rng.standard_normal((3, 8)), np.arange(3), rng.standard_normal((3, 8)),
                     steps=(2, 2), show_progress=False)
+
+
+def test_float64_inputs_search_as_float32():
+    rng = np.random.default_rng(4)
+    text = rng.standard_normal((3, 8))
+    keys = rng.standard_normal((6, 8))
+    x = rng.standard_normal((20, 8))
+    y = rng.integers(0, 3, 20)
+    wide = tune.search(x, y, keys, np.arange(6) % 3, text, steps=(4, 3), show_progress=False)
+    narrow = tune.search(x.astype(np.float32), y, keys.astype(np.float32), np.arange(6) % 3,
+                         text.astype(np.float32), steps=(4, 3), show_progress=False)
+    np.testing.assert_array_equal(wide.grid, narrow.grid)
