@@ -74,8 +74,14 @@ def to_test(sample: str) -> list[str]:
         before = data["hash_by_function_name"]
         dotted = "tipretrieval." + module.removesuffix(".py").replace("/", ".")
         path = Path("tipretrieval") / module  # mutmut's own hashes of the functions it mutates
-        now = mutate_file_contents(str(path), path.read_text()).hash_by_function_name
-        changed = {f"{dotted}.{f}" for f, h in now.items() if before.get(f) != h}
+        mutated = mutate_file_contents(str(path), path.read_text())
+        # a function is changed when its code is, or its mutants are (an exclusion changed:
+        # mutmut would keep the old results under shifted mutant numbers)
+        counts = Counter(n.rpartition("__mutmut_")[0] for n in mutated.mutant_names)
+        old_counts = Counter(k.rpartition("__mutmut_")[0].rpartition(".")[2]
+                             for k in data["exit_code_by_key"])
+        changed = {f"{dotted}.{f}" for f, h in mutated.hash_by_function_name.items()
+                   if before.get(f) != h or counts[f] != old_counts[f]}
         changed = {f for f in changed if in_scope(f"{f}__mutmut_1", prefixes, "")}
         names += mutant_patterns(sorted(changed), sample)
         names += [k for k, code in data["exit_code_by_key"].items()
