@@ -81,17 +81,26 @@ def _shards(store):
     return manifest.read_text().count('"first_row_id"') if manifest.exists() else 0
 
 
-def test_extract_resumes_after_kill(model_args, tmp_path):
-    n = 160
-    folder = tmp_path / "imgs"
+def _images(folder, n, seed):
+    """`n` random 24x24 PNGs named 000.png, 001.png, ... in a new `folder`."""
     folder.mkdir()
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for i in range(n):
         Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
             folder / f"{i:03d}.png")
+    return folder
+
+
+def _extract_cmd(folder, store, model_args):
+    """`tipretrieval extract` of `folder` into `store` in chunks of 4 images, as a subprocess."""
+    return [sys.executable, "-m", "tipretrieval", "extract", str(folder), "--store", str(store),
+            "--chunk", "4", "--batch-size", "4", "--workers", "0", *map(str, model_args)]
+
+
+def test_extract_resumes_after_kill(model_args, tmp_path):
+    n = 160
     store = tmp_path / "store"
-    cmd = [sys.executable, "-m", "tipretrieval", "extract", str(folder), "--store", str(store),
-           "--chunk", "4", "--batch-size", "4", "--workers", "0", *map(str, model_args)]
+    cmd = _extract_cmd(_images(tmp_path / "imgs", n, seed=0), store, model_args)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=os.environ | {"HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + 60
@@ -114,15 +123,8 @@ def test_two_extracts_creating_one_store_both_land_each_image_once(model_args, t
     on the writer lock first); the second opens the first's store, and rows either run stored
     meanwhile are skipped at append time, so every image is stored exactly once."""
     n = 40
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
-            folder / f"{i:03d}.png")
     store = tmp_path / "store"
-    cmd = [sys.executable, "-m", "tipretrieval", "extract", str(folder), "--store", str(store),
-           "--chunk", "4", "--batch-size", "4", "--workers", "0", *map(str, model_args)]
+    cmd = _extract_cmd(_images(tmp_path / "imgs", n, seed=1), store, model_args)
     with writer_lock(store, 120):  # a third writer holds the lock until both runs wait on it
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env=os.environ) for _ in range(2)]
