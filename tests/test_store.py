@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
-from filelock import FileLock
 
-from tipretrieval.errors import BadInput, CorruptData, NewerFormat, TipError
+from tipretrieval.errors import BadInput, CorruptData, NewerFormat, StoreLocked
 from tipretrieval.provenance import Provenance
 from tipretrieval.rows import Rows
+from tipretrieval.store.hold import hold
 from tipretrieval.store.shard import as_float32
 from tipretrieval.store.store import Store
 
@@ -220,12 +223,55 @@ def test_orphans_of_a_killed_writer_are_ignored_then_removed(store):
     assert len(Store.open(store.path).select()) == 20
 
 
-def test_second_writer_times_out_with_a_clear_error(store, monkeypatch):
-    monkeypatch.setattr(Store, "lock_timeout", 0.2)  # a class setting (create uses it too)
-    with FileLock(store.path / ".lock"):
-        with pytest.raises(TipError, match="locked by another writer"):
-            store.append(make_rows(5, 1))
-    assert len(Store.open(store.path)) == 0
+HOLDER = """import sys, time
+from tipretrieval.store.store import Store
+with Store.writing(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _set_timeout(store: Store, seconds: float) -> Store:
+    store.lock_timeout = seconds
+    return store
+
+
+def _hold(path, seconds: float) -> None:
+    with hold(path, timeout=seconds):
+        pass
+
+
+SECOND_WRITERS = {
+    "opened with lock_timeout=": lambda path, t: Store.open(path, lock_timeout=t).append(
+        make_rows(5, 1)),
+    "instance lock_timeout set": lambda path, t: _set_timeout(Store.open(path), t).append(
+        make_rows(5, 1)),
+    "compact": lambda path, t: Store.open(path, lock_timeout=t).compact(),
+    "hold(timeout=)": _hold,
+}
+
+
+def test_a_second_writer_fails_after_its_own_timeout_with_one_line(store):
+    """Another process holds the writer lock: each second writer with a 0.3 s timeout fails
+    after that timeout (not the 60 s default) with one line, and nothing is stored."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(store.path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        for name, write in SECOND_WRITERS.items():
+            start = time.monotonic()
+            with pytest.raises(StoreLocked) as exc:
+                write(store.path, 0.3)
+            waited = time.monotonic() - start
+            assert 0.3 <= waited < 10, (name, waited)
+            assert str(exc.value) == (f"store {store.path} is locked by another writer for "
+                                      "over 0.3 s: wait for the other import/encode to finish "
+                                      "and retry"), name
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(Store.open(store.path)) == 0 and store.manifest.generation == 0
+    assert len(Store.open(store.path, lock_timeout=0.3).append(make_rows(5, 1))) == 5
 
 
 def test_not_a_store_and_newer_format(tmp_path, store):

@@ -156,7 +156,7 @@ class ChunkWriter:
         (checked and appended under one hold of the writer lock, so each image lands once)."""
         if self.parts:
             rows = Rows.concat(self.parts)
-            with Store.writing(self.store.path):
+            with Store.writing(self.store.path, self.store.lock_timeout):
                 stored = self.store.refresh().existing_ids(rows.ids)
                 self.store.append(rows.take(np.flatnonzero(~stored)))
             self.report.encoded += len(rows) - int(stored.sum())

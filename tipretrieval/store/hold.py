@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..provenance import Provenance
+from .lock import LOCK_TIMEOUT
 from .manifest import MANIFEST_NAME
 from .store import Store, check_can_create
 
@@ -26,28 +27,30 @@ class Hold:
     path: Path
     store: Store | None
     created: bool = False
+    timeout: float = LOCK_TIMEOUT  # the store's `lock_timeout`
 
     def create(self, *, dim: int, provenance: Provenance, classes=(),
                dtype: str = "float16") -> Store:
         """Create the store (there was none when the hold began); see `Store.create`."""
         self.store = Store.create(self.path, dim=dim, provenance=provenance, classes=classes,
-                                  dtype=dtype)
+                                  dtype=dtype, lock_timeout=self.timeout)
         self.created = True
         return self.store
 
 
 @contextlib.contextmanager
-def hold(path: Path | str) -> Iterator[Hold]:
+def hold(path: Path | str, timeout: float = LOCK_TIMEOUT) -> Iterator[Hold]:
     """Hold the writer lock of the store at `path` (missing: a new or empty folder) with the
     store there opened; on error, a store created under this hold that holds no rows is removed
-    (with its folder when this call made it). StoreLocked after `Store.lock_timeout`."""
+    (with its folder when this call made it). StoreLocked after `timeout` s."""
     path = Path(path)
     if not (path / MANIFEST_NAME).exists():
         check_can_create(path)  # refuse a non-empty folder before making a lock in it
     made_dir = not path.exists()
-    with Store.writing(path):
+    with Store.writing(path, timeout):
         existed = (path / MANIFEST_NAME).exists()
-        held = Hold(path, Store.open(path) if existed else None)
+        opened = Store.open(path, lock_timeout=timeout) if existed else None
+        held = Hold(path, opened, timeout=timeout)
         try:
             yield held
         except BaseException:

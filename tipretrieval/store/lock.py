@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import StoreLocked
 
 LOCK_NAME = ".lock"
+LOCK_TIMEOUT = 60.0  # default seconds a writer waits for another before StoreLocked
 _POLL_S = 0.05
 
 _held: dict[str, int] = {}  # lock path -> depth, for the thread that holds it

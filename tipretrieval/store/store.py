@@ -26,7 +26,7 @@ from ..rows import Rows
 from ..util.progress import progress
 from . import id_index
 from .compact import TARGET_BYTES, CompactResult, compact_shards, remove_replaced
-from .lock import LOCK_NAME, remove_lock_file, writer_lock
+from .lock import LOCK_NAME, LOCK_TIMEOUT, remove_lock_file, writer_lock
 from .manifest import DTYPES, MANIFEST_NAME, Manifest
 from .reader import COLUMNS, BatchReader, matching
 from .shard import IdKeys, ShardReader, check_present, verify_shard, write_shard
@@ -76,18 +76,20 @@ def _as_set(value, kind) -> set | None:
 
 
 class Store:
-    """A feature store snapshot: reads see the manifest as of open (or the last refresh/write)."""
+    """A feature store snapshot: reads see the manifest as of open (or the last refresh/write).
 
-    lock_timeout: float = 60.0
+    `lock_timeout`: seconds this instance's writes wait for another writer (then StoreLocked).
+    """
 
-    def __init__(self, path: Path, manifest: Manifest):
+    def __init__(self, path: Path, manifest: Manifest, lock_timeout: float = LOCK_TIMEOUT):
         self._path = path
         self._manifest = manifest
+        self.lock_timeout = lock_timeout
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
     def create(cls, path: Path | str, *, dim: int, provenance: Provenance, classes=(),
-               dtype: str = "float16") -> Store:
+               dtype: str = "float16", lock_timeout: float = LOCK_TIMEOUT) -> Store:
         """Create an empty store at `path` (a new or empty directory)."""
         path = Path(path)
         if dtype not in DTYPES:
@@ -99,8 +101,8 @@ class Store:
         if not (path / MANIFEST_NAME).exists():
             check_can_create(path)  # before the lock file is made in a directory we refuse
         store = cls(path, Manifest.new(dim=dim, dtype=dtype, provenance=provenance,
-                                       classes=classes))
-        with cls.writing(path):
+                                       classes=classes), lock_timeout)
+        with store._locked():
             if (path / MANIFEST_NAME).exists():
                 raise BadInput(f"{path} is already a store: open it instead of creating it")
             check_can_create(path)
@@ -112,14 +114,14 @@ class Store:
         log.info("created store %s (dim %d, %s)", path, dim, provenance.describe())
         return store
 
-    @classmethod
+    @staticmethod
     @contextlib.contextmanager
-    def writing(cls, path: Path | str) -> Iterator[None]:
+    def writing(path: Path | str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
         """Hold the writer lock of the store at `path` (made with its folder when missing) so
-        that several steps (create, then append) are one; StoreLocked after `lock_timeout`."""
+        that several steps (create, then append) are one; StoreLocked after `timeout` s."""
         path = Path(path)
         try:
-            with writer_lock(path, cls.lock_timeout):
+            with writer_lock(path, timeout):
                 yield
         except OSError as exc:
             raise write_error(exc, path) from exc
@@ -140,10 +142,10 @@ class Store:
                 path.rmdir()  # only when empty: never someone else's files
 
     @classmethod
-    def open(cls, path: Path | str) -> Store:
+    def open(cls, path: Path | str, *, lock_timeout: float = LOCK_TIMEOUT) -> Store:
         """Open the store at `path` as a snapshot of its current manifest."""
         path = Path(path)
-        return cls(path, Manifest.load(path))
+        return cls(path, Manifest.load(path), lock_timeout)
 
     def refresh(self) -> Store:
         """Move this store to the newest manifest on disk (returns self)."""
@@ -197,7 +199,7 @@ class Store:
     # -- writing ----------------------------------------------------------------------------
     def _locked(self):
         """Hold the store's writer lock (a context manager); StoreLocked after `lock_timeout`."""
-        return self.writing(self._path)
+        return self.writing(self._path, self.lock_timeout)
 
     def append(self, rows: Rows, *, provenance: Provenance | None = None,
                classes: Iterable[str] | None = None) -> np.ndarray:
