@@ -139,3 +139,33 @@ def test_keys_an_index_does_not_return_fall_to_the_tail():
     ad = TipAdapter(keys, labels, c, beta=3.0, index=index, row_ids=row_ids, weighting="sum")
     np.testing.assert_allclose(ad.cache_term(x, mode="retrieval", k=10), retrieved + tail,
                                rtol=2e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("x_scale, key_scale", [(3.0, 1.0), (1.0, 1.6), (0.5, 1.0)])
+def test_non_unit_queries_and_keys_get_the_dense_formulas_tail(x_scale, key_scale):
+    """Similarities outside [-1, 1] (queries off the sphere, or keys that fine-tuning moved):
+    the tail is still the mean-field formula (a lower bound on dense numpy), and exact when a
+    class's keys are identical, as for unit features."""
+    rng = np.random.default_rng(15)
+    c, d, beta = 6, 12, 3.0
+    counts = np.array([4, 9, 1, 6, 12, 3])
+    labels = rng.permutation(np.repeat(np.arange(c), counts))
+    centres = key_scale * unit(rng.standard_normal((c, d)))
+    x = x_scale * unit(rng.standard_normal((50, d)))
+    dense = np.exp(-beta * (1 - x.astype(np.float64) @ centres.T.astype(np.float64)))
+    if x_scale * key_scale > 1:
+        assert dense.min() < np.exp(-2 * beta) and dense.max() > 1  # beyond the unit range
+    ad = TipAdapter(centres[labels], labels, c, beta=beta, weighting="sum")
+    for k in (1, 4):
+        np.testing.assert_allclose(ad.cache_term(x, mode="retrieval", k=k), counts * dense,
+                                   rtol=2e-5, atol=0)
+    spread = (centres[labels] + 0.4 * key_scale * rng.standard_normal((len(labels), d)))
+    sk = affinity.SortedKeys.build(spread, labels, c, "sum")
+    keys = sk.keys
+    pos = np.stack([rng.choice(len(keys), size=3, replace=False) for _ in x])
+    retrieved, tail = by_hand(x, keys, sk.labels, c, beta, pos)
+    got = affinity.retrieval(x, sk, beta, pos, affinity.retrieved_sims(x, sk, pos))
+    np.testing.assert_allclose(got, retrieved + tail, rtol=2e-5, atol=0)
+    exact = np.exp(-beta * (1 - x.astype(np.float64) @ keys.T.astype(np.float64))) @ np.eye(
+        c)[sk.labels]
+    assert np.all(got <= exact * (1 + 1e-5))

@@ -23,6 +23,10 @@ the m_c = n_c - r_c unretrieved keys have mean similarity mu_c = (x . S_c - retr
 and they contribute m_c * exp(-beta * (1 - mu_c)). Since exp is convex this is a lower bound
 on their true contribution (Jensen), and it is exact when their similarities are equal, which is
 where truncation fails worst (small beta). With k >= M nothing is left and the result is exact.
+Neither queries nor keys need unit norm (fine-tuned keys leave the sphere), so mu_c is clipped
+only to the Cauchy-Schwarz range |mu_c| <= |x| * max_j |K_j|: never binding in exact arithmetic
+(the tail stays the dense formula's lower bound), it keeps float32 cancellation in
+x . S_c - (retrieved sims) from leaving the possible range.
 
 Because the retrieved terms are exact and the tail is a lower bound, every class's estimate
 is at most its exact value. `rescore_` then replaces the estimates of each query's top few
@@ -73,6 +77,7 @@ class SortedKeys:
     class_sums: np.ndarray  # (C, D) float32, sum of each class's keys (accumulated in float64)
     order: np.ndarray       # (M,) int64: sorted position i holds input key order[i]
     weights: np.ndarray     # (C,) float32 multiplier of each class's cache term
+    max_norm: float         # the largest key L2 norm: |x . K_j| <= |x| * max_norm
 
     @property
     def num_classes(self) -> int:
@@ -123,8 +128,10 @@ class SortedKeys:
         if present.size:
             sums[present] = np.add.reduceat(keys, offsets[present], axis=0, dtype=np.float64)
         offsets = offsets.astype(np.int64)
+        max_norm = float(np.sqrt(np.einsum("md,md->m", keys, keys, dtype=np.float64).max(
+            initial=0.0)))
         return cls(keys, labels, offsets, sums, order,
-                   class_weights(np.diff(offsets), weighting))
+                   class_weights(np.diff(offsets), weighting), max_norm)
 
 
 @dataclass(frozen=True)
@@ -230,17 +237,19 @@ def retrieval(x: np.ndarray, sk: SortedKeys, beta: float, pos: np.ndarray,
     hit = np.bincount(at, weights=exp_affinity_(s.copy(), beta), minlength=len(cells))
     out = np.zeros((b, c), dtype=np.float32)
     if tail:
-        total = torch.mm(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                         torch.from_numpy(sk.class_sums).t()).numpy()
+        q = np.ascontiguousarray(x, dtype=np.float32)
+        total = torch.mm(torch.from_numpy(q), torch.from_numpy(sk.class_sums).t()).numpy()
+        bound = np.linalg.norm(q, axis=1) * np.float32(sk.max_norm)  # (B,) |x . K_j| at most
         counts = sk.counts
         has = np.flatnonzero(counts > 0)
         n = counts[has].astype(np.float32)
-        mean = np.clip(total[:, has] / n, -1.0, 1.0)
+        mean = np.clip(total[:, has] / n, -bound[:, None], bound[:, None])
         out[:, has] = exp_affinity_(mean, beta) * n  # no key of the class retrieved
         left = counts[cells % c] - np.bincount(at, minlength=len(cells))
         sim_sum = np.bincount(at, weights=s, minlength=len(cells))
         some = left > 0
-        mean = np.clip((total.reshape(-1)[cells[some]] - sim_sum[some]) / left[some], -1.0, 1.0)
+        lim = bound[cells[some] // c]
+        mean = np.clip((total.reshape(-1)[cells[some]] - sim_sum[some]) / left[some], -lim, lim)
         hit[some] += left[some] * exp_affinity_(mean.astype(np.float32), beta)
     out.reshape(-1)[cells] = hit
     return sk.weigh_(out)
