@@ -279,3 +279,33 @@ def test_logits_by_method_of_one_method_equals_that_method_alone(method):
         got = ad.logits_by_method(x, [method])
         assert list(got) == [method]
         np.testing.assert_array_equal(got[method], ad.logits(x, method=method))
+
+
+def test_keys_keep_their_input_order_within_a_class():
+    """Sorting by class is stable (NumPy's default sort is not above 16 equal labels): each
+    class's keys, row ids and `order` follow the input order, with 40 keys per class."""
+    rng = np.random.default_rng(16)
+    labels = rng.permutation(np.repeat(np.arange(5), 40))
+    keys = unit(rng.standard_normal((200, 8)))
+    row_ids = rng.permutation(10_000)[:200]
+    sk = affinity.SortedKeys.build(keys, labels, 5)
+    ad = TipAdapter(keys, labels, 5, row_ids=row_ids)
+    for c in range(5):
+        members = np.flatnonzero(labels == c)  # input positions of class c, ascending
+        span = slice(sk.offsets[c], sk.offsets[c + 1])
+        np.testing.assert_array_equal(sk.order[span], members)
+        np.testing.assert_array_equal(sk.keys[span], keys[members])
+        np.testing.assert_array_equal(ad.row_ids[span], row_ids[members])
+        np.testing.assert_array_equal(ad.keys[span], keys[members])
+
+
+def test_top_k_of_float64_logits_gives_float32_probabilities():
+    rng = np.random.default_rng(17)
+    logits = rng.standard_normal((6, 9)) * 4  # float64
+    got = top_k(logits, 4)
+    assert got.probs.dtype == np.float32 and got.classes.dtype == np.int64
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    want = e / e.sum(axis=1, keepdims=True)
+    np.testing.assert_array_equal(got.classes, np.argsort(-logits, axis=1)[:, :4])
+    np.testing.assert_allclose(got.probs, np.take_along_axis(want, got.classes, axis=1),
+                               rtol=1e-6)

@@ -6,6 +6,7 @@ import torch
 
 from tipretrieval.errors import BadInput
 from tipretrieval.method import gda
+from tipretrieval.method.adapter import TipAdapter
 
 
 def unit(a):
@@ -83,3 +84,22 @@ def test_alpha_search_keeps_the_first_maximum():
     assert gda.search_alpha(None, term, qy).alpha == 1.0
     with pytest.raises(BadInput, match="one label per validation row"):
         gda.search_alpha(clip, term, qy[:-1])
+
+
+def test_an_adapter_uses_the_gda_statistics_it_is_given():
+    """A cache's GDA statistics are fitted on the shots' views, not on its keys: the adapter
+    must use them as given (here fitted on other features) rather than refit on the keys."""
+    keys, labels, q, _ = data(5)
+    views, view_labels, _, _ = data(6, per=(6, 20))
+    text = unit(np.random.default_rng(7).standard_normal((5, 16)))
+    stats = gda.GDAStats.fit(views, view_labels, 5)
+    ad = TipAdapter(keys, labels, 5, text, gda_stats=stats, gda_alpha=0.3)
+    w, b = official_fit(views, view_labels, 5)
+    term = q.astype(np.float64) @ w.T + b
+    want = 100 * q.astype(np.float64) @ text.T.astype(np.float64) + 0.3 * term
+    np.testing.assert_allclose(ad.gda_term(q), term, rtol=1e-4, atol=1e-4 * np.abs(term).max())
+    np.testing.assert_allclose(ad.logits(q, method="gda"), want, rtol=1e-4,
+                               atol=1e-4 * np.abs(want).max())
+    w_keys, b_keys = official_fit(keys, labels, 5)  # what a refit on the keys would give
+    refit = q.astype(np.float64) @ w_keys.T + b_keys
+    assert np.abs(refit - term).max() > 0.1 * np.abs(term).max()

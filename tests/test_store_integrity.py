@@ -3,8 +3,10 @@ stores still read, long ids, and an id index that keeps appends from opening eve
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -15,6 +17,7 @@ from tipretrieval.errors import BadInput, CorruptData
 from tipretrieval.provenance import Provenance
 from tipretrieval.rows import Rows
 from tipretrieval.store import shard as shard_mod
+from tipretrieval.store.manifest import IdIndexInfo, Manifest, ShardInfo
 from tipretrieval.store.store import Store
 from tipretrieval.util.jsonfile import content_sha256
 
@@ -339,3 +342,86 @@ def test_every_inf_and_nan_pattern_is_refused_and_the_largest_finite_values_read
     for pattern in (inf, sign | inf, inf + 1, sign | inf + 1, sign - 1, sign | sign - 1):
         with pytest.raises(CorruptData, match="NaN or inf features \\(row id 9\\)"):
             read_with(pattern)
+
+
+def _shard(i: int, first: int, rows: int, **change) -> ShardInfo:
+    """A consistent shard entry: `rows` rows from row id `first`, counted as labels -1 and 3."""
+    info = ShardInfo(name=f"{first:012d}-{i:08x}.h5", rows=rows, first_row_id=first,
+                     sha256="0" * 64, nbytes=100, counts={"train": {-1: 1, 3: rows - 1}})
+    return replace(info, **change)
+
+
+def _manifest(dim: int = DIM, shards=None, **change) -> Manifest:
+    """Shards (default: row ids 0..4 and 5..11) over CLASSES, next row id and id index at the
+    last shard's end, then `change`."""
+    shards = (_shard(0, 0, 5), _shard(1, 5, 7)) if shards is None else shards
+    end = shards[-1].end_row_id
+    m = Manifest(store_id="s", generation=2, dim=dim, dtype="float16",
+                 provenance=Provenance("ViT-B-32", "openai", dim), classes=tuple(CLASSES),
+                 next_row_id=end, shards=shards, id_index=IdIndexInfo("i", end, "0" * 64))
+    return replace(m, **change)
+
+
+# each boundary of the manifest's invariants, with the value just inside (None: accepted)
+# and just outside (refused, with part of its message)
+BOUNDARIES = [
+    ("dim 1", _manifest(dim=1), None),
+    ("dim 0", _manifest(dim=0), "dim 0 does not match"),
+    ("nbytes 1", _manifest(shards=(_shard(0, 0, 5, nbytes=1),)), None),
+    ("nbytes 0", _manifest(shards=(_shard(0, 0, 5, nbytes=0),)), "has 0 bytes and 0 views"),
+    ("views 0", _manifest(shards=(_shard(0, 0, 5, views=0),)), None),
+    ("views -1", _manifest(shards=(_shard(0, 0, 5, views=-1),)), "has 100 bytes and -1 views"),
+    ("rows 1 = counts", _manifest(shards=(_shard(0, 0, 1, counts={"val": {2: 1}}),)), None),
+    ("rows 0 = counts", _manifest(shards=(_shard(0, 0, 0, counts={}),)),
+     "shard 000000000000-00000000.h5 has 0 rows but counts of 0"),
+    ("rows < counts", _manifest(shards=(_shard(0, 0, 4, counts={"x": {1: 5}}), _shard(1, 4, 8))),
+     "has 4 rows but counts of 5"),
+    ("rows > counts", _manifest(shards=(_shard(0, 0, 6, counts={"x": {1: 5}}), _shard(1, 6, 6))),
+     "has 6 rows but counts of 5"),
+    ("first shard at 1", _manifest(shards=(_shard(0, 1, 5), _shard(1, 6, 6))),
+     "starts at row id 1, not 0"),
+    ("overlap by 1", _manifest(shards=(_shard(0, 0, 5), _shard(1, 4, 8))),
+     "starts at row id 4, not 5"),
+    ("gap of 1", _manifest(shards=(_shard(0, 0, 5), _shard(1, 6, 6))),
+     "starts at row id 6, not 5"),
+    ("label -1 and the last class", _manifest(
+        shards=(_shard(0, 0, 5, counts={"a": {-1: 2, len(CLASSES) - 1: 3}}),)), None),
+    ("label -2", _manifest(shards=(_shard(0, 0, 5, counts={"a": {-2: 5}}),)),
+     "counts labels outside -1..3"),
+    ("label = classes", _manifest(shards=(_shard(0, 0, 5, counts={"a": {len(CLASSES): 5}}),)),
+     "counts labels outside -1..3"),
+    ("next row id 11", _manifest(next_row_id=11), "next row id 11 is not the end of the last"),
+    ("next row id 13", _manifest(next_row_id=13), "next row id 13 is not the end of the last"),
+    ("id index of 0 rows", _manifest(id_index=IdIndexInfo("i", 0, "0" * 64)), None),
+    ("id index of -1 rows", _manifest(id_index=IdIndexInfo("i", -1, "0" * 64)),
+     "the id index covers -1 rows of 12"),
+    ("id index of 13 rows", _manifest(id_index=IdIndexInfo("i", 13, "0" * 64)),
+     "the id index covers 13 rows of 12"),
+]
+
+
+@pytest.mark.parametrize("manifest, message", [b[1:] for b in BOUNDARIES],
+                         ids=[b[0] for b in BOUNDARIES])
+def test_each_manifest_invariant_refuses_one_past_its_boundary(manifest, message):
+    assert _manifest().problem() is None
+    if message is None:
+        assert manifest.problem() is None
+    else:
+        assert message in manifest.problem()
+
+
+def test_a_store_with_non_ascii_class_names_is_sealed_over_its_utf8_text(tmp_path):
+    """The manifest's checksum is the sha256 of its canonical JSON with names as UTF-8 (not
+    \\u escapes), computed here with hashlib; the store reopens and verifies."""
+    classes = ["café", "chien_à_poil", "犬", "ant"]
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=classes)
+    store.append(make_rows(20, 1))
+    text = (store.path / "manifest.json").read_text(encoding="utf-8")
+    assert "犬" in text and "\\u" not in text
+    obj = json.loads(text)
+    rest = {k: v for k, v in obj.items() if k != "checksum"}
+    canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert obj["checksum"] == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    reopened = Store.open(store.path)
+    assert reopened.classes == classes and len(reopened) == 20
+    reopened.verify()

@@ -175,8 +175,10 @@ class Manifest:
                 return (f"shard {s.name} starts at row id {s.first_row_id}, not {end} (row id "
                         "ranges must be contiguous and disjoint)")
             total = sum(n for by_label in s.counts.values() for n in by_label.values())
-            if s.rows < 1 or total != s.rows or s.nbytes < 1 or s.views < 0:
+            if s.rows < 1 or total != s.rows:
                 return f"shard {s.name} has {s.rows} rows but counts of {total}"
+            if s.nbytes < 1 or s.views < 0:
+                return f"shard {s.name} has {s.nbytes} bytes and {s.views} views"
             labels = {label for by_label in s.counts.values() for label in by_label}
             if labels and (min(labels) < -1 or max(labels) >= len(self.classes)):
                 return f"shard {s.name} counts labels outside -1..{len(self.classes) - 1}"
