@@ -236,3 +236,29 @@ def test_shot_views_come_from_the_store_given_when_the_cache_store_moved(store, 
     x = there.select(split="test").features
     np.testing.assert_allclose(cache.logits(x, method="gda"), fresh.logits(x, method="gda"),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_removing_shots_whose_views_are_gone_refits_gda_on_the_keys_and_says_so(
+        store, data, tmp_path, caplog):
+    """The cache's store (with the shots' views) is gone: removing shots refits GDA on the
+    remaining keys and records the fit as "keys", so later shots are added as keys too."""
+    copy = tmp_path / "store"
+    shutil.copytree(store.path, copy)
+    cache = Cache.build(Store.open(copy), 4, text=data.text)
+    assert cache.info.gda_fit == "views"
+    cache.save(tmp_path / "c")
+    shutil.rmtree(copy)
+    gone = cache.row_ids[cache.labels == 5][:2]
+    with caplog.at_level(logging.WARNING):
+        assert cache.remove_shots(gone) == 2
+    assert "no stored views" in caplog.text
+    assert cache.info.gda_fit == "keys" and not np.isin(gone, cache.row_ids).any()
+    cache.save()
+    cache = Cache.load(tmp_path / "c")
+    assert cache.info.gda_fit == "keys"
+    cache.add_shots(odd_extra(store, cache), store=store)  # these have views: keys all the same
+    keys, labels = cache.keys.astype(np.float64), cache.labels
+    sums = np.stack([keys[labels == c].sum(axis=0) for c in range(8)])
+    np.testing.assert_allclose(cache.state.gda.sums, sums, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(cache.state.gda.counts, np.bincount(labels, minlength=8))
+    np.testing.assert_allclose(cache.state.gda.scatter, keys.T @ keys, rtol=1e-6, atol=1e-6)

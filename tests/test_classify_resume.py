@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +210,24 @@ def test_the_journal_says_running_and_where_the_cache_is_and_a_resume_keeps_the_
     classify_store(*inputs, out, OPTIONS, show_progress=False)
     assert lock.stat().st_ino == inode  # the held lock is not swept away with temp files
     assert json.loads((out / JOURNAL).read_text())["state"] == "complete"
+
+
+def test_a_resume_from_a_moved_cache_records_where_the_cache_is_now(inputs, computed, tmp_path):
+    """`cache_path` says where the cache was last read (a report finds it there): a resume,
+    and a rerun of the finished job, from a moved cache directory record the new path."""
+    out = tmp_path / "out"
+    classify_store(*inputs, out, OPTIONS, show_progress=False)
+    expected = part_bytes(out)
+    kill_after(out, lost=[7])
+    moved = tmp_path / "elsewhere" / "cache"
+    moved.parent.mkdir()
+    shutil.move(inputs[0], moved)
+    computed.clear()
+    classify_store(moved, inputs[1], out, OPTIONS, show_progress=False)
+    assert computed == [(224, 239)] and part_bytes(out) == expected
+    doc = json.loads((out / JOURNAL).read_text())
+    assert (doc["state"], doc["cache_path"]) == ("complete", str(moved.resolve()))
+    again = tmp_path / "again"
+    shutil.move(moved, again)
+    classify_store(again, inputs[1], out, OPTIONS, show_progress=False)
+    assert Journal.load(out).cache_path == str(again.resolve())
