@@ -2,11 +2,15 @@
 
 Each batch is planned as pieces of shards (cut at batch boundaries, filtered by mask) and every
 piece is read straight into the batch's own arrays: no regrouping copies, only the columns
-asked for, and float16 -> float32 conversion only when asked for.
+asked for, and float16 -> float32 conversion only when asked for. Large reads fill the features
+(and views) of their batches in worker processes (`workers.Pool`) and copy them out in order;
+the other columns are read here, so batches are the same as read in-process.
 """
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +19,7 @@ import numpy as np
 
 from ..errors import BadInput
 from ..rows import Rows
+from . import workers as pool
 from .float16 import convert
 from .manifest import DTYPES, Manifest, ShardInfo
 from .shard import CHUNK_ROWS, IdKeys, ShardReader
@@ -23,6 +28,8 @@ COLUMNS = ("ids", "features", "labels", "splits", "sources", "row_ids")
 SCAN_ROWS = 16 * CHUNK_ROWS  # rows per filter step: the filtered columns of a step are read
 STAGE_BYTES = 16 << 20  # features/views read per step when they are converted or masked
 _RUN_ROWS = 64  # masked reads go run by run when runs average more rows apart than this
+PARALLEL_BYTES = 256 << 20  # `workers=None` reads at least this many feature bytes in workers
+RING_BYTES = 128 << 20  # the most shared memory one read's workers fill (all their slots)
 
 
 def matching(info: ShardInfo, splits: set | None, label_set: set | None) -> int:
@@ -141,6 +148,54 @@ def _batches(pieces: Iterable[Piece], size: int,
         yield batch
 
 
+def slot_arrays(buf: memoryview, n: int, dim: int, views: int, dtype: np.dtype
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The features (n, dim) and views (n, views, dim) of a batch of `n` rows laid out in a
+    worker's slot `buf` (views after the features; None without views)."""
+    size = n * dim
+    features = np.frombuffer(buf, dtype, size).reshape(n, dim)
+    if not views:
+        return features, None
+    return features, np.frombuffer(buf, dtype, size * views,
+                                   size * dtype.itemsize).reshape(n, views, dim)
+
+
+def worker_count(workers: int | None, rows: int, batch_size: int, slot_bytes: int,
+                 row_bytes: int) -> int:
+    """How many worker processes read `rows` rows in batches (0: read in-process): `workers`
+    (None: one per CPU for reads of PARALLEL_BYTES or more), at most one per batch and as
+    many as RING_BYTES of slots allow; never for a single batch."""
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count() or 1
+        workers = workers if rows * row_bytes >= PARALLEL_BYTES else 0
+    batches = -(-rows // batch_size)
+    count = min(workers, batches, RING_BYTES // (pool.DEPTH * slot_bytes))
+    return count if pool.SUPPORTED and batches > 1 else 0
+
+
+@dataclass
+class WorkerFill:
+    """What a worker process runs per batch: fills the batch's features (and views) into its
+    slot with the same reads and checks as in-process (picklable; its reader lives in the
+    worker, keeping the current shard and its chunk cache open between batches)."""
+
+    shard_dir: Path
+    manifest: Manifest
+    features_dtype: str | None
+    with_views: bool
+    _reader: BatchReader | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_reader": None}
+
+    def __call__(self, pieces: list[Piece], buf: memoryview) -> None:
+        if self._reader is None:
+            self._reader = BatchReader(self.shard_dir, self.manifest, ("features",),
+                                       self.features_dtype, self.with_views)
+        self._reader.fill_arrays(pieces, buf)
+
+
 class BatchReader:
     """Reads one manifest snapshot's rows in batches of new `Rows`, keeping the current shard
     open; `columns` and `features_dtype` are checked on construction (BadInput).
@@ -180,26 +235,63 @@ class BatchReader:
         return self._reader
 
     def read(self, batch_size: int, splits: set | None, label_set: set | None,
-             ids: list | None, row_ids: np.ndarray | None = None) -> Iterator[Rows]:
+             ids: list | None, row_ids: np.ndarray | None = None,
+             workers: int | None = 0) -> Iterator[Rows]:
         """The matching rows of the snapshot in store order, in batches of `batch_size`;
-        batches never mix rows with and without views (or sources, when read)."""
+        batches never mix rows with and without views (or sources, when read). `workers`:
+        worker processes that read the features (see `worker_count`; 0: none)."""
         shards = [s for s in self._manifest.shards if matching(s, splits, label_set)]
         sources = "sources" in self.columns
 
         def key(info: ShardInfo) -> tuple:
             return (info.views if self._with_views else 0, info.has_sources and sources)
+        rows = sum(matching(s, splits, label_set) for s in shards)
+        if ids is not None:
+            rows = min(rows, len(ids))
+        if row_ids is not None:
+            rows = min(rows, len(row_ids))
+        views = max((s.views for s in shards), default=0) if self._with_views else 0
+        row_bytes = (1 + views) * self._dim * self._dtype.itemsize
+        count = worker_count(workers, rows, batch_size, batch_size * row_bytes,
+                             (1 + views) * self._dim * self._stored.itemsize)
         try:
             plan = _plan(self._dir, shards, self._dim, splits, label_set, ids, row_ids)
-            for batch in _batches(plan, batch_size, key):
-                yield self.batch(batch)
+            batches = _batches(plan, batch_size, key)
+            if count:
+                yield from self._parallel(batches, count, batch_size * row_bytes)
+            else:
+                for batch in batches:
+                    yield self.batch(batch)
         finally:
             self.close()
 
-    def batch(self, pieces: list[Piece]) -> Rows:
-        """The rows of `pieces` (one batch, in order) as new arrays."""
+    def _parallel(self, batches: Iterator[list[Piece]], count: int,
+                  slot_bytes: int) -> Iterator[Rows]:
+        """`batches` read with `count` worker processes filling features and views, in order."""
+        fill = WorkerFill(self._dir, self._manifest, self._dtype.name, self._with_views)
+        with pool.Pool(count, fill, slot_bytes) as workers:
+            pending: deque[list[Piece]] = deque()
+            for batch in batches:
+                if not pending and not workers.ready():
+                    yield self.batch(batch)  # read here while the workers start
+                    continue
+                if workers.full:
+                    yield self.batch(pending.popleft(), workers.take())
+                workers.submit(batch)
+                pending.append(batch)
+            while pending:
+                yield self.batch(pending.popleft(), workers.take())
+
+    def _views(self, pieces: list[Piece]) -> int:
+        """Views per row of a batch (0 unless read)."""
+        return pieces[0].shard.views if pieces and self._with_views else 0
+
+    def batch(self, pieces: list[Piece], filled: memoryview | None = None) -> Rows:
+        """The rows of `pieces` (one batch, in order) as new arrays; the features and views
+        are copied from a worker's slot `filled` when given, else read here."""
         want = self.columns
         n = sum(len(p) for p in pieces)
-        views = pieces[0].shard.views if pieces and self._with_views else 0
+        views = self._views(pieces)
         sources = bool(pieces) and pieces[0].shard.has_sources and "sources" in want
 
         def new(name: str, shape: tuple = (), dtype=object) -> np.ndarray | None:
@@ -211,18 +303,42 @@ class BatchReader:
             views=np.empty((n, views, self._dim), dtype=self._dtype) if views else None,
             row_ids=new("row_ids", dtype=np.int64),
         )
+        if filled is not None:
+            features, stored_views = slot_arrays(filled, n, self._dim, views, self._dtype)
+            out.features[...] = features
+            if out.views is not None:
+                out.views[...] = stored_views
+            del features, stored_views  # no view of the slot outlives this call
         pos = 0
         for piece in pieces:
-            self._fill(piece, out, slice(pos, pos + len(piece)))
+            at = slice(pos, pos + len(piece))
+            if filled is None:
+                self._fill_arrays(piece, out.features[at], None if views == 0 else out.views[at])
+            self._fill(piece, out, at)
             pos += len(piece)
         return out
 
-    def _fill(self, piece: Piece, out: Rows, at: slice) -> None:
-        """Read `piece` into rows `at` of the batch `out`."""
+    def fill_arrays(self, pieces: list[Piece], buf: memoryview) -> None:
+        """The features (and views) of the batch `pieces` into the slot `buf` (a worker's)."""
+        features, views = slot_arrays(buf, sum(len(p) for p in pieces), self._dim,
+                                      self._views(pieces), self._dtype)
+        pos = 0
+        for piece in pieces:
+            at = slice(pos, pos + len(piece))
+            self._fill_arrays(piece, features[at], None if views is None else views[at])
+            pos += len(piece)
+
+    def _fill_arrays(self, piece: Piece, features: np.ndarray,
+                     views: np.ndarray | None) -> None:
+        """Read the features (and views) of `piece` into `features` (and `views`)."""
         shard = self._open(piece.shard)
-        self._array(shard, "features", piece, out.features[at])
-        if out.views is not None:
-            self._array(shard, "views", piece, out.views[at])
+        self._array(shard, "features", piece, features)
+        if views is not None:
+            self._array(shard, "views", piece, views)
+
+    def _fill(self, piece: Piece, out: Rows, at: slice) -> None:
+        """Read the columns of `piece` other than features and views into rows `at` of `out`."""
+        shard = self._open(piece.shard) if self.columns - {"features", "row_ids"} else None
         if out.ids is not None:
             out.ids[at] = _column(shard, piece, "ids")
         if out.labels is not None:

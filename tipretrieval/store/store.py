@@ -359,7 +359,8 @@ class Store:
 
     def iter_rows(self, batch_size: int = 8192, *, split=None, labels=None, ids=None,
                   row_ids=None, with_views: bool = False, columns: Iterable[str] = COLUMNS,
-                  features_dtype: str | None = "float32") -> Iterator[Rows]:
+                  features_dtype: str | None = "float32",
+                  workers: int | None = None) -> Iterator[Rows]:
         """Stream rows in store order, in batches of `batch_size`, with bounded memory.
 
         `split` (a name or names), `labels` (an index or indices), `ids` (string ids) and
@@ -368,13 +369,18 @@ class Store:
         `features_dtype` is the dtype of features and views: float32 (default), float16,
         or None for the on-disk dtype (no conversion; fastest). Batches never mix rows with
         and without views (or sources, when read). The snapshot is fixed when this is called.
+        `workers` worker processes read and check the features of large reads in parallel
+        (same batches; None: one per CPU when 256 MB of features or more are read; 0: none).
         """
         if batch_size < 1:
             raise BadInput(f"batch size {batch_size} is not positive: give a size >= 1")
+        if workers is not None and workers < 0:
+            raise BadInput(f"workers={workers} is negative: give 0 (read in this process), "
+                           "a number of worker processes, or None (automatic)")
         reader = self._reader(columns, features_dtype, with_views)
         wanted = None if row_ids is None else np.unique(np.asarray(row_ids, dtype=np.int64))
         return reader.read(batch_size, _as_set(split, str), _as_set(labels, int),
-                           None if ids is None else list(ids), wanted)
+                           None if ids is None else list(ids), wanted, workers)
 
     def select(self, *, split=None, labels=None, ids=None, row_ids=None, with_views: bool = False,
                columns: Iterable[str] = COLUMNS, features_dtype: str | None = "float32") -> Rows:
