@@ -15,13 +15,15 @@ is left alone for other users), before every warm read both are read once; `finc
 how much of them is cached at the start of each run. Every read is repeated (`--repeat`,
 kinds interleaved) and its fastest run is reported, with the highest peak RSS of its runs, so
 a busy shared machine skews every kind alike; each kind's least CPU time is shown too, as it
-is less disturbed by other users than wall time.
+is less disturbed by other users than wall time, with the share of it spent in the Store
+reader's worker processes (`iter_rows(workers=)`, set with `--workers`; automatic by default:
+in-process on two CPUs or fewer), reaped before the child reports.
 
 `--appends N` instead measures what one small append costs as shards accumulate: N appends of
 `--append-rows` rows to a new store, timing the first and the last ten.
 
     python tools/bench_store.py [--rows 1000000] [--dim 512] [--dtype float16|float32]
-                                [--repeat 3]
+                                [--repeat 3] [--workers N]
     python tools/bench_store.py --appends 600 [--append-rows 20]
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -90,7 +93,8 @@ def without_checksums(shards: list[Path], out: Path) -> list[Path]:
     return copies
 
 
-def child_read(kind: str, path: str, batch: int, raw_dir: str | None) -> dict:
+def child_read(kind: str, path: str, batch: int, raw_dir: str | None,
+               workers: int | None) -> dict:
     """Stream the whole store once (in this fresh process); time it and measure peak RSS."""
     store = Store.open(path)
     folder = Path(path) / SHARD_DIR if kind == "raw-sum" else Path(raw_dir)
@@ -112,9 +116,11 @@ def child_read(kind: str, path: str, batch: int, raw_dir: str | None) -> dict:
                         names[f["splits"][s:s + batch]]
                         np.arange(s, s + len(x), dtype=np.int64) + info.first_row_id
     else:
-        for part in store.iter_rows(batch, **(FAST if kind == "fast" else {})):
+        for part in store.iter_rows(batch, workers=workers, **(FAST if kind == "fast" else {})):
             rows += len(part)
-    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu,
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    workers_cpu = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])  # reaped workers
+    return {"seconds": seconds, "cpu": cpu + workers_cpu, "workers_cpu": workers_cpu,
             "rows": rows,
             "peak_above_baseline_mb": _status_mb("VmHWM") - baseline, "baseline_mb": baseline}
 
@@ -167,10 +173,10 @@ def write(path: Path, n: int, dim: int, dtype: str) -> float:
     return spent
 
 
-def run_child(kind: str, path: Path, batch: int, raw_dir: Path) -> dict:
+def run_child(kind: str, path: Path, batch: int, raw_dir: Path, workers: int | None) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", kind, "--store", str(path), "--batch", str(batch),
-         "--raw-dir", str(raw_dir)],
+         "--raw-dir", str(raw_dir), *([] if workers is None else ["--workers", str(workers)])],
         check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout)
@@ -202,6 +208,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8192)
     ap.add_argument("--dtype", choices=DTYPES, default="float16", help="on-disk dtype")
     ap.add_argument("--repeat", type=int, default=3, help="runs per read (fastest is shown)")
+    ap.add_argument("--workers", type=int,
+                    help="worker processes of the Store reads [automatic: one per CPU]")
     ap.add_argument("--dir", type=Path, help="where to put the store [a temporary directory]")
     ap.add_argument("--appends", type=int, default=0,
                     help="instead: time this many small appends to a new store")
@@ -211,7 +219,8 @@ def main() -> None:
     ap.add_argument("--raw-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child_read(args.child, args.store, args.batch, args.raw_dir)))
+        print(json.dumps(child_read(args.child, args.store, args.batch, args.raw_dir,
+                                    args.workers)))
         return
     if args.appends:
         bench_appends(args.appends, args.append_rows, args.dim, args.dir)
@@ -226,23 +235,26 @@ def main() -> None:
         seconds: dict[tuple[str, str], float] = {}
         peaks: dict[tuple[str, str], float] = {}
         cpus: dict[tuple[str, str], float] = {}
+        in_workers: dict[tuple[str, str], float] = {}  # of the CPU time, the workers' share
         cached = {"cold": [], "warm": []}  # page-cache residency at the start of each run
         for _ in range(args.repeat):
             for temp in ("cold", "warm"):
                 for kind, _label in KINDS:
                     (drop_cache if temp == "cold" else warm_cache)(shards + raw)
                     cached[temp].append(resident(shards + raw))
-                    res = run_child(kind, path, args.batch, Path(tmp) / "raw")
+                    res = run_child(kind, path, args.batch, Path(tmp) / "raw", args.workers)
                     assert res["rows"] == args.rows, res
                     key = (temp, kind)
                     seconds[key] = min(seconds.get(key, float("inf")), res["seconds"])
-                    cpus[key] = min(cpus.get(key, float("inf")), res["cpu"])
+                    if res["cpu"] < cpus.get(key, float("inf")):
+                        cpus[key], in_workers[key] = res["cpu"], res["workers_cpu"]
                     peaks[key] = max(peaks.get(key, 0.0), res["peak_above_baseline_mb"])
-    table = [("write (Store.append)", write_s, None, None)]
-    table += [(f"{temp} read: {label}", seconds[temp, kind], cpus[temp, kind], peaks[temp, kind])
-              for temp in ("cold", "warm") for kind, label in KINDS]
+    table = [("write (Store.append)", write_s, None, None, 0.0)]
+    table += [(f"{temp} read: {label}", seconds[temp, kind], cpus[temp, kind], peaks[temp, kind],
+               in_workers[temp, kind]) for temp in ("cold", "warm") for kind, label in KINDS]
     print(f"{args.rows:,} rows x {args.dim} {args.dtype} ({mb:,.0f} MB of features), batch "
-          f"{args.batch}, {len(shards)} shards; best of {args.repeat} runs; load average "
+          f"{args.batch}, {len(shards)} shards; best of {args.repeat} runs; Store reads with "
+          f"workers={args.workers} on {os.cpu_count()} CPUs; load average "
           f"{os.getloadavg()[0]:.2f} at the end")
     for temp, what in (("cold", "evicted: fsync + fadvise(DONTNEED)"), ("warm", "read once")):
         fractions = [f for f in cached[temp] if f is not None]
@@ -250,10 +262,12 @@ def main() -> None:
                  "(fincore)") if fractions else "page cache not checked (no fincore)"
         print(f"{temp}: before each run the store shards and raw copies were {what}; "
               f"{found}")
-    print("| phase | rows/s | MB/s | seconds | CPU seconds | peak RSS above baseline |")
+    print("| phase | rows/s | MB/s | seconds | CPU seconds (in workers) | peak RSS above baseline "
+          "|")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, secs, cpu, peak in table:
-        cpu_s = "-" if cpu is None else f"{cpu:.2f}"
+    for name, secs, cpu, peak, workers_cpu in table:
+        cpu_s = "-" if cpu is None else f"{cpu:.2f}" + (f" ({workers_cpu:.2f})" if workers_cpu
+                                                         else "")
         peak_s = "-" if peak is None else f"{peak:,.0f} MB"
         print(f"| {name} | {args.rows / secs:,.0f} | {mb / secs:,.0f} | {secs:.2f} | {cpu_s} | "
               f"{peak_s} |")

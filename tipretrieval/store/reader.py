@@ -162,13 +162,15 @@ def slot_arrays(buf: memoryview, n: int, dim: int, views: int, dtype: np.dtype
 
 def worker_count(workers: int | None, rows: int, batch_size: int, slot_bytes: int,
                  row_bytes: int) -> int:
-    """How many worker processes read `rows` rows in batches (0: read in-process): `workers`
-    (None: one per CPU for reads of PARALLEL_BYTES or more), at most one per batch and as
-    many as RING_BYTES of slots allow; never for a single batch."""
+    """How many worker processes read `rows` rows in batches (0: read in-process): `workers`,
+    or when None one per CPU but one (left to the consumer, which copies every batch out) for
+    reads of PARALLEL_BYTES or more, and none on two CPUs or fewer (where the workers' start
+    and the copies cost what they save); at most one per batch, as many as RING_BYTES of
+    slots allow, never for a single batch."""
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else os.cpu_count() or 1
-        workers = workers if rows * row_bytes >= PARALLEL_BYTES else 0
+        workers = cpus - 1 if cpus > 2 and rows * row_bytes >= PARALLEL_BYTES else 0
     batches = -(-rows // batch_size)
     count = min(workers, batches, RING_BYTES // (pool.DEPTH * slot_bytes))
     return count if pool.SUPPORTED and batches > 1 else 0

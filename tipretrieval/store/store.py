@@ -369,8 +369,9 @@ class Store:
         `features_dtype` is the dtype of features and views: float32 (default), float16,
         or None for the on-disk dtype (no conversion; fastest). Batches never mix rows with
         and without views (or sources, when read). The snapshot is fixed when this is called.
-        `workers` worker processes read and check the features of large reads in parallel
-        (same batches; None: one per CPU when 256 MB of features or more are read; 0: none).
+        `workers` worker processes read and check the features in parallel (same batches;
+        0: none; None: for reads of 256 MB of features or more, one per CPU but one on
+        machines of three CPUs or more).
         """
         if batch_size < 1:
             raise BadInput(f"batch size {batch_size} is not positive: give a size >= 1")

@@ -2,14 +2,17 @@
 
 h5py runs every HDF5 call under one lock (holding the GIL), and HDF5's fletcher32 check makes
 a reading process CPU-bound, so threads cannot read shards in parallel; processes can, each
-opening the shard files read-only. Workers are fresh interpreters started with `subprocess`:
-not forked (the caller may run torch/FAISS/OpenMP or reader threads, whose locks a fork copies
-held) and not multiprocessing's spawn/forkserver (which import the caller's `__main__` again).
+opening the shard files read-only. The caller is never forked (it may run torch/FAISS/OpenMP or
+reader threads, whose locks a fork would copy held) and multiprocessing's spawn/forkserver are
+not used (they import the caller's `__main__` again): one fresh interpreter is started with
+`subprocess` in a session of its own, imports the filling code once (unpickling the `fill`
+sent to it), and forks the other workers from itself (single-threaded: BLAS/OpenMP threads are
+off in it), so a pool costs one interpreter start-up, not one per worker.
 The ring is one anonymous shared-memory file (memfd: it has no name, so nothing is ever left in
 /dev/shm, even when a process is killed) of `DEPTH` slots per worker. Task k goes to worker
 k % count and slot k % slots; each worker answers its tasks in order, so `take()` returns the
-slots in submit order. A worker ignores Ctrl-C, is killed when the consumer stops (early, on an
-error or at the end) and exits when its connection closes (the consumer died): none is left.
+slots in submit order. Workers ignore Ctrl-C, are killed together when the consumer stops
+(early, on an error or at the end) and exit when their connection closes (the consumer died).
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from typing import Any
 from ..errors import TipError
 
 DEPTH = 2  # slots per worker: one filled by the worker while the consumer copies the other
-SUPPORTED = hasattr(os, "memfd_create")  # elsewhere callers read in-process
+SUPPORTED = hasattr(os, "memfd_create") and hasattr(os, "fork")  # else: read in-process
 _ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding this tipretrieval
-_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
-         "from tipretrieval.store.workers import serve; serve(int(sys.argv[2]), int(sys.argv[3]))")
-_DIED_SECONDS = 10.0  # how long a worker whose connection broke is given to exit
+_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); from tipretrieval.store.workers import "
+         "serve; serve(int(sys.argv[2]), [int(fd) for fd in sys.argv[3:]])")
+_ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 Fill = Callable[[Any, memoryview], None]
 
@@ -43,16 +46,32 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-def serve(sock_fd: int, ring_fd: int) -> None:
-    """A worker's life: receive `(fill, slot_bytes)` and answer when started, then run
-    `fill(task, slot)` for each `(slot, task)` received, answering each; return when the
-    consumer closes the connection. Answers are None, or the error for the consumer to raise."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the consumer handles Ctrl-C and closes us
-    conn = Connection(sock_fd)
+def serve(ring_fd: int, sock_fds: list[int]) -> None:
+    """The workers' start: receive `(fill, slot_bytes)` on the first connection (unpickling
+    `fill` imports its code), fork a worker for each other connection, and work on the first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the consumer handles Ctrl-C and ends us
     view = memoryview(mmap.mmap(ring_fd, 0))
     os.close(ring_fd)
+    conns = [Connection(fd) for fd in sock_fds]
+    start = _attempt(conns[0].recv)
+    mine, forked = conns[0], False
+    for conn in conns[1:]:
+        if os.fork() == 0:
+            mine, forked = conn, True
+            break
+    for conn in conns:
+        if conn is not mine:
+            conn.close()
+    _work(mine, view, *start)
+    if forked:
+        os._exit(0)  # a forked worker ends here, without the interpreter's exit handlers
+
+
+def _work(conn: Connection, view: memoryview, answer: tuple | None, start: Any) -> None:
+    """One worker: answer how it started, then run `fill(task, slot)` for each `(slot, task)`
+    received, answering each with None or the error (for the consumer to raise), until the
+    consumer closes the connection."""
     try:
-        answer, start = _attempt(conn.recv)  # unpickling `fill` imports its module
         conn.send(answer)
         if answer is None:
             fill, slot_bytes = start
@@ -82,33 +101,31 @@ class Pool:
     def __init__(self, count: int, fill: Fill, slot_bytes: int):
         self.slots = count * DEPTH
         self._slot_bytes = slot_bytes
-        self._procs: list[subprocess.Popen] = []
+        self._proc: subprocess.Popen | None = None
         self._conns: list[Connection] = []
+        self._started = [False] * count
         self._submitted = self._taken = 0
-        self._started: list[bool] = []
         fd = os.memfd_create("tipretrieval-ring", os.MFD_CLOEXEC)
+        pairs = [socket.socketpair() for _ in range(count)]
         try:
             os.ftruncate(fd, self.slots * slot_bytes)
             self._ring = mmap.mmap(fd, self.slots * slot_bytes)
             self._view = memoryview(self._ring)  # (set together: close() releases both)
-            for _ in range(count):
-                self._start(fd, fill)
+            theirs = [str(b.fileno()) for _, b in pairs]
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _BOOT, _ROOT, str(fd), *theirs],
+                pass_fds=(fd, *map(int, theirs)), stdin=subprocess.DEVNULL,
+                start_new_session=True, env={**os.environ, **_ONE_THREAD})
+            self._conns = [Connection(a.detach()) for a, _ in pairs]
+            self._conns[0].send((fill, slot_bytes))
         except BaseException:
             self.close()
             raise
         finally:
             os.close(fd)
-
-    def _start(self, ring_fd: int, fill: Fill) -> None:
-        ours, theirs = socket.socketpair()
-        with theirs:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _BOOT, _ROOT, str(theirs.fileno()), str(ring_fd)],
-                pass_fds=(theirs.fileno(), ring_fd), stdin=subprocess.DEVNULL)
-        self._procs.append(proc)
-        self._conns.append(Connection(ours.detach()))
-        self._started.append(False)
-        self._conns[-1].send((fill, self._slot_bytes))
+            for a, b in pairs:
+                a.close()
+                b.close()
 
     def ready(self) -> bool:
         """Whether every worker has started (without waiting): until then a caller may do the
@@ -128,7 +145,7 @@ class Pool:
         try:
             answer = self._conns[i].recv()
         except (EOFError, OSError) as exc:
-            raise self._died(i) from exc
+            raise _died() from exc
         if answer is not None:
             kind, problem, hint = answer
             raise RuntimeError(f"a store reader worker failed: {problem}") if kind is None \
@@ -143,14 +160,11 @@ class Pool:
         """Send the next task to its worker (the ring must not be `full`)."""
         assert not self.full, "take() a slot before submitting more tasks"
         k = self._submitted
-        self._send(k, (k % self.slots, task))
-        self._submitted += 1
-
-    def _send(self, k: int, message: Any) -> None:
         try:
-            self._conns[k % len(self._conns)].send(message)
+            self._conns[k % len(self._conns)].send((k % self.slots, task))
         except OSError as exc:
-            raise self._died(k % len(self._conns)) from exc
+            raise _died() from exc
+        self._submitted += 1
 
     def take(self) -> memoryview:
         """The slot of the oldest pending task once its worker has filled it (valid until the
@@ -163,25 +177,18 @@ class Pool:
         slot = k % self.slots
         return self._view[slot * self._slot_bytes:(slot + 1) * self._slot_bytes]
 
-    def _died(self, i: int) -> TipError:
-        proc = self._procs[i]
-        try:
-            code = proc.wait(_DIED_SECONDS)
-        except subprocess.TimeoutExpired:
-            code = None
-        return TipError(f"a store reader worker process stopped unexpectedly (exit code {code})",
-                        "rerun with `workers=0` to read in this process and see the error")
-
     def close(self) -> None:
         """Stop the workers and free the ring. Workers only read, so they are killed at once
-        rather than waited for (one may still be starting or filling a slot)."""
+        (their whole session) rather than waited for (one may be starting or filling a slot)."""
         for conn in self._conns:
             conn.close()
-        for proc in self._procs:
-            proc.kill()
-            proc.wait()
-        self._conns, self._procs = [], []
-        if hasattr(self, "_ring"):
+        self._conns = []
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+            self._proc = None
+        if hasattr(self, "_view"):
             self._view.release()
             with contextlib.suppress(BufferError):  # a slot still referenced: freed with it
                 self._ring.close()
@@ -191,3 +198,8 @@ class Pool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _died() -> TipError:
+    return TipError("a store reader worker process stopped unexpectedly",
+                    "rerun with `workers=0` to read in this process and see the error")
