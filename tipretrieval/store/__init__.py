@@ -17,6 +17,6 @@ __all__ = ["Store"]
 
 def __getattr__(name: str) -> Any:
     if name == "Store":
-        from .store import Store  # on first use: keeps reader workers' start-up short
+        from .store import Store  # start-up time: reader workers import no writing side
         return Store
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
