@@ -203,15 +203,15 @@ def test_not_a_store_and_newer_format_exit_2(tmp_path):
     assert res.exit_code == 2 and "is not empty" in res.stderr
     assert cli("import", tmp_path / "a.npz", "--store", tmp_path / "s").exit_code == 0
     manifest = tmp_path / "s" / "manifest.json"
-    manifest.write_text(manifest.read_text().replace('"format_version": 2',
-                                                     '"format_version": 3'))
+    manifest.write_text(manifest.read_text().replace('"format_version": 3',
+                                                     '"format_version": 4'))
     before = snapshot(tmp_path / "s")
     for args in (("info", tmp_path / "s"),
                  ("import", _with(tmp_path / "b.npz", ids=np.arange(10)), "--store",
                   tmp_path / "s")):
         res = cli(*args)
         assert res.exit_code == 2
-        assert "(store manifest v3; this one reads up to v2): upgrade" in res.stderr
+        assert "(store manifest v4; this one reads up to v3): upgrade" in res.stderr
     assert snapshot(tmp_path / "s") == before
 
 

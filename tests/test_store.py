@@ -281,7 +281,7 @@ def test_not_a_store_and_newer_format(tmp_path, store):
     obj = json.loads(manifest.read_text())
     obj["format_version"] = 99
     manifest.write_text(json.dumps(obj))
-    with pytest.raises(NewerFormat, match="store manifest v99; this one reads up to v2"):
+    with pytest.raises(NewerFormat, match="store manifest v99; this one reads up to v3"):
         Store.open(store.path)
     with pytest.raises(BadInput, match="already a store"):
         Store.create(store.path, dim=DIM, provenance=PROV)

@@ -20,11 +20,14 @@ reader's worker processes (`iter_rows(workers=)`, set with `--workers`; automati
 in-process on two CPUs or fewer), reaped before the child reports.
 
 `--appends N` instead measures what one small append costs as shards accumulate: N appends of
-`--append-rows` rows to a new store, timing the first and the last ten.
+`--append-rows` rows to a new store (or to one first filled with `--base-rows` rows, in appends
+of a million), each through a freshly opened `Store` (as a command does: the id index is read
+and checked), timing the first and the last ten.
 
     python tools/bench_store.py [--rows 1000000] [--dim 512] [--dtype float16|float32]
                                 [--repeat 3] [--workers N]
     python tools/bench_store.py --appends 600 [--append-rows 20]
+    python tools/bench_store.py --appends 10 --base-rows 10000000 --dim 8
 """
 
 from __future__ import annotations
@@ -182,23 +185,30 @@ def run_child(kind: str, path: Path, batch: int, raw_dir: Path, workers: int | N
     return json.loads(out.stdout)
 
 
-def bench_appends(n: int, rows: int, dim: int, root: Path | None) -> None:
-    """Time `n` appends of `rows` rows each to a new store: does the cost grow with shards?"""
+def _batch(rng: np.random.Generator, name: str, rows: int, dim: int) -> Rows:
+    x = rng.standard_normal((rows, dim), dtype=np.float32)
+    return Rows.make([f"{name}/{i}" for i in range(rows)],
+                     x / np.linalg.norm(x, axis=1, keepdims=True))
+
+
+def bench_appends(n: int, rows: int, dim: int, root: Path | None, base: int = 0) -> None:
+    """Time `n` appends of `rows` rows each to a new store (first filled with `base` rows):
+    does the cost grow with shards, or with the rows stored?"""
     rng = np.random.default_rng(0)
     times = []
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        store = Store.create(Path(tmp) / "store", dim=dim,
-                             provenance=Provenance("bench", "random", dim))
+        path = Path(tmp) / "store"
+        store = Store.create(path, dim=dim, provenance=Provenance("bench", "random", dim))
+        for k, a in enumerate(range(0, base, 1_000_000)):
+            store.append(_batch(rng, f"base{k}", min(1_000_000, base - a), dim))
         for k in range(n):
-            x = rng.standard_normal((rows, dim), dtype=np.float32)
-            batch = Rows.make([f"a{k}/{i}" for i in range(rows)],
-                              x / np.linalg.norm(x, axis=1, keepdims=True))
+            batch = _batch(rng, f"a{k}", rows, dim)
             t = time.perf_counter()
-            store.append(batch)
+            Store.open(path).append(batch)
             times.append(time.perf_counter() - t)
     first, last = np.median(times[:10]) * 1e3, np.median(times[-10:]) * 1e3
-    print(f"{n} appends of {rows} rows x {dim}: median of the first 10 {first:.1f} ms, of the "
-          f"last 10 {last:.1f} ms per append ({last / first:.2f}x)")
+    print(f"{n} appends of {rows} rows x {dim} to a store of {base:,} rows: median of the first "
+          f"10 {first:.1f} ms, of the last 10 {last:.1f} ms per append ({last / first:.2f}x)")
 
 
 def main() -> None:
@@ -214,6 +224,8 @@ def main() -> None:
     ap.add_argument("--appends", type=int, default=0,
                     help="instead: time this many small appends to a new store")
     ap.add_argument("--append-rows", type=int, default=20)
+    ap.add_argument("--base-rows", type=int, default=0,
+                    help="with --appends: rows to fill the store with first")
     ap.add_argument("--child", choices=[k for k, _ in KINDS], help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--raw-dir", help=argparse.SUPPRESS)
@@ -223,7 +235,7 @@ def main() -> None:
                                     args.workers)))
         return
     if args.appends:
-        bench_appends(args.appends, args.append_rows, args.dim, args.dir)
+        bench_appends(args.appends, args.append_rows, args.dim, args.dir, args.base_rows)
         return
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "store"

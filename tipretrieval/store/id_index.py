@@ -1,20 +1,27 @@
-"""The store-level id index: the 64-bit hash and row id of every stored id, sorted by hash,
-in one file named (with its sha256) by the manifest.
+"""The store-level id index: the 64-bit hash and row id of every stored id, as sorted runs.
 
-An append looks its ids up here and opens only the shards of the (rare) hash hits to confirm
-them, so its cost does not grow with the number of shards. The file is replaced atomically
-with every append (16 bytes per stored row); a missing or damaged index is rebuilt from the
-shards' ids, so it never decides alone that an id is new.
+A run is one file (named, with its sha256 and row count, by the manifest) holding the entries
+of consecutive row ids sorted by hash, 16 bytes per row; the runs cover row ids 0.. in order.
+An append looks its ids up in every run and opens only the shards of the (rare) hash hits to
+confirm them, so its cost does not grow with the number of shards. It then writes one new
+file: its own ids as a run, merged with the trailing runs no larger than it, so a small append
+writes a small file, a store holds at most about log2(rows) runs and each entry is rewritten
+a few times in all (format 2 rewrote the whole index on every append). `merge_all` (used by
+`compact`) makes one run. A missing or damaged run makes the index be rebuilt from the shards'
+ids (and written back as one run by the next write), so it never decides alone that an id is
+new. A format 2 store's one index file is read as its only run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import CorruptData
 from ..util.atomic import atomic_path
 from .manifest import IdIndexInfo, Manifest
 
@@ -25,55 +32,122 @@ PREFIX = "ids-"
 SUFFIX = ".idx"
 
 
-def load(store_dir: Path, manifest: Manifest) -> np.ndarray | None:
-    """The manifest's index when it is present, intact and covers every row, else None."""
-    info = manifest.id_index
-    if info is None or info.rows != manifest.rows:
-        return None
+@dataclass(frozen=True)
+class IdIndex:
+    """The id index of a store: its runs (sorted ENTRY arrays) and the files they are, or no
+    files when it was rebuilt from the shards (then the next write stores it as one run)."""
+
+    runs: tuple[np.ndarray, ...]
+    files: tuple[IdIndexInfo, ...]
+
+    def candidates(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query position, stored row id) of every entry whose hash equals a query's."""
+        found = [_candidates(run, hashes) for run in self.runs]
+        return (np.concatenate([q for q, _ in found] + [np.empty(0, np.int64)]),
+                np.concatenate([r for _, r in found] + [np.empty(0, np.int64)]))
+
+
+def _candidates(run: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.searchsorted(run["hash"], hashes, "left")
+    hits = np.searchsorted(run["hash"], hashes, "right") - lo
+    query = np.repeat(np.arange(len(hashes)), hits)
+    pos = np.arange(len(query)) - np.repeat(np.cumsum(hits) - hits, hits) + np.repeat(lo, hits)
+    return query, run["row"][pos]
+
+
+def _read(store_dir: Path, info: IdIndexInfo) -> np.ndarray | None:
+    """The run of file `info` when it is present and intact, else None."""
     try:
         data = (store_dir / info.name).read_bytes()
     except OSError:
         return None
-    if hashlib.sha256(data).hexdigest() != info.sha256 or len(data) != info.rows * ENTRY.itemsize:
-        log.warning("the id index %s of store %s is damaged: rebuilding it from the shards",
-                    info.name, store_dir)
+    if len(data) != info.rows * ENTRY.itemsize or hashlib.sha256(data).hexdigest() != info.sha256:
         return None
     return np.frombuffer(data, dtype=ENTRY)
 
 
+def _key(info: IdIndexInfo) -> str:
+    return f"{info.name}/{info.sha256}"
+
+
+def load(store_dir: Path, manifest: Manifest, cache: dict[str, np.ndarray] | None = None
+         ) -> IdIndex | None:
+    """The manifest's index when every run is present and intact and they cover every row,
+    else None. `cache` holds runs read (and checked) before, by file name and sha256: run files
+    are never changed, so a writer that appends many times reads each run once."""
+    files = manifest.id_runs
+    if sum(f.rows for f in files) != manifest.rows:
+        return None
+    runs = []
+    for info in files:
+        run = None if cache is None else cache.get(_key(info))
+        run = _read(store_dir, info) if run is None else run
+        if run is None:
+            log.warning("the id index run %s of store %s is missing or damaged: rebuilding the "
+                        "index from the shards", info.name, store_dir)
+            return None
+        runs.append(run)
+    if cache is not None:
+        cache.clear()  # only this manifest's runs: memory stays one index
+        cache.update({_key(f): r for f, r in zip(files, runs, strict=True)})
+    return IdIndex(tuple(runs), files)
+
+
 def build(hashes: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """An index of the given id hashes and their row ids."""
+    """A run of the given id hashes and their row ids."""
     order = np.lexsort((rows, hashes))  # by hash, then row (two integer sorts, not records)
-    index = np.empty(len(hashes), dtype=ENTRY)
-    index["hash"], index["row"] = hashes[order], rows[order]
-    return index
+    run = np.empty(len(hashes), dtype=ENTRY)
+    run["hash"], run["row"] = hashes[order], rows[order]
+    return run
 
 
-def candidates(index: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(query position, stored row id) of every index entry whose hash equals a query's."""
-    lo = np.searchsorted(index["hash"], hashes, "left")
-    hits = np.searchsorted(index["hash"], hashes, "right") - lo
-    query = np.repeat(np.arange(len(hashes)), hits)
-    pos = np.arange(len(query)) - np.repeat(np.cumsum(hits) - hits, hits) + np.repeat(lo, hits)
-    return query, index["row"][pos]
-
-
-def merged(index: np.ndarray, hashes: np.ndarray, first_row_id: int) -> np.ndarray:
-    """`index` plus ids with `hashes` stored at row ids `first_row_id, ...` (still sorted)."""
-    new = build(hashes, np.arange(first_row_id, first_row_id + len(hashes), dtype=np.int64))
-    at = np.searchsorted(index["hash"], new["hash"], "right")
-    return np.insert(index, at, new)
+def _merged(runs: list[np.ndarray]) -> np.ndarray:
+    """One run of the entries of `runs`."""
+    both = np.concatenate(runs) if len(runs) > 1 else runs[0]
+    return build(both["hash"], both["row"])
 
 
 def name(generation: int) -> str:
-    """The file name of the index of the manifest of `generation`."""
+    """The file name of the run written for the manifest of `generation`."""
     return f"{PREFIX}{generation:012d}{SUFFIX}"
 
 
-def write(store_dir: Path, index: np.ndarray, generation: int) -> IdIndexInfo:
-    """Write `index` as a new file (atomic) for the manifest of `generation`."""
-    data = index.tobytes()
+def _write(store_dir: Path, run: np.ndarray, generation: int) -> IdIndexInfo:
+    """Write `run` as a new file (atomic) for the manifest of `generation`."""
+    data = run.tobytes()
     with atomic_path(store_dir / name(generation)) as tmp:
         tmp.write_bytes(data)
-    return IdIndexInfo(name=name(generation), rows=len(index),
+    return IdIndexInfo(name=name(generation), rows=len(run),
                        sha256=hashlib.sha256(data).hexdigest())
+
+
+def appended(store_dir: Path, index: IdIndex, hashes: np.ndarray, first_row_id: int,
+             generation: int) -> IdIndex:
+    """`index` plus ids with `hashes` at row ids `first_row_id, ...`: writes them as one new
+    run file for the manifest of `generation`, merged with the trailing runs no larger than the
+    result (all of a rebuilt index's); returns the index whose files the manifest names."""
+    run = build(hashes, np.arange(first_row_id, first_row_id + len(hashes), dtype=np.int64))
+    keep = len(index.files) if index.files else 0
+    runs = list(index.runs)
+    while keep and len(runs[keep - 1]) <= len(run) + sum(len(r) for r in runs[keep:]):
+        keep -= 1
+    run = _merged(runs[keep:] + [run])
+    info = _write(store_dir, run, generation)
+    return IdIndex(tuple(runs[:keep]) + (run,), index.files[:keep] + (info,))
+
+
+def merge_all(store_dir: Path, index: IdIndex, generation: int) -> IdIndex:
+    """`index` as one run, written for the manifest of `generation` (`compact`)."""
+    if not index.runs:
+        return IdIndex((), ())
+    run = _merged(list(index.runs))
+    return IdIndex((run,), (_write(store_dir, run, generation),))
+
+
+def verify(store_dir: Path, manifest: Manifest) -> None:
+    """CorruptData naming the first run file that is missing, truncated or fails its sha256."""
+    for info in manifest.id_runs:
+        if _read(store_dir, info) is None:
+            raise CorruptData(f"id index run {info.name} of store {store_dir} is missing or "
+                              "fails its sha256 checksum",
+                              "run `tipretrieval compact` to rebuild the index from the shards")

@@ -1,10 +1,12 @@
 """The store manifest: the one JSON file naming a store's state (shards, classes, provenance).
 
 Format 2 adds a sha256 of the manifest's own content (a hand-edited or damaged manifest is
-refused), a store-level id index (`id_index`) and format 2 shards (see `shard`). Every manifest
-is checked on load: shard row ranges tile the row ids, counts add up, dim and classes are sane.
-Format 1 stores are read and appended to (the append writes format 2); newer ones are refused
-(`FORMAT`, the version policy of `util.jsonfile`).
+refused), a store-level id index file (`id_index`) and format 2 shards (see `shard`). Format 3
+names the id index as a list of run files (`id_runs`, see `id_index`) so that an append adds
+a small file instead of rewriting the whole index. Every manifest is checked on load: shard row
+ranges tile the row ids, counts add up, dim and classes are sane. Format 1 and 2 stores are read
+and appended to (the append writes format 3: a format 2 index file becomes the first run);
+newer ones are refused (`FORMAT`, the version policy of `util.jsonfile`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from ..errors import BadInput, CorruptData
 from ..provenance import Provenance
 from ..util.jsonfile import DocumentFormat
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 _FIX = "restore it from a backup (a manifest must never be edited)"
 DTYPES = ("float16", "float32")
 SHARD_NAME = re.compile(r"\d{12}-[0-9a-f]+\.h5")
+RUN_NAME = re.compile(r"ids-\d{12}\.idx")
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,8 @@ class ShardInfo:
 
 @dataclass(frozen=True)
 class IdIndexInfo:
-    """The store-level id index file: hashes of the ids of row ids `0 .. rows - 1`."""
+    """One file of the store-level id index: the id hashes of `rows` consecutive row ids
+    (format 2: the only file, of row ids `0 .. rows - 1`)."""
 
     name: str
     rows: int
@@ -105,7 +109,7 @@ class Manifest:
     next_row_id: int
     shards: tuple[ShardInfo, ...]
     format_version: int = FORMAT_VERSION
-    id_index: IdIndexInfo | None = None
+    id_runs: tuple[IdIndexInfo, ...] = ()  # the id index files, in row id order
 
     @classmethod
     def new(cls, *, dim: int, dtype: str, provenance: Provenance, classes=()) -> Manifest:
@@ -119,11 +123,11 @@ class Manifest:
     def rows(self) -> int:
         return sum(s.rows for s in self.shards)
 
-    def with_shard(self, shard: ShardInfo, id_index: IdIndexInfo | None) -> Manifest:
-        """The next generation (format 2) with `shard` appended and its id index."""
+    def with_shard(self, shard: ShardInfo, id_runs: tuple[IdIndexInfo, ...]) -> Manifest:
+        """The next generation (current format) with `shard` appended and its id index."""
         return replace(
             self, generation=self.generation + 1, shards=self.shards + (shard,),
-            next_row_id=shard.end_row_id, id_index=id_index, format_version=FORMAT_VERSION,
+            next_row_id=shard.end_row_id, id_runs=id_runs, format_version=FORMAT_VERSION,
         )
 
     def with_classes(self, classes: tuple[str, ...]) -> Manifest:
@@ -143,19 +147,23 @@ class Manifest:
             "classes": list(self.classes),
             "next_row_id": self.next_row_id,
             "shards": [s.to_json() for s in self.shards],
-            "id_index": None if self.id_index is None else asdict(self.id_index),
+            **({"id_runs": [asdict(r) for r in self.id_runs]} if self.format_version >= 3 else
+               {"id_index": asdict(self.id_runs[0]) if self.id_runs else None}),
         }
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], format_version: int) -> Manifest:
-        index = obj.get("id_index")
+        if format_version >= 3:
+            runs = tuple(IdIndexInfo.from_json(r) for r in obj["id_runs"])
+        else:  # format 2: one index file or none; format 1: none
+            runs = () if obj.get("id_index") is None else (IdIndexInfo.from_json(obj["id_index"]),)
         return cls(
             format_version=format_version, store_id=str(obj["store_id"]),
             generation=int(obj["generation"]), dim=int(obj["dim"]), dtype=str(obj["dtype"]),
             provenance=Provenance.from_json(obj["provenance"]),
             classes=tuple(str(c) for c in obj["classes"]), next_row_id=int(obj["next_row_id"]),
             shards=tuple(ShardInfo.from_json(s) for s in obj["shards"]),
-            id_index=None if index is None else IdIndexInfo.from_json(index),
+            id_runs=runs,
         )
 
     def problem(self) -> str | None:
@@ -185,8 +193,12 @@ class Manifest:
             end = s.end_row_id
         if self.next_row_id != end:
             return f"next row id {self.next_row_id} is not the end of the last shard ({end})"
-        if self.id_index is not None and not 0 <= self.id_index.rows <= end:
-            return f"the id index covers {self.id_index.rows} rows of {end}"
+        names = [r.name for r in self.id_runs]
+        if len(set(names)) != len(names) or not all(RUN_NAME.fullmatch(n) for n in names):
+            return "id index runs are repeated or not id index file names"
+        covered = sum(r.rows for r in self.id_runs)
+        if any(r.rows < 1 for r in self.id_runs) or covered > end:
+            return f"the id index covers {covered} rows of {end}"
         return None
 
     def save(self, store_dir: Path) -> None:

@@ -85,6 +85,7 @@ class Store:
         self._path = path
         self._manifest = manifest
         self.lock_timeout = lock_timeout
+        self._id_runs: dict[str, np.ndarray] = {}  # id index runs read and checked (`id_index`)
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -231,24 +232,23 @@ class Store:
                 self._remove_orphans(manifest)
                 info = write_shard(self._path / SHARD_DIR / name, rows, first, manifest.dtype,
                                    keys)
-                index_info = id_index.write(self._path, id_index.merged(index, keys.hashes, first),
-                                            manifest.generation + 1)
-                old = manifest.id_index
-                manifest = manifest.with_shard(info, index_info)
+                index = id_index.appended(self._path, index, keys.hashes, first,
+                                          manifest.generation + 1)
+                old, manifest = manifest, manifest.with_shard(info, index.files)
                 manifest.save(self._path)
             except OSError as exc:  # (a full disk): leave the store as it was
                 (self._path / SHARD_DIR / name).unlink(missing_ok=True)
                 (self._path / index_name).unlink(missing_ok=True)
                 raise write_error(exc, self._path) from exc
             self._manifest = manifest
-            if old is not None and old.name != index_info.name:
-                (self._path / old.name).unlink(missing_ok=True)
+            self._remove_replaced_runs(old, index)
         log.debug("appended %d rows to %s as %s", info.rows, self._path, name)
         return np.arange(first, first + info.rows, dtype=np.int64)
 
     def compact(self, target_bytes: int = TARGET_BYTES) -> CompactResult:
         """Merge runs of small consecutive shards into shards of up to `target_bytes` (see
-        `compact`): same rows, row ids, ids and stored values; atomic under the writer lock."""
+        `compact`) and the id index runs into one: same rows, row ids, ids and stored values;
+        atomic under the writer lock."""
         if target_bytes < 1:
             raise BadInput(f"target size {target_bytes} is not positive: give a size in bytes")
         with self._locked():
@@ -257,7 +257,11 @@ class Store:
                 self._remove_orphans(manifest)
                 new, old = compact_shards(self._path, self._path / SHARD_DIR, manifest,
                                           target_bytes)
-                if old:
+                index = self._id_index(manifest)
+                if index.files != manifest.id_runs or len(index.files) > 1:  # merge the runs
+                    index = id_index.merge_all(self._path, index, manifest.generation + 1)
+                    new = replace(new, generation=manifest.generation + 1, id_runs=index.files)
+                if new is not manifest:
                     new.save(self._path)
             except BaseException as exc:
                 self._remove_orphans(Manifest.load(self._path))  # the merged shards written
@@ -265,6 +269,7 @@ class Store:
                     raise write_error(exc, self._path) from exc
                 raise
             remove_replaced(old)  # only now: the manifest no longer names them
+            self._remove_replaced_runs(manifest, index)
             self._manifest = new
         return CompactResult(shards_before=len(manifest.shards), shards_after=len(new.shards),
                              merged=len(old), generation=new.generation)
@@ -296,9 +301,7 @@ class Store:
         """Files a killed (or running) writer left that `manifest` (default: this snapshot's)
         does not name: shards, id indexes and their temporary files."""
         manifest = manifest or self._manifest
-        known = {s.name for s in manifest.shards}
-        if manifest.id_index is not None:
-            known.add(manifest.id_index.name)
+        known = {s.name for s in manifest.shards} | {r.name for r in manifest.id_runs}
         shard_dir = self._path / SHARD_DIR
         found = [p for p in shard_dir.iterdir() if _WRITER_FILE.fullmatch(p.name)] \
             if shard_dir.is_dir() else []
@@ -307,9 +310,15 @@ class Store:
         return sorted(p for p in found if p.name not in known)
 
     # -- reading ----------------------------------------------------------------------------
-    def _id_index(self, manifest: Manifest) -> np.ndarray:
+    def _remove_replaced_runs(self, old: Manifest, index: id_index.IdIndex) -> None:
+        """Delete the id index runs of `old` that the saved manifest (of `index`) no longer
+        names; any left (a kill) are orphans that the next write removes."""
+        for info in set(old.id_runs) - set(index.files):
+            (self._path / info.name).unlink(missing_ok=True)
+
+    def _id_index(self, manifest: Manifest) -> id_index.IdIndex:
         """The manifest's id index, rebuilt from the shards' ids when missing or damaged."""
-        index = id_index.load(self._path, manifest)
+        index = id_index.load(self._path, manifest, self._id_runs)
         if index is not None:
             return index
         hashes, rows = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
@@ -319,13 +328,14 @@ class Store:
                     keys = IdKeys.of(shard.strings("ids", start, start + (1 << 16)))
                     hashes.append(keys.hashes)
                     rows.append(np.arange(len(keys), dtype=np.int64) + info.first_row_id + start)
-        return id_index.build(np.concatenate(hashes), np.concatenate(rows))
+        return id_index.IdIndex((id_index.build(np.concatenate(hashes), np.concatenate(rows)),),
+                                ())
 
     def _shard(self, info, manifest: Manifest | None = None) -> ShardReader:
         return ShardReader(self._path / SHARD_DIR, info, (manifest or self._manifest).dim)
 
     def _existing(self, manifest: Manifest, keys: IdKeys,
-                  index: np.ndarray | None) -> np.ndarray:
+                  index: id_index.IdIndex | None) -> np.ndarray:
         """Which ids `manifest` holds: through the id index (opening only the shards of hash
         hits to confirm them), or by asking every shard when there is no index."""
         found = np.zeros(len(keys), dtype=bool)
@@ -337,7 +347,7 @@ class Store:
                 with self._shard(info, manifest) as shard:
                     found[todo] = shard.locate(keys.take(todo)) >= 0
             return found
-        query, row_ids = id_index.candidates(index, keys.hashes)
+        query, row_ids = index.candidates(keys.hashes)
         starts = np.array([s.first_row_id for s in manifest.shards], dtype=np.int64)
         which = np.searchsorted(starts, row_ids, "right") - 1
         for k in np.unique(which).tolist():
@@ -350,7 +360,7 @@ class Store:
     def existing_ids(self, ids: Iterable[str]) -> np.ndarray:
         """A bool per id: True when the id is already in this snapshot."""
         return self._existing(self._manifest, IdKeys.of(ids),
-                              id_index.load(self._path, self._manifest))
+                              id_index.load(self._path, self._manifest, self._id_runs))
 
     def _reader(self, columns: Iterable[str], features_dtype: str | None,
                 with_views: bool) -> BatchReader:
@@ -453,9 +463,11 @@ class Store:
             check_present(self._path / SHARD_DIR / info.name, info)
 
     def verify(self) -> None:
-        """Check every shard's presence, size and sha256; CorruptData names the first bad one."""
+        """Check every shard's and id index run's presence, size and sha256; CorruptData names
+        the first bad one."""
         shard_dir = self._path / SHARD_DIR
         with progress(self.nbytes, "verify", unit="B") as bar:
             for info in self._manifest.shards:
                 verify_shard(shard_dir, info)
                 bar.update(info.nbytes)
+        id_index.verify(self._path, self._manifest)
