@@ -28,7 +28,8 @@ from ..util.atomic import write_json
 from ..util.progress import progress
 from .dump_read import Chunk, Columns, DumpPart, find_parts, part_rows, read_chunks
 from .hold import Hold, hold
-from .normalise import unit_rows
+from .normalise import normalised, row_norms
+from .shard import IdKeys
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,9 @@ def _append(store: Store, part: DumpPart, chunk: Chunk, opts: DumpOptions,
     """Append one chunk (minus a chunk committed before a kill); returns the store and rows."""
     n = len(chunk.features)
     ids = chunk.ids or [f"{part.name}:{i}" for i in range(chunk.start, chunk.start + n)]
+    keys = IdKeys.of(ids)
     if check_existing:
-        there = store.existing_ids(ids)
+        there = store.existing_ids(keys)
         if there.all():
             log.info("%s rows %d-%d were committed before an interruption: skipped",
                      part.name, chunk.start, chunk.start + n)
@@ -156,10 +158,14 @@ def _append(store: Store, part: DumpPart, chunk: Chunk, opts: DumpOptions,
     vocabulary = list(store.classes)
     labels = None if chunk.labels is None else _label_indices(chunk.labels, vocabulary)
     dtype = np.dtype(store.dtype)
-    features = unit_rows(chunk.features, ids, "features", dtype) if opts.normalize \
-        else chunk.features.astype(dtype)  # the chunk's one copy, in the store's dtype
+    if opts.normalize:  # the chunk's one copy, in the store's dtype
+        features, norms = normalised(chunk.features, ids, "features", dtype)
+    else:
+        features = chunk.features.astype(dtype)
+        norms = row_norms(features)
     rows = Rows.make(ids, features, labels, opts.split, chunk.sources, keep_float16=True)
-    store.append(rows, provenance=_provenance(opts, store.dim), classes=vocabulary)
+    store.append(rows, provenance=_provenance(opts, store.dim), classes=vocabulary, keys=keys,
+                 norms=norms)
     return store, n
 
 

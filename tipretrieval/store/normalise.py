@@ -51,6 +51,13 @@ def unit_rows(x: np.ndarray, ids: np.ndarray, what: str, dtype) -> np.ndarray:
     norm within their dtype's tolerance are kept as given, the others scaled (in float64 for
     float64 input, so values beyond float32's range are fine); BadInput for NaN/inf or
     all-zero rows."""
+    return normalised(x, ids, what, dtype)[0]
+
+
+def normalised(x: np.ndarray, ids: np.ndarray, what: str, dtype
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """`unit_rows` of `x` and their `row_norms` (so that a store's check of the rows need not
+    compute them again: reused from `x`'s for the rows kept when `x` is already in `dtype`)."""
     norms = row_norms(x)
     _refuse(non_finite(x, norms), ids, what, "contain NaN or inf: drop or recompute those rows")
     maybe_zero = norms == 0  # or tiny values whose squares underflow
@@ -67,7 +74,11 @@ def unit_rows(x: np.ndarray, ids: np.ndarray, what: str, dtype) -> np.ndarray:
         y /= np.abs(y).max(axis=-1, keepdims=True)
         y /= np.linalg.norm(y, axis=-1, keepdims=True)
         out[bad] = y
-    return out
+    if x.dtype != out.dtype:
+        return out, row_norms(out)
+    if bad.any():
+        norms[bad] = row_norms(out[bad])
+    return out, norms
 
 
 def first_bad(mask: np.ndarray, ids: np.ndarray) -> str:

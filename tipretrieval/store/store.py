@@ -85,7 +85,7 @@ class Store:
         self._path = path
         self._manifest = manifest
         self.lock_timeout = lock_timeout
-        self._id_runs: dict[str, np.ndarray] = {}  # id index runs read and checked (`id_index`)
+        self._id_runs: dict[str, id_index.Run] = {}  # id index runs read and checked (`id_index`)
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -203,19 +203,22 @@ class Store:
         return self.writing(self._path, self.lock_timeout)
 
     def append(self, rows: Rows, *, provenance: Provenance | None = None,
-               classes: Iterable[str] | None = None) -> np.ndarray:
+               classes: Iterable[str] | None = None, keys: IdKeys | None = None,
+               norms: np.ndarray | None = None) -> np.ndarray:
         """Validate `rows` and add them as one new shard; returns their new int64 row ids.
 
         `provenance` (when given) must name the store's encoder. `classes` (when given) is
         the vocabulary the labels refer to; it must extend the store's and is adopted in the
-        same atomic step. Nothing changes on error or when `rows` is empty.
+        same atomic step. `keys` (`IdKeys.of(rows.ids)`) and `norms` (`normalise.row_norms`
+        of the features) may be given by a caller that has them, so they are computed once.
+        Nothing changes on error or when `rows` is empty.
         """
         with self._locked():
             manifest = Manifest.load(self._path)
             if classes is not None:  # adopted with the shard: one new generation, not two
                 manifest = replace(manifest, classes=extended_classes(manifest.classes, classes))
-            keys = IdKeys.of(rows.ids)
-            check_rows(rows, keys, manifest, provenance, self._path)
+            keys = keys or IdKeys.of(rows.ids)
+            check_rows(rows, keys, manifest, provenance, self._path, norms)
             if not len(rows):
                 return np.empty(0, dtype=np.int64)
             index = self._id_index(manifest)
@@ -232,7 +235,7 @@ class Store:
                 self._remove_orphans(manifest)
                 info = write_shard(self._path / SHARD_DIR / name, rows, first, manifest.dtype,
                                    keys)
-                index = id_index.appended(self._path, index, keys.hashes, first,
+                index = id_index.appended(self._path, index, keys, first,
                                           manifest.generation + 1)
                 old, manifest = manifest, manifest.with_shard(info, index.files)
                 manifest.save(self._path)
@@ -347,7 +350,7 @@ class Store:
                 with self._shard(info, manifest) as shard:
                     found[todo] = shard.locate(keys.take(todo)) >= 0
             return found
-        query, row_ids = index.candidates(keys.hashes)
+        query, row_ids = index.candidates(keys)
         starts = np.array([s.first_row_id for s in manifest.shards], dtype=np.int64)
         which = np.searchsorted(starts, row_ids, "right") - 1
         for k in np.unique(which).tolist():
@@ -357,9 +360,11 @@ class Store:
             found[query[at][stored == keys.encoded[query[at]]]] = True
         return found
 
-    def existing_ids(self, ids: Iterable[str]) -> np.ndarray:
-        """A bool per id: True when the id is already in this snapshot."""
-        return self._existing(self._manifest, IdKeys.of(ids),
+    def existing_ids(self, ids: Iterable[str] | IdKeys) -> np.ndarray:
+        """A bool per id (given as strings or `IdKeys`): True when the id is already in this
+        snapshot."""
+        keys = ids if isinstance(ids, IdKeys) else IdKeys.of(ids)
+        return self._existing(self._manifest, keys,
                               id_index.load(self._path, self._manifest, self._id_runs))
 
     def _reader(self, columns: Iterable[str], features_dtype: str | None,

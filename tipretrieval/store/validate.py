@@ -21,10 +21,12 @@ class DuplicateIds(BadInput):
     """Rows whose ids the store already holds."""
 
 
-def check_vectors(x: np.ndarray, ids: np.ndarray, what: str, normalised: bool) -> None:
+def check_vectors(x: np.ndarray, ids: np.ndarray, what: str, normalised: bool,
+                  norms: np.ndarray | None = None) -> None:
     """BadInput naming the rows of `x` (features or views) that hold NaN or inf or, when
-    `normalised`, whose L2 norm is not 1 (within NORM_TOLERANCE); one blockwise pass."""
-    norms = row_norms(x)
+    `normalised`, whose L2 norm is not 1 (within NORM_TOLERANCE); one blockwise pass, none when
+    the caller has the `row_norms` of `x` already (`norms`)."""
+    norms = row_norms(x) if norms is None else norms
     bad = rows_of(non_finite(x, norms))
     if bad.any():
         raise BadInput(f"{what} of {first_bad(bad, ids)} contain NaN or inf: drop or "
@@ -80,9 +82,10 @@ def extended_classes(current: tuple[str, ...], classes: Iterable[str]) -> tuple[
 
 
 def check_rows(rows: Rows, keys: IdKeys, manifest: Manifest, provenance: Provenance | None,
-               store_path: Path) -> None:
-    """BadInput unless `rows` (whose ids are `keys`) fit the store described by `manifest`:
-    encoder, shapes, finite and normalised vectors, label range, non-empty unique ids."""
+               store_path: Path, norms: np.ndarray | None = None) -> None:
+    """BadInput unless `rows` (whose ids are `keys`; `norms`, when given, the `row_norms` of
+    their features) fit the store described by `manifest`: encoder, shapes, finite and
+    normalised vectors, label range, non-empty unique ids."""
     if provenance is not None:
         manifest.provenance.check_compatible(provenance)
     n = len(rows)
@@ -92,7 +95,7 @@ def check_rows(rows: Rows, keys: IdKeys, manifest: Manifest, provenance: Provena
             f"{manifest.dim}: encode them with {manifest.provenance.describe()} or use "
             "another store"
         )
-    check_vectors(rows.features, rows.ids, "features", manifest.provenance.normalized)
+    check_vectors(rows.features, rows.ids, "features", manifest.provenance.normalized, norms)
     if rows.views is not None:
         if rows.views.ndim != 3 or rows.views.shape[0] != n or \
                 rows.views.shape[2] != manifest.dim:
@@ -110,7 +113,7 @@ def check_rows(rows: Rows, keys: IdKeys, manifest: Manifest, provenance: Provena
     _check_strings(sorted({str(s) for s in rows.splits.tolist()}), "split")
     if rows.sources is not None:
         _check_strings(rows.sources, "source")
-    hashes = np.sort(keys.hashes)
+    hashes = keys.hashes[keys.order]
     if not (hashes[1:] == hashes[:-1]).any():  # equal ids hash equal: all ids differ
         return
     uniq, counts = np.unique(keys.encoded, return_counts=True)
