@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from ..errors import BadInput
 from ..provenance import Provenance
 from ..rows import Rows
 from ..util.atomic import write_json
+from ..util.prefetch import prefetched
 from ..util.progress import progress
 from .dump_read import Chunk, Columns, DumpPart, find_parts, part_rows, read_chunks
 from .hold import Hold, hold
@@ -51,6 +53,7 @@ class DumpOptions:
     dtype: str | None = None
     normalize: bool = True
     progress: bool = True
+    prefetch: bool = True  # read and prepare the next chunk in a thread while one is written
 
 
 @dataclass
@@ -103,22 +106,23 @@ def _import(parts: list[DumpPart], sizes: dict[str, int], store: Store, opts: Du
             raise BadInput(f"{part.features} changed since it was imported: restore it "
                            "or import it into a new store")
     todo = [p for p in parts if not done.get(_key(p), {}).get("done")]
-    left = sum(sizes[_key(p)] - done.get(_key(p), {}).get("rows", 0) for p in todo)
+    starts = {_key(p): done.get(_key(p), {}).get("rows", 0) for p in todo}
     appended = 0
-    with progress(left, "import", disable=not opts.progress) as bar:
-        for part in todo:
-            key = _key(part)
-            record = done.setdefault(key, {"rows": 0, "done": False,
-                                           "size": part.features.stat().st_size})
-            first = True
-            for chunk in read_chunks(part, opts.columns, opts.shard_rows, record["rows"]):
-                store, n = _append(store, part, chunk, opts, check_existing=first)
+    stream = _prepared(todo, starts, opts, np.dtype(store.dtype))
+    with progress(sum(sizes[k] - a for k, a in starts.items()), "import",
+                  disable=not opts.progress) as bar:
+        first = True
+        for part, ready in prefetched(stream) if opts.prefetch else stream:
+            record = done.setdefault(_key(part), {"rows": 0, "done": False,
+                                                  "size": part.features.stat().st_size})
+            if ready is None:  # the end of the part
+                record["done"], first = True, True
+            else:
+                store, n = _append(store, part, ready, opts, check_existing=first)
                 first = False
                 appended += n
-                record["rows"] = chunk.start + len(chunk.features)
-                write_json(store_path / JOURNAL, journal)
-                bar.update(len(chunk.features))
-            record["done"] = True
+                record["rows"] = ready.chunk.start + len(ready.features)
+                bar.update(len(ready.features))
             write_json(store_path / JOURNAL, journal)
     log.info("imported %d rows from %d parts of %s into %s (%d parts already done)",
              appended, len(todo), source, store_path, len(parts) - len(todo))
@@ -143,29 +147,57 @@ def _open_or_create(held: Hold, part: DumpPart, opts: DumpOptions) -> Store:
                            preprocess={"imported_from": part.name}))
 
 
-def _append(store: Store, part: DumpPart, chunk: Chunk, opts: DumpOptions,
-            check_existing: bool) -> tuple[Store, int]:
-    """Append one chunk (minus a chunk committed before a kill); returns the store and rows."""
+@dataclass
+class _Ready:
+    """A chunk prepared for appending: its ids (and their hashes), its features in the store's
+    dtype (normalised when asked) and their row norms."""
+
+    chunk: Chunk
+    ids: list[str]
+    keys: IdKeys
+    features: np.ndarray
+    norms: np.ndarray
+
+
+def _prepare(part: DumpPart, chunk: Chunk, opts: DumpOptions, dtype: np.dtype) -> _Ready:
+    """Everything of an append that does not need the store: what `prefetched` overlaps."""
     n = len(chunk.features)
     ids = chunk.ids or [f"{part.name}:{i}" for i in range(chunk.start, chunk.start + n)]
-    keys = IdKeys.of(ids)
+    x = chunk.features  # read by us for this chunk alone: normalised in place when it can be
+    own = x if x.dtype == dtype and x.flags.writeable else None
+    if opts.normalize:  # the chunk's one copy, in the store's dtype (none when in place)
+        features, norms = normalised(x, ids, "features", dtype, own)
+    else:
+        features = x if own is not None else x.astype(dtype)
+        norms = row_norms(features)
+    return _Ready(chunk, ids, IdKeys.of(ids), features, norms)
+
+
+def _prepared(todo: list[DumpPart], starts: dict[str, int], opts: DumpOptions,
+              dtype: np.dtype) -> Iterator[tuple[DumpPart, _Ready | None]]:
+    """Every chunk left of every part, prepared, and (part, None) at the end of each part."""
+    for part in todo:
+        for chunk in read_chunks(part, opts.columns, opts.shard_rows, starts[_key(part)]):
+            yield part, _prepare(part, chunk, opts, dtype)
+        yield part, None
+
+
+def _append(store: Store, part: DumpPart, ready: _Ready, opts: DumpOptions,
+            check_existing: bool) -> tuple[Store, int]:
+    """Append one chunk (minus a chunk committed before a kill); returns the store and rows."""
+    chunk, n = ready.chunk, len(ready.features)
     if check_existing:
-        there = store.existing_ids(keys)
+        there = store.existing_ids(ready.keys)
         if there.all():
             log.info("%s rows %d-%d were committed before an interruption: skipped",
                      part.name, chunk.start, chunk.start + n)
             return store, 0
     vocabulary = list(store.classes)
     labels = None if chunk.labels is None else _label_indices(chunk.labels, vocabulary)
-    dtype = np.dtype(store.dtype)
-    if opts.normalize:  # the chunk's one copy, in the store's dtype
-        features, norms = normalised(chunk.features, ids, "features", dtype)
-    else:
-        features = chunk.features.astype(dtype)
-        norms = row_norms(features)
-    rows = Rows.make(ids, features, labels, opts.split, chunk.sources, keep_float16=True)
-    store.append(rows, provenance=_provenance(opts, store.dim), classes=vocabulary, keys=keys,
-                 norms=norms)
+    rows = Rows.make(ready.ids, ready.features, labels, opts.split, chunk.sources,
+                     keep_float16=True)
+    store.append(rows, provenance=_provenance(opts, store.dim), classes=vocabulary,
+                 keys=ready.keys, norms=ready.norms)
     return store, n
 
 

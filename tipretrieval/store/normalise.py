@@ -54,10 +54,11 @@ def unit_rows(x: np.ndarray, ids: np.ndarray, what: str, dtype) -> np.ndarray:
     return normalised(x, ids, what, dtype)[0]
 
 
-def normalised(x: np.ndarray, ids: np.ndarray, what: str, dtype
+def normalised(x: np.ndarray, ids: np.ndarray, what: str, dtype, out: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
-    """`unit_rows` of `x` and their `row_norms` (so that a store's check of the rows need not
-    compute them again: reused from `x`'s for the rows kept when `x` is already in `dtype`)."""
+    """`unit_rows` of `x` (into `out` when given: `x` itself normalises in place) and their
+    `row_norms` (so that a store's check of the rows need not compute them again: reused from
+    `x`'s for the rows kept when `x` is already in `dtype`)."""
     norms = row_norms(x)
     _refuse(non_finite(x, norms), ids, what, "contain NaN or inf: drop or recompute those rows")
     maybe_zero = norms == 0  # or tiny values whose squares underflow
@@ -65,9 +66,11 @@ def normalised(x: np.ndarray, ids: np.ndarray, what: str, dtype
         maybe_zero[maybe_zero] = np.abs(x[maybe_zero]).max(axis=-1) == 0
         _refuse(maybe_zero, ids, what,
                 "are all zero: drop those rows, they cannot be normalised")
-    out = np.empty(x.shape, dtype=dtype)
-    with np.errstate(over="ignore"):  # rows beyond the dtype's range are rescaled below
-        convert(x, out)
+    if out is None:
+        out = np.empty(x.shape, dtype=dtype)
+    if out is not x:
+        with np.errstate(over="ignore"):  # rows beyond the dtype's range are rescaled below
+            convert(x, out)
     bad = ~(np.abs(norms - 1.0) <= UNIT_TOLERANCE[x.dtype.itemsize])
     if bad.any():
         y = x[bad].astype(np.float64 if x.dtype == np.float64 else np.float32)

@@ -32,6 +32,7 @@ from ..errors import BadInput, ConcurrentChange, CorruptData
 from ..rows import Rows
 from ..util.atomic import atomic_path
 from ..util.checksum import file_sha256
+from ..util.reserve import release_unused, reserve
 from .float16 import as_float32
 from .manifest import Manifest, ShardInfo
 
@@ -150,58 +151,94 @@ def _counts(labels: np.ndarray, names: list[str], codes: np.ndarray
     return out
 
 
-def _dataset(f: h5py.File, name: str, data: np.ndarray, row_bytes: int) -> None:
-    """A chunked dataset with HDF5's fletcher32 checksum on every chunk."""
+@dataclass(frozen=True)
+class _Column:
+    """One dataset of a shard: its data and chunk shape (None: empty, so not chunked)."""
+
+    name: str
+    data: np.ndarray
+    chunks: tuple[int, ...] | None
+    dtype: object = None  # (h5py's string dtype for the split names)
+
+
+def _column(name: str, data: np.ndarray, row_bytes: int) -> _Column:
     chunks = (_chunk_rows(row_bytes, len(data)), *data.shape[1:]) if len(data) else None
-    f.create_dataset(name, data=data, chunks=chunks, fletcher32=bool(len(data)))
+    return _Column(name, data, chunks)
 
 
-def _write_strings(f: h5py.File, name: str, encoded: np.ndarray) -> None:
+def _strings(name: str, encoded: np.ndarray) -> list[_Column]:
     """`encoded` (UTF-8 bytes per row) as `{name}_utf8` bytes plus `{name}_end` offsets."""
     data = np.frombuffer(b"".join(encoded.tolist()), dtype=np.uint8)
     ends = np.cumsum(np.fromiter(map(len, encoded.tolist()), np.int64, len(encoded)))
-    f.create_dataset(f"{name}_utf8", data=data, fletcher32=bool(len(data)),
-                     chunks=(max(1, min(len(data), _TEXT_CHUNK)),) if len(data) else None)
-    _dataset(f, f"{name}_end", ends, 8)
+    return [_Column(f"{name}_utf8", data, (max(1, min(len(data), _TEXT_CHUNK)),) if len(data)
+                    else None), _column(f"{name}_end", ends, 8)]
+
+
+def _fill(f: h5py.File, columns: list[_Column]) -> None:
+    """Write the datasets, each chunked with HDF5's fletcher32 checksum on every chunk."""
+    for c in columns:
+        f.create_dataset(c.name, data=c.data, chunks=c.chunks, fletcher32=c.chunks is not None,
+                         dtype=c.dtype)
+
+
+def _write_file(tmp: Path, columns: list[_Column]) -> None:
+    """Write the shard file at `tmp`: by HDF5 into disk blocks reserved first for more than it
+    can take (data, a 4-byte checksum per chunk, a generous allowance for HDF5's metadata), so
+    that a full disk is an OSError at the reservation, not a failure inside HDF5 (which
+    crashed the process); where blocks cannot be reserved, built in memory by HDF5 and written
+    with plain file I/O."""
+    data = sum(c.data.nbytes for c in columns)
+    with h5py.File(tmp, "w") as f:
+        direct = reserve(tmp, data + data // 16 + (1 << 20))
+        if direct:
+            _fill(f, columns)
+    if direct:
+        release_unused(tmp)
+        return
+    with h5py.File(tmp.name, "w", driver="core", backing_store=False) as f:
+        _fill(f, columns)
+        f.flush()
+        image = f.id.get_file_image()
+    tmp.write_bytes(image)
+
+
+def _sha256(f) -> str:
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
                 keys: IdKeys | None = None) -> ShardInfo:
-    """Write `rows` (whose ids are `keys`) as a new shard at `path` and describe it.
-
-    The HDF5 file is built in memory and written with plain file I/O (temp file, fsync,
-    rename): HDF5 never writes to the disk itself, so a full disk is an ordinary OSError, not
-    an HDF5 failure while closing (which crashed the process).
-    """
+    """Write `rows` (whose ids are `keys`) as a new shard at `path` and describe it: a temp
+    file (`_write_file`), hashed while it is fsynced, then renamed into place."""
     n, dim = rows.features.shape
     split_names, split_codes = _split_codes(rows.splits)
     itemsize = np.dtype(dtype).itemsize
     keys = keys or IdKeys.of(rows.ids)
     order = keys.order
-    with h5py.File(path.name, "w", driver="core", backing_store=False) as f:
-        _dataset(f, "features", rows.features.astype(dtype, copy=False), dim * itemsize)
-        _dataset(f, "labels", rows.labels.astype(np.int64), 8)
-        _write_strings(f, "ids", keys.encoded)
-        _dataset(f, "id_hash", keys.hashes[order], 8)
-        _dataset(f, "id_order", order.astype(np.int64), 8)
-        _dataset(f, "splits", split_codes.astype(np.uint32).reshape(-1), 4)
-        f.create_dataset("split_names", data=[str(s) for s in split_names],
-                         dtype=h5py.string_dtype())
-        if rows.sources is not None:
-            _write_strings(f, "sources", encode(rows.sources))
-        if rows.views is not None:
-            v = rows.views.shape[1]
-            _dataset(f, "views", rows.views.astype(dtype), v * dim * itemsize)
-        f.flush()
-        image = f.id.get_file_image()
-    with ThreadPoolExecutor(1) as pool:  # hashing (which frees the GIL) while writing
-        digest = pool.submit(lambda: hashlib.sha256(image).hexdigest())
+    columns = [
+        _column("features", rows.features.astype(dtype, copy=False), dim * itemsize),
+        _column("labels", rows.labels.astype(np.int64), 8),
+        *_strings("ids", keys.encoded),
+        _column("id_hash", keys.hashes[order], 8),
+        _column("id_order", order.astype(np.int64), 8),
+        _column("splits", split_codes.astype(np.uint32).reshape(-1), 4),
+        _Column("split_names", np.array([str(s) for s in split_names] + [""], dtype=object)[:-1],
+                None, h5py.string_dtype()),
+    ]
+    if rows.sources is not None:
+        columns += _strings("sources", encode(rows.sources))
+    if rows.views is not None:
+        v = rows.views.shape[1]
+        columns.append(_column("views", rows.views.astype(dtype), v * dim * itemsize))
+    with contextlib.ExitStack() as files, ThreadPoolExecutor(1) as pool:
         with atomic_path(path) as tmp:
-            tmp.write_bytes(image)
+            _write_file(tmp, columns)
+            nbytes = tmp.stat().st_size
+            digest = pool.submit(_sha256, files.enter_context(open(tmp, "rb")))  # while fsync
         sha256 = digest.result()
     return ShardInfo(
         name=path.name, rows=n, first_row_id=first_row_id,
-        sha256=sha256, nbytes=len(image),
+        sha256=sha256, nbytes=nbytes,
         views=0 if rows.views is None else int(rows.views.shape[1]),
         has_sources=rows.sources is not None, counts=_counts(rows.labels, split_names, split_codes),
     )

@@ -1,6 +1,7 @@
 """Small shared helpers with no knowledge of stores or caches: crash-safe file writes
 (`atomic`), file checksums (`checksum`), versioned JSON documents (`jsonfile`), progress bars
-(`progress`) and Ray start-up (`ray_setup`).
+(`progress`), working one item ahead in a thread (`prefetch`), reserving disk blocks before a
+library writes a file (`reserve`) and Ray start-up (`ray_setup`).
 
 May import: `tipretrieval.errors` and third-party libraries only.
 """
