@@ -1,10 +1,14 @@
 """Streaming import of embedding dumps into a store: bounded memory, resumable per file.
 
-Each part of a dump (`dump_read`) is read `shard_rows` rows at a time; every chunk is copied
-once into the store's dtype with its rows L2-normalised (`normalise.unit_rows`: rows already
-unit norm are kept bit-exact, norms are computed in blocks, so no float32 copy of the chunk
-is made) and appended as one shard (the store validates it as it does every append), so
-memory is bounded by a few chunk-sized arrays whatever the dump size.
+Each part of a dump (`dump_read`) is read `shard_rows` rows at a time; every chunk is put in
+the store's dtype with its rows L2-normalised (`normalise.normalised`: rows already unit norm
+are kept bit-exact, norms are computed in blocks, so no float32 copy of the chunk is made; a
+chunk read from a .npy in the store's dtype is normalised in place) and appended as one shard
+(the store validates it as it does every append, with the norms and id hashes computed here),
+so memory is bounded by a few chunk-sized arrays whatever the dump size. The next chunk is
+read, normalised and its ids hashed in a thread (`util.prefetch`) while the current one is
+written: two chunks at most are in memory, and an error preparing a chunk is raised when the
+loop reaches it, after the chunks before it were committed, as without the thread.
 After each append `STORE/import-journal.json` (replaced atomically) records how many rows of
 the part are committed, and a finished part is marked done, so a rerun skips finished parts
 and continues a part where it stopped. A kill between an append and the journal write leaves

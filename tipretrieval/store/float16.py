@@ -34,3 +34,10 @@ def convert(x: np.ndarray, out: np.ndarray) -> None:
         as_float32(x, out)
     else:
         np.copyto(out, x)
+
+
+def finite16(x: np.ndarray) -> bool:
+    """Whether float16 `x` holds no inf or NaN (which `as_float32` turns into finite values),
+    from two max reductions over its bits: inf and NaN are the patterns from 0x7C00 up, as
+    signed ints when positive and as unsigned ints (from 0xFC00) when negative."""
+    return int(x.view(np.int16).max()) < 0x7C00 and int(x.view(np.uint16).max()) < 0xFC00

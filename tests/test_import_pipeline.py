@@ -1,0 +1,164 @@
+"""The fast import path (issue 11): ids hashed in one C-level pass, the next chunk prepared in
+a thread, shards written by HDF5 into reserved disk blocks; the stored bytes and the errors are
+those of the plain sequential path."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_dumps import DIM, clip_dump
+from test_ingest_errors import cli, error_line, npz, tree
+
+from tipretrieval.errors import BadInput
+from tipretrieval.rows import Rows
+from tipretrieval.store import shard as shard_mod
+from tipretrieval.store.dump_read import Columns
+from tipretrieval.store.dumps import JOURNAL, DumpOptions, import_dump
+from tipretrieval.store.normalise import normalised, row_norms, unit_rows
+from tipretrieval.store.store import Store
+from tipretrieval.util.prefetch import prefetched
+
+
+def test_id_hashes_equal_blake2b_of_each_id():
+    rng = np.random.default_rng(0)
+    ids = ["".join(map(chr, rng.integers(32, 0x2FFF, rng.integers(1, 40)))) for _ in range(500)]
+    ids += ["", "é", "日本語", "\U0001f600" * 3, "x" * 100_000, "a\nb", "same", "same"]
+    encoded = shard_mod.encode(ids)
+    want = [int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
+            for s in ids]
+    got = shard_mod.id_hashes(encoded)
+    assert got.dtype == np.uint64 and got.tolist() == want
+    assert shard_mod.id_hashes(shard_mod.encode([])).tolist() == []
+
+
+def test_prefetched_makes_one_item_ahead_and_raises_where_the_item_was_due():
+    made, used = [], []
+
+    def items():
+        for i in range(5):
+            made.append(i)
+            if i == 3:
+                raise BadInput("item 3 is bad")
+            yield i
+    with pytest.raises(BadInput, match="item 3 is bad"):
+        for i in prefetched(items()):
+            assert made[-1] <= i + 1  # never more than one item ahead
+            used.append(i)
+    assert used == [0, 1, 2] and made == [0, 1, 2, 3]
+    assert list(prefetched(iter(()))) == []
+
+
+def test_prefetched_items_are_made_in_another_thread():
+    threads = []
+
+    def items():
+        for i in range(3):
+            threads.append(threading.get_ident())
+            yield i
+    assert list(prefetched(items())) == [0, 1, 2]
+    assert threading.get_ident() not in threads
+
+
+def files_of(path: Path) -> list[bytes]:
+    """The store's shard and id index files in manifest order (names differ between stores)."""
+    m = Store.open(path).manifest
+    return [(path / "shards" / s.name).read_bytes() for s in m.shards] + \
+        [(path / r.name).read_bytes() for r in m.id_runs]
+
+
+COLUMNS = Columns(ids="image_path", labels="label", sources="image_path")
+
+
+def test_prefetched_import_writes_the_bytes_of_the_sequential_one(tmp_path):
+    clip_dump(tmp_path / "dump", files=3, rows=500)
+    for prefetch in (True, False):
+        import_dump(tmp_path / "dump", tmp_path / f"s{prefetch}", DumpOptions(
+            columns=COLUMNS, shard_rows=200, progress=False, prefetch=prefetch))
+    fast, plain = files_of(tmp_path / "sTrue"), files_of(tmp_path / "sFalse")
+    assert len(fast) == 9 + len(Store.open(tmp_path / "sTrue").manifest.id_runs)
+    assert fast == plain
+    a, b = Store.open(tmp_path / "sTrue").manifest, Store.open(tmp_path / "sFalse").manifest
+    assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]
+    assert a.classes == b.classes and a.generation == b.generation
+
+
+def test_an_error_preparing_a_chunk_is_the_same_error_after_the_same_commits(tmp_path):
+    clip_dump(tmp_path / "dump", files=2, rows=300)
+    path = tmp_path / "dump" / "img_emb" / "img_emb_1.npy"
+    x = np.load(path)
+    x[250, 3] = np.nan  # the second part's second chunk
+    np.save(path, x)
+    outcomes = []
+    for prefetch in (True, False):
+        store = tmp_path / f"s{prefetch}"
+        with pytest.raises(BadInput) as exc:
+            import_dump(tmp_path / "dump", store, DumpOptions(
+                columns=COLUMNS, shard_rows=200, progress=False, prefetch=prefetch))
+        journal = json.loads((store / JOURNAL).read_text())
+        outcomes.append((str(exc.value), len(Store.open(store)),
+                         sorted((v["rows"], v["done"]) for v in journal["parts"].values())))
+    assert outcomes[0] == outcomes[1]
+    message, rows, parts = outcomes[0]
+    assert "contain NaN or inf" in message and "imgs/1/250.jpg" in message
+    assert "\n" not in message and rows == 500 and parts == [(200, False), (300, True)]
+
+
+def test_normalising_in_place_keeps_unit_rows_and_returns_the_norms_of_the_result():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, DIM))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    x[[7, 200]] *= 3
+    want = unit_rows(x, np.arange(300), "features", np.float16)
+    y = x.copy()
+    out, norms = normalised(y, np.arange(300), "features", np.float16, out=y)
+    assert out is y and out.tobytes() == want.tobytes()
+    np.testing.assert_array_equal(norms, row_norms(want))
+    out32, norms32 = normalised(x, np.arange(300), "features", np.float32)
+    np.testing.assert_array_equal(norms32, row_norms(out32))
+
+
+def rows_for_shard(n: int = 3000) -> Rows:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, DIM)).astype(np.float32)
+    return Rows.make([f"r{i}" for i in range(n)], x / np.linalg.norm(x, axis=1, keepdims=True),
+                     rng.integers(-1, 3, n), rng.choice(["a", "b"], n),
+                     sources=[f"/s/{i}.jpg" for i in range(n)])
+
+
+def test_a_shard_written_into_reserved_blocks_equals_one_built_in_memory(tmp_path, monkeypatch):
+    rows = rows_for_shard()
+    direct = shard_mod.write_shard(tmp_path / "000000000000-aa.h5", rows, 0, "float16")
+    monkeypatch.setattr(shard_mod, "reserve", lambda path, nbytes: False)
+    memory = shard_mod.write_shard(tmp_path / "000000000000-bb.h5", rows, 0, "float16")
+    a, b = ((tmp_path / f"000000000000-{x}.h5").read_bytes() for x in ("aa", "bb"))
+    assert a == b and direct.sha256 == memory.sha256 == hashlib.sha256(a).hexdigest()
+    assert direct.nbytes == len(a)
+    assert (tmp_path / "000000000000-aa.h5").stat().st_blocks * 512 < len(a) + (1 << 20)
+
+
+def test_a_full_disk_at_the_reservation_is_one_line_exit_1_and_stores_nothing(tmp_path,
+                                                                             monkeypatch):
+    assert cli("import", npz(tmp_path / "b.npz"), "--store", tmp_path / "s").exit_code == 0
+    before = tree(tmp_path / "s")
+
+    def full(path, nbytes):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(shard_mod, "reserve", full)
+    line = error_line(cli("import", npz(tmp_path / "a.npz"), "--store", tmp_path / "s"), 1)
+    assert "disk full while writing store" in line and "No space left" in line
+    assert tree(tmp_path / "s") == before
+
+
+def test_float16_row_norms_are_not_finite_for_rows_with_nan_or_inf():
+    """The fast float16 cast maps NaN and inf to finite numbers: the norms must not."""
+    x = np.full((5000, 2, DIM), 0.25, np.float16)
+    x[3, 1, 0], x[4100, 0, 5], x[4999, 1, 2] = np.nan, np.inf, -np.inf
+    bad = np.argwhere(~np.isfinite(row_norms(x))).tolist()
+    assert bad == [[3, 1], [4100, 0], [4999, 1]]
+    assert np.isfinite(row_norms(x[5:4000])).all()
