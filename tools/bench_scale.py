@@ -210,6 +210,7 @@ def child_classify(cache: str, store: str, out: str) -> dict:
     return {"seconds": time.perf_counter() - start, "rows": journal.to_json()["rows"]}
 
 
+STEPS = ("import", "index", "search", "classify")
 CHILDREN = {"import": child_import, "index": child_index, "search": child_search,
             "classify": child_classify}
 
@@ -270,7 +271,13 @@ def main() -> None:
     p.add_argument("--exact-queries", type=int, default=200,
                    help="queries timed on the exact flat index (each scans every row)")
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--steps", default=",".join(STEPS),
+                   help="comma list of steps to run (the store is always imported) "
+                        f"[default: {','.join(STEPS)}]")
     args = p.parse_args()
+    args.steps = set(args.steps.split(","))
+    if not args.steps <= set(STEPS):
+        p.error(f"--steps takes a comma list of {', '.join(STEPS)}")
     keys = args.keys or args.rows // 10
     nlist = 2 ** round(np.log2(np.sqrt(args.rows)))
     spec = args.index_spec or f"IVF{nlist},SQ8"
@@ -291,6 +298,12 @@ def disk_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
+def cpu_s(who: int) -> float:
+    """User + system CPU seconds of this process or of its waited-for children."""
+    use = resource.getrusage(who)
+    return use.ru_utime + use.ru_stime
+
+
 def load() -> str:
     return " / ".join(f"{v:.1f}" for v in os.getloadavg())
 
@@ -300,33 +313,47 @@ def run(args, work: Path, keys: int, spec: str) -> list[tuple]:
     load_start = load()
     write_dump(work / "dump", args.rows, args.files, args.dim)
     gen_s = time.perf_counter() - t
-    h5_s = raw_h5py(work / "dump", work / "baseline.h5")
-    (work / "baseline.h5").unlink()
-    imp = run_child("import", work / "dump", work / "store", args.shard_rows)
-    peak_disk = disk_mib(work)
-    rate, raw = imp["rows"] / imp["seconds"], args.rows / h5_s
     table = [("dump generated (not timed against anything)", f"{gen_s:.0f} s, "
-              f"{disk_mib(work / 'dump'):,.0f} MiB", "", None),
-             ("(a) import rows/s vs raw h5py writing the same columns and dtypes "
-              "(fletcher32 on, one fsync; no validation)",
-              f"{rate:,.0f} vs {raw:,.0f} = {rate / raw:.2f}x", ">= 0.8x", rate / raw >= 0.8),
-             ("(a) import peak RSS", f"{imp['peak_rss_mib']:,.0f} MiB", "< 1 GB",
-              imp["peak_rss_mib"] < 1000)]
+              f"{disk_mib(work / 'dump'):,.0f} MiB", "", None)]
+    if "import" in args.steps:
+        cpu = cpu_s(resource.RUSAGE_SELF)
+        h5_s = raw_h5py(work / "dump", work / "baseline.h5")
+        h5_cpu = cpu_s(resource.RUSAGE_SELF) - cpu
+        (work / "baseline.h5").unlink()
+    cpu = cpu_s(resource.RUSAGE_CHILDREN)
+    imp = run_child("import", work / "dump", work / "store", args.shard_rows)
+    imp["cpu_s"] = cpu_s(resource.RUSAGE_CHILDREN) - cpu
+    peak_disk = disk_mib(work)
+    if "import" in args.steps:
+        rate, raw = imp["rows"] / imp["seconds"], args.rows / h5_s
+        table += [("(a) import rows/s vs raw h5py writing the same columns and dtypes "
+                   "(fletcher32 on, one fsync; no validation)",
+                   f"{rate:,.0f} vs {raw:,.0f} = {rate / raw:.2f}x", ">= 0.8x",
+                   rate / raw >= 0.8),
+                  ("(a) import peak RSS", f"{imp['peak_rss_mib']:,.0f} MiB", "< 1 GB",
+                   imp["peak_rss_mib"] < 1000),
+                  ("(a) import CPU seconds (user + system) vs raw h5py",
+                   f"{imp['cpu_s']:.1f} vs {h5_cpu:.1f}", "", None)]
     shutil.rmtree(work / "dump")
-    idx = run_child("index", work / "store", spec, f"nprobe={args.nprobe}")
-    table.append((f"(b) store index build ({spec}, nprobe={args.nprobe})",
-                  f"{idx['seconds']:.0f} s, peak RSS {idx['peak_rss_mib']:,.0f} MiB", "", None))
-    data = dataset(args.dim)
-    np.save(work / "q.npy", data.draw(args.queries, stream=11)[0])
-    s = run_child("search", work / "store", work / "q.npy", args.exact_budget,
-                  args.exact_queries)
-    exact = (f"exact p50 {s['exact_p50']:.1f} / p99 {s['exact_p99']:.1f} ms" if "exact_p50" in s
-             else "exact: not measured (flat index over --exact-budget)")
-    table.append((f"(c) search k=10: IVF p50 / p99 ({args.queries} queries) vs exact "
-                   f"({min(args.exact_queries, args.queries)} queries), recall@10",
-                  f"IVF p50 {s['ivf_p50']:.2f} / p99 {s['ivf_p99']:.2f} ms; {exact}; "
-                  f"recall@10 {s['recall']:.3f}", "", None))
+    if {"index", "search"} & args.steps:  # search needs the index
+        idx = run_child("index", work / "store", spec, f"nprobe={args.nprobe}")
+        table.append((f"(b) store index build ({spec}, nprobe={args.nprobe})",
+                      f"{idx['seconds']:.0f} s, peak RSS {idx['peak_rss_mib']:,.0f} MiB", "",
+                      None))
+    if "search" in args.steps:
+        data = dataset(args.dim)
+        np.save(work / "q.npy", data.draw(args.queries, stream=11)[0])
+        s = run_child("search", work / "store", work / "q.npy", args.exact_budget,
+                      args.exact_queries)
+        exact = (f"exact p50 {s['exact_p50']:.1f} / p99 {s['exact_p99']:.1f} ms"
+                 if "exact_p50" in s else "exact: not measured (flat index over --exact-budget)")
+        table.append((f"(c) search k=10: IVF p50 / p99 ({args.queries} queries) vs exact "
+                       f"({min(args.exact_queries, args.queries)} queries), recall@10",
+                      f"IVF p50 {s['ivf_p50']:.2f} / p99 {s['ivf_p99']:.2f} ms; {exact}; "
+                      f"recall@10 {s['recall']:.3f}", "", None))
     store_mib = disk_mib(work / "store")
+    if "classify" not in args.steps:
+        return table + footer(store_mib, peak_disk, load_start, t)
     write_cache(work / "cache", keys, args.dim, f"IVF{2 ** round(np.log2(np.sqrt(keys)))},Flat")
     first_rows(work / "store", work / "small", args.rows // 10)
     small = run_child("classify", work / "cache", work / "small", work / "out-small")
@@ -341,11 +368,16 @@ def run(args, work: Path, keys: int, spec: str) -> list[tuple]:
               (f"(d) classify peak RSS {args.rows // 10:,} -> {args.rows:,} rows",
                f"{small['peak_rss_mib']:,.0f} -> {big['peak_rss_mib']:,.0f} MiB = {ratio:.2f}x",
                "<= 1.2x", ratio <= 1.2),
-              ("disk: store (with its search index); peak (dump + store)",
-               f"{store_mib:,.0f} MiB; {peak_disk:,.0f} MiB", "", None),
-              ("load average (1 / 5 / 15 min) at start -> end; wall time",
-               f"{load_start} -> {load()}; {time.perf_counter() - t:,.0f} s", "", None)]
+              *footer(store_mib, peak_disk, load_start, t)]
     return table
+
+
+def footer(store_mib: float, peak_disk: float, load_start: str, t: float) -> list[tuple]:
+    """The last rows of the table: disk use, load average and wall time."""
+    return [("disk: store (with its search index); peak (dump + store)",
+             f"{store_mib:,.0f} MiB; {peak_disk:,.0f} MiB", "", None),
+            ("load average (1 / 5 / 15 min) at start -> end; wall time",
+             f"{load_start} -> {load()}; {time.perf_counter() - t:,.0f} s", "", None)]
 
 
 if __name__ == "__main__":
