@@ -359,8 +359,13 @@ def _manifest(dim: int = DIM, shards=None, **change) -> Manifest:
     end = shards[-1].end_row_id
     m = Manifest(store_id="s", generation=2, dim=dim, dtype="float16",
                  provenance=Provenance("ViT-B-32", "openai", dim), classes=tuple(CLASSES),
-                 next_row_id=end, shards=shards, id_index=IdIndexInfo("i", end, "0" * 64))
+                 next_row_id=end, shards=shards, id_runs=(_run(2, end),))
     return replace(m, **change)
+
+
+def _run(generation: int, rows: int) -> IdIndexInfo:
+    """An id index run file entry of `rows` rows."""
+    return IdIndexInfo(f"ids-{generation:012d}.idx", rows, "0" * 64)
 
 
 # each boundary of the manifest's invariants, with the value just inside (None: accepted)
@@ -393,11 +398,17 @@ BOUNDARIES = [
      "counts labels outside -1..3"),
     ("next row id 11", _manifest(next_row_id=11), "next row id 11 is not the end of the last"),
     ("next row id 13", _manifest(next_row_id=13), "next row id 13 is not the end of the last"),
-    ("id index of 0 rows", _manifest(id_index=IdIndexInfo("i", 0, "0" * 64)), None),
-    ("id index of -1 rows", _manifest(id_index=IdIndexInfo("i", -1, "0" * 64)),
-     "the id index covers -1 rows of 12"),
-    ("id index of 13 rows", _manifest(id_index=IdIndexInfo("i", 13, "0" * 64)),
+    ("no id index", _manifest(id_runs=()), None),
+    ("id index run of 1 row", _manifest(id_runs=(_run(1, 1),)), None),
+    ("id index run of 0 rows", _manifest(id_runs=(_run(1, 0),)),
+     "id index run ids-000000000001.idx has 0 rows"),
+    ("id index runs of 12 rows", _manifest(id_runs=(_run(1, 5), _run(2, 7))), None),
+    ("id index runs of 13 rows", _manifest(id_runs=(_run(1, 6), _run(2, 7))),
      "the id index covers 13 rows of 12"),
+    ("id index run named i", _manifest(id_runs=(IdIndexInfo("i", 12, "0" * 64),)),
+     "not id index file names"),
+    ("id index run named twice", _manifest(id_runs=(_run(1, 5), _run(1, 7))),
+     "id index runs are repeated"),
 ]
 
 

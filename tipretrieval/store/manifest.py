@@ -196,8 +196,11 @@ class Manifest:
         names = [r.name for r in self.id_runs]
         if len(set(names)) != len(names) or not all(RUN_NAME.fullmatch(n) for n in names):
             return "id index runs are repeated or not id index file names"
+        for r in self.id_runs:
+            if r.rows < 1:
+                return f"id index run {r.name} has {r.rows} rows"
         covered = sum(r.rows for r in self.id_runs)
-        if any(r.rows < 1 for r in self.id_runs) or covered > end:
+        if covered > end:
             return f"the id index covers {covered} rows of {end}"
         return None
 
