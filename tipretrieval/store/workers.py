@@ -37,7 +37,11 @@ SUPPORTED = hasattr(os, "memfd_create") and hasattr(os, "fork")  # else: read in
 _ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding this tipretrieval
 _BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); from tipretrieval.store.workers import "
          "serve; serve(int(sys.argv[2]), [int(fd) for fd in sys.argv[3:]])")
-_ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+        # glibc keeps freed HDF5 chunk buffers (4 MB) for reuse: with its default, adaptive
+        # thresholds a worker (which allocates no batch arrays) gave them back and faulted
+        # every page in again for each chunk, which tripled its CPU time
+        "MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 
 Fill = Callable[[Any, memoryview], None]
 
@@ -115,7 +119,7 @@ class Pool:
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", "-c", _BOOT, _ROOT, str(fd), *theirs],
                 pass_fds=(fd, *map(int, theirs)), stdin=subprocess.DEVNULL,
-                start_new_session=True, env={**os.environ, **_ONE_THREAD})
+                start_new_session=True, env={**os.environ, **_ENV})
             self._conns = [Connection(a.detach()) for a, _ in pairs]
             self._conns[0].send((fill, slot_bytes))
         except BaseException:
