@@ -67,6 +67,33 @@ def test_equal_appends_merge_like_a_binary_counter_and_a_small_append_writes_a_s
     np.testing.assert_array_equal(entries(store), expected_entries(store))
 
 
+def test_an_append_merges_runs_only_up_to_the_cap_and_compact_merges_all(store, monkeypatch):
+    monkeypatch.setattr(id_index, "MAX_MERGED_ROWS", 250)
+    sizes = []
+    for k in range(6):
+        store.append(make_rows(100, k))
+        sizes.append(runs(store))
+    assert sizes == [[100], [200], [200, 100], [200, 200], [200, 200, 100], [200, 200, 200]]
+    store.compact()
+    assert runs(store) == [600]
+    np.testing.assert_array_equal(entries(store), expected_entries(store))
+
+
+def test_a_writer_reads_each_run_once(store, monkeypatch):
+    """A store object keeps the runs it wrote or read and checked (run files never change)."""
+    for k in range(3):
+        store.append(make_rows(100, k))
+    reads = []
+    real = id_index._read
+    monkeypatch.setattr(id_index, "_read", lambda *a: reads.append(a[1].name) or real(*a))
+    for k in range(3, 6):
+        store.append(make_rows(100, k))
+    assert reads == []
+    fresh = Store.open(store.path)
+    fresh.append(make_rows(5, 9))
+    assert sorted(reads) == sorted(r.name for r in store.manifest.id_runs)
+
+
 def test_duplicates_are_found_in_every_run(store):
     for k in range(5):
         store.append(make_rows(50 + 10 * k, k))

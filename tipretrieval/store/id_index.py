@@ -4,9 +4,10 @@ A run is one file (named, with its sha256 and row count, by the manifest) holdin
 of consecutive row ids sorted by hash, 16 bytes per row; the runs cover row ids 0.. in order.
 An append looks its ids up in every run and opens only the shards of the (rare) hash hits to
 confirm them, so its cost does not grow with the number of shards. It then writes one new
-file: its own ids as a run, merged with the trailing runs no larger than it, so a small append
-writes a small file, a store holds at most about log2(rows) runs and each entry is rewritten
-a few times in all (format 2 rewrote the whole index on every append). `merge_all` (used by
+file: its own ids as a run, merged with the trailing runs no larger than it (up to
+MAX_MERGED_ROWS entries), so a small append writes a small file, a store holds about
+log2(MAX_MERGED_ROWS) + rows / MAX_MERGED_ROWS runs and each entry is rewritten a few times in
+all (format 2 rewrote the whole index on every append). `merge_all` (used by
 `compact`) makes one run. A missing or damaged run makes the index be rebuilt from the shards'
 ids (and written back as one run by the next write), so it never decides alone that an id is
 new. A format 2 store's one index file is read as its only run.
@@ -29,6 +30,10 @@ from .shard import IdKeys
 log = logging.getLogger(__name__)
 
 ENTRY = np.dtype([("hash", "<u8"), ("row", "<i8")])
+# An append merges runs only up to this many entries (32 MB), so that its memory stays small
+# however big the store; `merge_all` makes one run of any size.
+MAX_MERGED_ROWS = 1 << 21
+_WRITE_ROWS = 1 << 16
 PREFIX = "ids-"
 SUFFIX = ".idx"
 
@@ -47,9 +52,11 @@ class Run:
     def __len__(self) -> int:
         return len(self.hashes)
 
-    def entries(self) -> np.ndarray:
-        out = np.empty(len(self), dtype=ENTRY)
-        out["hash"], out["row"] = self.hashes, self.rows
+    def entries(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Entries `start:stop` as stored (ENTRY records)."""
+        hashes = self.hashes[start:stop]
+        out = np.empty(len(hashes), dtype=ENTRY)
+        out["hash"], out["row"] = hashes, self.rows[start:stop]
         return out
 
     def candidates(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,10 +119,16 @@ def load(store_dir: Path, manifest: Manifest, cache: dict[str, Run] | None = Non
                         "index from the shards", info.name, store_dir)
             return None
         runs.append(run)
+    index = IdIndex(tuple(runs), files)
     if cache is not None:
-        cache.clear()  # only this manifest's runs: memory stays one index
-        cache.update({_key(f): r for f, r in zip(files, runs, strict=True)})
-    return IdIndex(tuple(runs), files)
+        remember(cache, index)
+    return index
+
+
+def remember(cache: dict[str, Run], index: IdIndex) -> None:
+    """Keep the runs of `index` (only them: memory stays one index) in `cache` for `load`."""
+    cache.clear()
+    cache.update({_key(f): r for f, r in zip(index.files, index.runs, strict=True)})
 
 
 def build(hashes: np.ndarray, rows: np.ndarray) -> Run:
@@ -137,12 +150,15 @@ def name(generation: int) -> str:
 
 
 def _write(store_dir: Path, run: Run, generation: int) -> IdIndexInfo:
-    """Write `run` as a new file (atomic) for the manifest of `generation`."""
-    data = run.entries().tobytes()
-    with atomic_path(store_dir / name(generation)) as tmp:
-        tmp.write_bytes(data)
-    return IdIndexInfo(name=name(generation), rows=len(run),
-                       sha256=hashlib.sha256(data).hexdigest())
+    """Write `run` as a new file (atomic) for the manifest of `generation`, a block of
+    entries at a time (no copy of the whole run)."""
+    digest = hashlib.sha256()
+    with atomic_path(store_dir / name(generation)) as tmp, open(tmp, "wb") as f:
+        for a in range(0, len(run), _WRITE_ROWS):
+            block = run.entries(a, a + _WRITE_ROWS)
+            digest.update(block)
+            f.write(block)
+    return IdIndexInfo(name=name(generation), rows=len(run), sha256=digest.hexdigest())
 
 
 def appended(store_dir: Path, index: IdIndex, keys: IdKeys, first_row_id: int,
@@ -152,9 +168,11 @@ def appended(store_dir: Path, index: IdIndex, keys: IdKeys, first_row_id: int,
     result (all of a rebuilt index's); returns the index whose files the manifest names."""
     run = Run(keys.hashes[keys.order], keys.order.astype(np.int64) + first_row_id)
     keep = len(index.files) if index.files else 0
-    runs = list(index.runs)
-    while keep and len(runs[keep - 1]) <= len(run) + sum(len(r) for r in runs[keep:]):
+    runs, merged = list(index.runs), len(run)
+    while keep and len(runs[keep - 1]) <= merged and \
+            len(runs[keep - 1]) + merged <= MAX_MERGED_ROWS:
         keep -= 1
+        merged += len(runs[keep])
     run = _merged(runs[keep:] + [run])
     info = _write(store_dir, run, generation)
     return IdIndex(tuple(runs[:keep]) + (run,), index.files[:keep] + (info,))

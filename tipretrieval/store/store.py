@@ -244,6 +244,7 @@ class Store:
                 (self._path / index_name).unlink(missing_ok=True)
                 raise write_error(exc, self._path) from exc
             self._manifest = manifest
+            id_index.remember(self._id_runs, index)
             self._remove_replaced_runs(old, index)
         log.debug("appended %d rows to %s as %s", info.rows, self._path, name)
         return np.arange(first, first + info.rows, dtype=np.int64)
@@ -274,6 +275,7 @@ class Store:
             remove_replaced(old)  # only now: the manifest no longer names them
             self._remove_replaced_runs(manifest, index)
             self._manifest = new
+            id_index.remember(self._id_runs, index)
         return CompactResult(shards_before=len(manifest.shards), shards_after=len(new.shards),
                              merged=len(old), generation=new.generation)
 
