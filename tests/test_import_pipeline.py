@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from test_dumps import DIM, clip_dump
 from test_ingest_errors import cli, error_line, npz, tree
@@ -86,6 +88,23 @@ def test_prefetched_import_writes_the_bytes_of_the_sequential_one(tmp_path):
     a, b = Store.open(tmp_path / "sTrue").manifest, Store.open(tmp_path / "sFalse").manifest
     assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]
     assert a.classes == b.classes and a.generation == b.generation
+    got = Store.open(tmp_path / "sTrue").select(columns=("ids", "features", "sources"))
+    want = [f"imgs/{n}/{i}.jpg" for n in range(3) for i in range(500)]
+    assert got.ids.tolist() == want and got.sources.tolist() == want  # one column for both
+
+
+def test_sources_from_the_id_column_with_a_null_are_read_as_sources_are(tmp_path):
+    """A null in the one column is the id "None" but an empty source, which is refused."""
+    clip_dump(tmp_path / "dump", files=1, rows=20)
+    meta = tmp_path / "dump" / "metadata" / "metadata_0.parquet"
+    paths = [None if i == 3 else f"p{i}" for i in range(20)]
+    pq.write_table(pa.table({"image_path": paths, "label": ["cat"] * 20}), meta)
+    with pytest.raises(BadInput, match="source '' is empty"):
+        import_dump(tmp_path / "dump", tmp_path / "s", DumpOptions(columns=COLUMNS,
+                                                                   progress=False))
+    import_dump(tmp_path / "dump", tmp_path / "t", DumpOptions(
+        columns=Columns(ids="image_path", labels="label"), progress=False))
+    assert Store.open(tmp_path / "t").select().ids[3] == "None"
 
 
 def test_an_error_preparing_a_chunk_is_the_same_error_after_the_same_commits(tmp_path):

@@ -249,13 +249,19 @@ def _parquet_chunks(path: Path, columns: Columns, rows: int, start: int,
             continue
         table = table.slice(max(0, start - a))
         a = max(a, start)
+        ids = None if columns.ids is None else _texts(table[columns.ids], None)
+        if columns.sources is None:
+            sources = None
+        elif columns.sources == columns.ids and not table[columns.ids].null_count:
+            sources = ids  # one column for both (image paths): read once, the same strings
+        else:
+            sources = _texts(table[columns.sources], "")
         yield Chunk(
             a, _embeddings(table[columns.features], path) if features
             else np.empty((table.num_rows, 0)),
-            ids=None if columns.ids is None else _texts(table[columns.ids], None),
+            ids=ids, sources=sources,
             labels=None if columns.labels is None else np.asarray(
                 table[columns.labels].to_pylist()),
-            sources=None if columns.sources is None else _texts(table[columns.sources], ""),
         )
 
 

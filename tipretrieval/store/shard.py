@@ -97,6 +97,12 @@ def id_hashes(encoded: np.ndarray) -> np.ndarray:
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
+def same_strings(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two object arrays of str are equal (at C speed: the same str objects compare
+    by identity, so sources read from the id column cost one pass over pointers)."""
+    return len(a) == len(b) and a.tolist() == b.tolist()
+
+
 @dataclass(frozen=True)
 class IdKeys:
     """String ids as UTF-8 bytes (an object array) with their 64-bit hashes."""
@@ -226,7 +232,8 @@ def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
                 None, h5py.string_dtype()),
     ]
     if rows.sources is not None:
-        columns += _strings("sources", encode(rows.sources))
+        same = same_strings(rows.sources, rows.ids)  # (image paths as ids): encoded once
+        columns += _strings("sources", keys.encoded if same else encode(rows.sources))
     if rows.views is not None:
         v = rows.views.shape[1]
         columns.append(_column("views", rows.views.astype(dtype), v * dim * itemsize))

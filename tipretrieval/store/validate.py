@@ -12,7 +12,7 @@ from ..provenance import Provenance
 from ..rows import Rows
 from .manifest import Manifest
 from .normalise import first_bad, non_finite, row_norms, rows_of
-from .shard import IdKeys
+from .shard import IdKeys, same_strings
 
 NORM_TOLERANCE = 2e-3
 
@@ -111,8 +111,8 @@ def check_rows(rows: Rows, keys: IdKeys, manifest: Manifest, provenance: Provena
         )
     _check_strings(rows.ids, "id")
     _check_strings(sorted({str(s) for s in rows.splits.tolist()}), "split")
-    if rows.sources is not None:
-        _check_strings(rows.sources, "source")
+    if rows.sources is not None and not same_strings(rows.sources, rows.ids):
+        _check_strings(rows.sources, "source")  # (sources equal to the ids were just checked)
     hashes = keys.hashes[keys.order]
     if not (hashes[1:] == hashes[:-1]).any():  # equal ids hash equal: all ids differ
         return
