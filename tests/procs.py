@@ -11,9 +11,9 @@ from pathlib import Path
 def _has_open(pid: int, path: Path) -> bool:
     try:
         fds = list((Path("/proc") / str(pid) / "fd").iterdir())
-    except FileNotFoundError:
+        return any(os.readlink(fd) == str(path) for fd in fds)
+    except FileNotFoundError:  # the process exited, or closed an fd while we looked
         return False
-    return any(os.path.realpath(fd) == str(path) for fd in fds)
 
 
 def wait_until_all_open(procs: list[subprocess.Popen], path: Path, timeout: float = 90) -> None:
