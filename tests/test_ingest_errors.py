@@ -4,6 +4,7 @@ errors with the right exit code, nothing stored changed, and features kept exact
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 import warnings
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 from tipretrieval.cli import main
 from tipretrieval.errors import BadInput
 from tipretrieval.store import lock, normalise
+from tipretrieval.store import shard as shard_mod
 from tipretrieval.store.ingest import ImportOptions, import_features
 from tipretrieval.store.store import Store
 from tipretrieval.store.validate import NORM_TOLERANCE
@@ -137,15 +139,17 @@ def _full(*args, **kwargs):
 
 def test_disk_full_is_one_line_exit_1_and_leaves_nothing(tmp_path, monkeypatch):
     """Audit 11: ENOSPC half-way through writing the shard file (simulated; a real 3 MB tmpfs
-    behaves the same, see the report)."""
-    real = Path.write_bytes
+    behaves the same, see the report; a real full disk fails the block reservation first,
+    see test_import_pipeline)."""
+    real = shard_mod._write_file
 
-    def filling(self, data):
-        real(self, data[:len(data) // 2])
+    def filling(tmp, columns):
+        real(tmp, columns)
+        os.truncate(tmp, tmp.stat().st_size // 2)
         _full()
     assert cli("import", npz(tmp_path / "b.npz"), "--store", tmp_path / "s").exit_code == 0
     before = tree(tmp_path / "s")
-    monkeypatch.setattr(Path, "write_bytes", filling)
+    monkeypatch.setattr(shard_mod, "_write_file", filling)
     line = error_line(cli("import", npz(tmp_path / "a.npz"), "--store", tmp_path / "new"), 1)
     assert "disk full while writing store" in line and "No space left" in line
     assert not (tmp_path / "new").exists()
