@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import h5py
 import numpy as np
@@ -184,3 +187,31 @@ def test_how_many_workers_a_read_gets(store, monkeypatch):
 
 def _copy(store: Store, tmp_path) -> str:
     return shutil.copytree(store.path, tmp_path / "copy")
+
+
+def test_workers_of_a_killed_consumer_exit(store):
+    script = (
+        "import os, sys, psutil\n"
+        "from tipretrieval.store import workers\n"
+        "from tipretrieval.store.store import Store\n"
+        "workers.Pool.ready = lambda self: True\n"
+        "it = Store.open(sys.argv[1]).iter_rows(64, workers=2)\n"
+        "next(it)\n"
+        "print(*[p.pid for p in psutil.Process().children(recursive=True)], flush=True)\n"
+        "os.kill(os.getpid(), 9)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(store.path)], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": workers._ROOT})
+    assert out.returncode == -9, out.stderr
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids):  # each sees its connection close and exits
+        assert time.monotonic() < deadline, pids
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
