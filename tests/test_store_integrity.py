@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from random_rows import random_rows
 
 from tipretrieval.errors import BadInput, CorruptData
 from tipretrieval.provenance import Provenance
@@ -27,15 +28,8 @@ PROV = Provenance("ViT-B-32", "openai", DIM)
 
 
 def make_rows(n: int, seed: int, views: int = 0, sources: bool = False) -> Rows:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, DIM)).astype(np.float32)
-    v = rng.standard_normal((n, views, DIM)).astype(np.float32) if views else None
-    return Rows.make(
-        ids=[f"r{seed}-{i}" for i in range(n)], features=x / np.linalg.norm(x, axis=1)[:, None],
-        labels=rng.integers(-1, len(CLASSES), n), splits=rng.choice(["train", "val"], n),
-        sources=[f"/img/{seed}/{i}.jpg" for i in range(n)] if sources else None,
-        views=None if v is None else v / np.linalg.norm(v, axis=-1, keepdims=True),
-    )
+    return random_rows(n, seed, dim=DIM, classes=len(CLASSES), prefix="r", views=views,
+                       sources=sources)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import psutil
 import pytest
+from random_rows import random_rows
 
 from tipretrieval.errors import BadInput, CorruptData, TipError
 from tipretrieval.provenance import Provenance
@@ -28,15 +29,8 @@ pytestmark = pytest.mark.skipif(not workers.SUPPORTED, reason="no memfd_create h
 
 
 def make_rows(n: int, seed: int, views: int = 0, sources: bool = False) -> Rows:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, DIM)).astype(np.float32)
-    v = rng.standard_normal((n, views, DIM)).astype(np.float32) if views else None
-    return Rows.make(
-        ids=[f"s{seed}/{i}" for i in range(n)], features=x / np.linalg.norm(x, axis=1)[:, None],
-        labels=rng.integers(-1, len(CLASSES), n), splits=rng.choice(["train", "val"], n),
-        sources=[f"/img/{seed}/{i}.jpg" for i in range(n)] if sources else None,
-        views=None if v is None else v / np.linalg.norm(v, axis=-1, keepdims=True),
-    )
+    return random_rows(n, seed, dim=DIM, classes=len(CLASSES), prefix="s", views=views,
+                       sources=sources)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +77,7 @@ READS = [
     {"labels": [0, 2], "with_views": True},
     {"split": "train", "labels": -1, "columns": ("features", "ids", "sources")},
     {"row_ids": np.r_[5:40, 690:720, 1999:2600], "with_views": True},
-    {"ids": [f"s1/{i}" for i in range(0, 1300, 7)] + ["s3/5", "missing"]},
+    {"ids": [f"s1-{i}" for i in range(0, 1300, 7)] + ["s3-5", "missing"]},
 ]
 
 
