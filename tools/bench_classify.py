@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from peak_rss import peak_rss_mib
 
 BETA, ALPHA = 5.5, 1.0
 
@@ -49,10 +49,6 @@ def best_time(fn, repeats: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --- (a) classify a store ------------------------------------------------------------------

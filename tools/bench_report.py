@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from peak_rss import peak_rss_mib
 
 from tipretrieval.cache.cache import Cache
 from tipretrieval.demo.synthetic import make_dataset
@@ -57,15 +57,6 @@ def write_cache(path: Path, data, store: Store) -> None:
     Cache.from_rows(shots, data.classes, data.provenance(), text=data.text).save(path)
 
 
-def peak_rss() -> float:
-    """Peak RSS (MiB) of this process since its exec: VmHWM, not ru_maxrss, which a child
-    inherits from the parent it was forked from."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -86,7 +77,7 @@ def main() -> None:
     if args.build is not None:  # the child: one report build
         result = build_report(args.build / "preds", args.build / "html",
                               store=args.build / "store")
-        print(json.dumps({**asdict(result), "index": str(result.index), "rss_mib": peak_rss()}))
+        print(json.dumps({**asdict(result), "index": str(result.index), "rss_mib": peak_rss_mib()}))
         return
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_report-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -32,12 +32,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from peak_rss import peak_rss_mib
 
 CLASSES = 1000
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def dataset(dim: int):
