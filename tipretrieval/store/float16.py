@@ -1,4 +1,5 @@
-"""Fast float16 -> float32 conversion for reading float16 stores (exact for finite values)."""
+"""Float bit tricks for the store: fast float16 -> float32 conversion (exact for finite values)
+and inf/NaN checks on the raw bits of float16/32 arrays (no float arithmetic, no temporaries)."""
 
 from __future__ import annotations
 
@@ -36,8 +37,22 @@ def convert(x: np.ndarray, out: np.ndarray) -> None:
         np.copyto(out, x)
 
 
-def finite16(x: np.ndarray) -> bool:
-    """Whether float16 `x` holds no inf or NaN (which `as_float32` turns into finite values),
-    from two max reductions over its bits: inf and NaN are the patterns from 0x7C00 up, as
-    signed ints when positive and as unsigned ints (from 0xFC00) when negative."""
-    return int(x.view(np.int16).max()) < 0x7C00 and int(x.view(np.uint16).max()) < 0xFC00
+_SIGNLESS = {2: np.uint16(0x7FFF), 4: np.uint32(0x7FFFFFFF)}  # float16/32 without the sign
+INF_BITS = {2: 0x7C00, 4: 0x7F800000}  # the magnitude bits of inf; above them: NaN
+
+
+def magnitude_bits(x: np.ndarray) -> np.ndarray:
+    """The bits of float16/32 `x` without the sign, as unsigned ints: they order like |x|,
+    with inf and NaN above every finite value and 0 only for +-0."""
+    mask = _SIGNLESS[x.dtype.itemsize]
+    return np.bitwise_and(x.view(mask.dtype), mask)
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """Whether float16/32 `x` holds no inf or NaN (which `as_float32` would turn into finite
+    values), from two max reductions over its bits: inf and NaN are the patterns from inf's
+    up, as signed ints when positive and as unsigned ints when negative."""
+    size = x.dtype.itemsize
+    inf = INF_BITS[size]
+    return (int(x.view(f"i{size}").max()) < inf and
+            int(x.view(f"u{size}").max()) < inf | 1 << (8 * size - 1))

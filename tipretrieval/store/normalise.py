@@ -11,13 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BadInput
-from .float16 import as_float32, convert, finite16
+from .float16 import INF_BITS, all_finite, as_float32, convert, magnitude_bits
 
 # A row whose norm is within this of 1 is kept as given (its dtype's rounding of a unit vector
 # is within ~1 ulp of norm 1); other rows are scaled.
 UNIT_TOLERANCE = {2: 2.0**-10, 4: 2.0**-17, 8: 2.0**-17}
 BLOCK_ROWS = 4096
-_F16_MAGNITUDE, _F16_INF = np.uint16(0x7FFF), np.uint16(0x7C00)
 
 
 def row_norms(x: np.ndarray) -> np.ndarray:
@@ -35,8 +34,8 @@ def row_norms(x: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore"):
             squares = np.einsum("...i,...i->...", block, block, dtype=wide)
             np.sqrt(squares, out=norms[a:a + len(block)])
-        if half.dtype == np.float16 and not finite16(half):  # the fast cast made them finite
-            bad = (half.view(np.uint16) & _F16_MAGNITUDE) >= _F16_INF
+        if half.dtype == np.float16 and not all_finite(half):  # the fast cast made them finite
+            bad = magnitude_bits(half) >= INF_BITS[2]
             norms[a:a + len(block)][bad.any(axis=-1)] = np.nan
     return norms
 

@@ -33,7 +33,7 @@ from ..rows import Rows
 from ..util.atomic import atomic_path
 from ..util.checksum import file_sha256
 from ..util.reserve import release_unused, reserve
-from .float16 import as_float32
+from .float16 import INF_BITS, all_finite, as_float32, magnitude_bits
 from .manifest import Manifest, ShardInfo
 
 CHUNK_ROWS = 4096
@@ -44,27 +44,6 @@ CACHE_BYTES = 2 * _CHUNK_BYTES + (1 << 20)
 _TEXT_CHUNK = 256 << 10
 _ID_BLOCK = 1 << 16
 ZERO_STRIDE = 16  # rows apart of the all-zero check: below any features chunk's row count
-_SIGNLESS = {2: np.uint16(0x7FFF), 4: np.uint32(0x7FFFFFFF)}  # float16/32 without the sign
-_INF_BITS = {2: 0x7C00, 4: 0x7F800000}  # the magnitude bits of inf; above them: NaN
-
-
-def _magnitude_bits(x: np.ndarray) -> np.ndarray:
-    """The bits of float16/32 `x` without the sign, as unsigned ints: they order like |x|,
-    with inf and NaN above every finite value and 0 only for +-0 (no float arithmetic)."""
-    mask = _SIGNLESS[x.dtype.itemsize]
-    return np.bitwise_and(x.view(mask.dtype), mask)
-
-
-def _finite(x: np.ndarray) -> bool:
-    """Whether float16/32 `x` holds no inf or NaN, from two max reductions over its bits (no
-    temporaries): inf and NaN are the patterns from inf's up, as signed ints when positive and
-    as unsigned ints when negative."""
-    size = x.dtype.itemsize
-    inf = _INF_BITS[size]
-    return (int(x.view(f"i{size}").max()) < inf and
-            int(x.view(f"u{size}").max()) < inf | 1 << (8 * size - 1))
-
-
 RESTORE = "restore it from a backup or re-import its rows into a new store"
 
 
@@ -417,10 +396,11 @@ class ShardReader:
         if not len(features):
             return
         sample = features[::ZERO_STRIDE if keep is None else 1]  # masked reads: every row
-        if _finite(features) and not (nonzero and _magnitude_bits(sample).max(axis=-1).min() == 0):
+        zero = nonzero and magnitude_bits(sample).max(axis=-1).min() == 0
+        if all_finite(features) and not zero:
             return  # the usual case
-        inf = _INF_BITS[features.dtype.itemsize]
-        bits = _magnitude_bits(features)
+        inf = INF_BITS[features.dtype.itemsize]
+        bits = magnitude_bits(features)
         rows = (bits >= inf).reshape(len(bits), -1).any(axis=1)
         what = "NaN or inf features"
         if not rows.any():
