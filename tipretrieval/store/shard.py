@@ -187,10 +187,6 @@ def _write_file(tmp: Path, columns: list[_Column]) -> None:
     tmp.write_bytes(image)
 
 
-def _sha256(f) -> str:
-    return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
                 keys: IdKeys | None = None) -> ShardInfo:
     """Write `rows` (whose ids are `keys`) as a new shard at `path` and describe it: a temp
@@ -220,7 +216,7 @@ def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
         with atomic_path(path) as tmp:
             _write_file(tmp, columns)
             nbytes = tmp.stat().st_size
-            digest = pool.submit(_sha256, files.enter_context(open(tmp, "rb")))  # while fsync
+            digest = pool.submit(file_sha256, files.enter_context(open(tmp, "rb")))  # while fsync
         sha256 = digest.result()
     return ShardInfo(
         name=path.name, rows=n, first_row_id=first_row_id,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import BinaryIO
 
 
-def file_sha256(path: Path | str) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def file_sha256(file: Path | str | BinaryIO) -> str:
+    """Hex sha256 of a file, given by path or as a binary file open at its start (read to its
+    end, e.g. in a thread while another holds the path)."""
+    if isinstance(file, (str, Path)):
+        with open(file, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    return hashlib.file_digest(file, "sha256").hexdigest()
