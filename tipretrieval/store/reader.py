@@ -3,8 +3,9 @@
 Each batch is planned as pieces of shards (cut at batch boundaries, filtered by mask) and every
 piece is read straight into the batch's own arrays: no regrouping copies, only the columns
 asked for, and float16 -> float32 conversion only when asked for. Large reads fill the features
-(and views) of their batches in worker processes (`workers.Pool`) and copy them out in order;
-the other columns are read here, so batches are the same as read in-process.
+(and views) of their batches in worker processes (`workers.Pool`) too, into shared-memory slots
+that the batches keep (no copy) until they are garbage; the other columns are read here, so
+batches are the same as read in-process.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ STAGE_BYTES = 16 << 20  # features/views read per step when they are converted o
 _RUN_ROWS = 64  # masked reads go run by run when runs average more rows apart than this
 PARALLEL_BYTES = 256 << 20  # `workers=None` reads at least this many feature bytes in workers
 RING_BYTES = 128 << 20  # the most shared memory one read's workers fill (all their slots)
+SLOTS_PER_WORKER = pool.DEPTH + 1  # (one more for the batch the consumer holds)
+AHEAD = 2  # the most batches read here ahead of the one a worker is filling
 
 
 def matching(info: ShardInfo, splits: set | None, label_set: set | None) -> int:
@@ -151,28 +154,28 @@ def _batches(pieces: Iterable[Piece], size: int,
 def slot_arrays(buf: memoryview, n: int, dim: int, views: int, dtype: np.dtype
                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The features (n, dim) and views (n, views, dim) of a batch of `n` rows laid out in a
-    worker's slot `buf` (views after the features; None without views)."""
+    worker's slot `buf` (views after the features; None without views): views of one array
+    over the slot, their `base`, which every array made from them keeps alive."""
     size = n * dim
-    features = np.frombuffer(buf, dtype, size).reshape(n, dim)
-    if not views:
-        return features, None
-    return features, np.frombuffer(buf, dtype, size * views,
-                                   size * dtype.itemsize).reshape(n, views, dim)
+    flat = np.frombuffer(buf, dtype, size * (1 + views))
+    features = flat[:size].reshape(n, dim)
+    return features, flat[size:].reshape(n, views, dim) if views else None
 
 
 def worker_count(workers: int | None, rows: int, batch_size: int, slot_bytes: int,
                  row_bytes: int) -> int:
     """How many worker processes read `rows` rows in batches (0: read in-process): `workers`,
-    or when None one per CPU but one (left to the consumer, which copies every batch out) for
-    reads of PARALLEL_BYTES or more, and none on two CPUs or fewer (where the workers' start
-    and the copies cost what they save); at most one per batch, as many as RING_BYTES of
-    slots allow, never for a single batch."""
+    or when None one per CPU but one (the consumer's: it reads too, whenever the oldest
+    batch's worker is not done) for reads of PARALLEL_BYTES or more, and none on two CPUs or
+    fewer (measured: a cold read, bound by the disk, was slower with a worker's start-up and
+    its competition for the CPU); at most one per batch, as many as RING_BYTES of slots allow,
+    never for a single batch."""
     if workers is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else os.cpu_count() or 1
         workers = cpus - 1 if cpus > 2 and rows * row_bytes >= PARALLEL_BYTES else 0
     batches = -(-rows // batch_size)
-    count = min(workers, batches, RING_BYTES // (pool.DEPTH * slot_bytes))
+    count = min(workers, batches, RING_BYTES // (SLOTS_PER_WORKER * slot_bytes))
     return count if pool.SUPPORTED and batches > 1 else 0
 
 
@@ -269,20 +272,38 @@ class BatchReader:
 
     def _parallel(self, batches: Iterator[list[Piece]], count: int,
                   slot_bytes: int) -> Iterator[Rows]:
-        """`batches` read with `count` worker processes filling features and views, in order."""
+        """`batches` in order, read by `count` worker processes into shared slots that are
+        handed out without a copy, and here whenever the oldest batch's worker is not done yet
+        (or none is free: while they start, or while the consumer holds all their slots)."""
         fill = WorkerFill(self._dir, self._manifest, self._dtype.name, self._with_views)
-        with pool.Pool(count, fill, slot_bytes) as workers:
-            pending: deque[list[Piece]] = deque()
-            for batch in batches:
-                if not pending and not workers.ready():
-                    yield self.batch(batch)  # read here while the workers start
-                    continue
-                if workers.full:
-                    yield self.batch(pending.popleft(), workers.take())
-                workers.submit(batch)
-                pending.append(batch)
-            while pending:
-                yield self.batch(pending.popleft(), workers.take())
+        with pool.Pool(count, fill, slot_bytes, count * SLOTS_PER_WORKER) as workers:
+            queue: deque[tuple[list[Piece], Rows | None]] = deque()  # None: in a worker
+            here = 0  # batches read here in `queue`
+            batches = iter(batches)
+            while True:
+                while workers.ready() and (slot := workers.free_slot()) is not None:
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    workers.submit(batch, slot)
+                    queue.append((batch, None))
+                busy = queue and queue[0][1] is None and not workers.done()
+                if not queue or (busy and here < AHEAD):
+                    batch = next(batches, None)
+                    if batch is not None:
+                        queue.append((batch, self.batch(batch)))  # read here meanwhile
+                        here += 1
+                        continue
+                    if not queue:
+                        return
+                batch, rows = queue.popleft()
+                if rows is None:
+                    slot, _ = workers.take()
+                    rows = self.batch(batch, workers.slot(slot))
+                    workers.lend(slot, rows.features.base)
+                else:
+                    here -= 1
+                yield rows
 
     def _views(self, pieces: list[Piece]) -> int:
         """Views per row of a batch (0 unless read)."""
@@ -290,7 +311,7 @@ class BatchReader:
 
     def batch(self, pieces: list[Piece], filled: memoryview | None = None) -> Rows:
         """The rows of `pieces` (one batch, in order) as new arrays; the features and views
-        are copied from a worker's slot `filled` when given, else read here."""
+        are the arrays of a worker's slot `filled` (no copy) when given, else read here."""
         want = self.columns
         n = sum(len(p) for p in pieces)
         views = self._views(pieces)
@@ -298,19 +319,16 @@ class BatchReader:
 
         def new(name: str, shape: tuple = (), dtype=object) -> np.ndarray | None:
             return np.empty((n, *shape), dtype=dtype) if name in want else None
-        out = Rows(
-            ids=new("ids"), features=np.empty((n, self._dim), dtype=self._dtype),
-            labels=new("labels", dtype=np.int64), splits=new("splits"),
-            sources=new("sources") if sources else None,
-            views=np.empty((n, views, self._dim), dtype=self._dtype) if views else None,
-            row_ids=new("row_ids", dtype=np.int64),
-        )
         if filled is not None:
             features, stored_views = slot_arrays(filled, n, self._dim, views, self._dtype)
-            out.features[...] = features
-            if out.views is not None:
-                out.views[...] = stored_views
-            del features, stored_views  # no view of the slot outlives this call
+        else:
+            features = np.empty((n, self._dim), dtype=self._dtype)
+            stored_views = np.empty((n, views, self._dim), dtype=self._dtype) if views else None
+        out = Rows(
+            ids=new("ids"), features=features, labels=new("labels", dtype=np.int64),
+            splits=new("splits"), sources=new("sources") if sources else None,
+            views=stored_views, row_ids=new("row_ids", dtype=np.int64),
+        )
         pos = 0
         for piece in pieces:
             at = slice(pos, pos + len(piece))

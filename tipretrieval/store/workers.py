@@ -9,14 +9,18 @@ not used (they import the caller's `__main__` again): one fresh interpreter is s
 sent to it), and forks the other workers from itself (single-threaded: BLAS/OpenMP threads are
 off in it), so a pool costs one interpreter start-up, not one per worker.
 The ring is one anonymous shared-memory file (memfd: it has no name, so nothing is ever left in
-/dev/shm, even when a process is killed) of `DEPTH` slots per worker. Task k goes to worker
-k % count and slot k % slots; each worker answers its tasks in order, so `take()` returns the
-slots in submit order. Workers ignore Ctrl-C, are killed together when the consumer stops
-(early, on an error or at the end) and exit when their connection closes (the consumer died).
+/dev/shm, even when a process is killed) of `slots` slots. A caller takes a free slot, may fill
+it itself (a writer's input), and submits a task with it; task k goes to worker k % count, and
+each worker answers its tasks in order with what `fill` returned, so `take()` returns them in
+submit order. A taken slot is free again unless it is lent: the arrays of a batch handed out
+without a copy keep their slot until they are garbage. Workers ignore Ctrl-C, are killed
+together when the consumer stops (early, on an error or at the end) and exit when their
+connection closes (the consumer died).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import mmap
@@ -25,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import weakref
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -32,7 +37,7 @@ from typing import Any
 
 from ..errors import TipError
 
-DEPTH = 2  # slots per worker: one filled by the worker while the consumer copies the other
+DEPTH = 2  # slots per worker by default: one filled by the worker while the other is used
 SUPPORTED = hasattr(os, "memfd_create") and hasattr(os, "fork")  # else: read in-process
 _ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding this tipretrieval
 _BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); from tipretrieval.store.workers import "
@@ -43,7 +48,7 @@ _ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": 
         # every page in again for each chunk, which tripled its CPU time
         "MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 
-Fill = Callable[[Any, memoryview], None]
+Fill = Callable[[Any, memoryview], Any]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -73,16 +78,16 @@ def serve(ring_fd: int, sock_fds: list[int]) -> None:
 
 def _work(conn: Connection, view: memoryview, answer: tuple | None, start: Any) -> None:
     """One worker: answer how it started, then run `fill(task, slot)` for each `(slot, task)`
-    received, answering each with None or the error (for the consumer to raise), until the
+    received, answering each with (None, what it returned) or (the error, None), until the
     consumer closes the connection."""
     try:
-        conn.send(answer)
+        conn.send((answer, None))
         if answer is None:
             fill, slot_bytes = start
             while True:
                 slot, task = conn.recv()
                 part = view[slot * slot_bytes:(slot + 1) * slot_bytes]
-                conn.send(_attempt(functools.partial(fill, task, part))[0])
+                conn.send(_attempt(functools.partial(fill, task, part)))
     except (EOFError, OSError):
         pass  # the consumer closed the connection: stop
 
@@ -100,15 +105,18 @@ def _attempt(step: Callable[[], Any]) -> tuple[tuple | None, Any]:
 
 class Pool:
     """`count` worker processes running `fill(task, slot)` (a picklable callable, sent once)
-    into slots of `slot_bytes`; at most `count * DEPTH` tasks are pending at a time."""
+    on `slots` slots of `slot_bytes` (default `count * DEPTH`); a slot is free, pending (its
+    task submitted and not yet taken) or lent (see `lend`)."""
 
-    def __init__(self, count: int, fill: Fill, slot_bytes: int):
-        self.slots = count * DEPTH
+    def __init__(self, count: int, fill: Fill, slot_bytes: int, slots: int | None = None):
+        self.slots = slots or count * DEPTH
         self._slot_bytes = slot_bytes
         self._proc: subprocess.Popen | None = None
         self._conns: list[Connection] = []
         self._started = [False] * count
-        self._submitted = self._taken = 0
+        self._submitted = 0
+        self._pending: collections.deque[int] = collections.deque()  # slots, in submit order
+        self._lent: dict[int, list[weakref.ref]] = {}
         fd = os.memfd_create("tipretrieval-ring", os.MFD_CLOEXEC)
         pairs = [socket.socketpair() for _ in range(count)]
         try:
@@ -144,46 +152,68 @@ class Pool:
             self._started[i] = True
         return self._started[i]
 
-    def _answer(self, i: int) -> None:
-        """Receive worker `i`'s next answer; raise the error it reports."""
+    def _answer(self, i: int) -> Any:
+        """Worker `i`'s next answer: what its `fill` returned; raises the error it reports."""
         try:
-            answer = self._conns[i].recv()
+            error, value = self._conns[i].recv()
         except (EOFError, OSError) as exc:
             raise _died() from exc
-        if answer is not None:
-            kind, problem, hint = answer
-            raise RuntimeError(f"a store reader worker failed: {problem}") if kind is None \
+        if error is not None:
+            kind, problem, hint = error
+            raise RuntimeError(f"a store worker process failed: {problem}") if kind is None \
                 else kind(problem, hint)
+        return value
 
     @property
-    def full(self) -> bool:
-        """Whether every slot holds a task not yet taken."""
-        return self._submitted - self._taken == self.slots
+    def pending(self) -> int:
+        """Tasks submitted and not yet taken."""
+        return len(self._pending)
 
-    def submit(self, task: Any) -> None:
-        """Send the next task to its worker (the ring must not be `full`)."""
-        assert not self.full, "take() a slot before submitting more tasks"
-        k = self._submitted
+    def free_slot(self) -> int | None:
+        """A slot neither pending nor lent (the lowest), or None when there is none."""
+        for slot, refs in list(self._lent.items()):
+            if all(ref() is None for ref in refs):
+                del self._lent[slot]
+        busy = set(self._pending) | set(self._lent)
+        return next((s for s in range(self.slots) if s not in busy), None)
+
+    def slot(self, slot: int) -> memoryview:
+        """The memory of `slot` (to fill before submitting, or to read once taken)."""
+        return self._view[slot * self._slot_bytes:(slot + 1) * self._slot_bytes]
+
+    def submit(self, task: Any, slot: int) -> None:
+        """Send `task` with the free `slot` to the next worker."""
+        assert slot not in self._pending and slot not in self._lent, f"slot {slot} is busy"
         try:
-            self._conns[k % len(self._conns)].send((k % self.slots, task))
+            self._conns[self._submitted % len(self._conns)].send((slot, task))
         except OSError as exc:
             raise _died() from exc
         self._submitted += 1
+        self._pending.append(slot)
 
-    def take(self) -> memoryview:
-        """The slot of the oldest pending task once its worker has filled it (valid until the
-        next `submit`); raises the worker's error (the same TipError as in-process)."""
-        k = self._taken
-        worker = k % len(self._conns)
+    def take(self) -> tuple[int, Any]:
+        """The slot of the oldest pending task and what `fill` returned for it, once its
+        worker is done; raises the worker's error (the same TipError as in-process). The slot
+        is free again (until `lend`)."""
+        worker = (self._submitted - len(self._pending)) % len(self._conns)
         self._start_answer(worker, wait=True)
-        self._taken += 1
-        self._answer(worker)
-        slot = k % self.slots
-        return self._view[slot * self._slot_bytes:(slot + 1) * self._slot_bytes]
+        slot = self._pending.popleft()
+        return slot, self._answer(worker)
+
+    def done(self) -> bool:
+        """Whether the oldest pending task is done (its answer there; without waiting)."""
+        worker = (self._submitted - len(self._pending)) % len(self._conns)
+        return self._start_answer(worker, wait=False) and self._conns[worker].poll()
+
+    def lend(self, slot: int, *arrays: Any) -> None:
+        """Keep `slot` busy until every one of `arrays` (views of it) is garbage."""
+        self._lent[slot] = [weakref.ref(a) for a in arrays]
 
     def close(self) -> None:
-        """Stop the workers and free the ring. Workers only read, so they are killed at once
-        (their whole session) rather than waited for (one may be starting or filling a slot)."""
+        """Stop the workers and free the ring. Workers are killed at once (their whole
+        session) rather than waited for (one may be starting or filling a slot): a caller that
+        needs a task's result takes it first. Lent slots stay valid: the ring is unmapped when
+        the last of them is garbage."""
         for conn in self._conns:
             conn.close()
         self._conns = []
