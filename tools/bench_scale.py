@@ -93,18 +93,19 @@ def raw_h5py(root: Path, out: Path) -> float:
     files = sorted((root / "img_emb").glob("*.npy"), key=lambda p: int(p.stem.split("_")[-1]))
     total = sum(np.load(f, mmap_mode="r").shape[0] for f in files)
     dim = np.load(files[0], mmap_mode="r").shape[1]
+    rows = min(total, 65_536)  # chunk rows of the small columns (no larger than the data)
     start = time.perf_counter()
     with h5py.File(out, "w") as h5:
         ds = h5.create_dataset("features", (total, dim), dtype=np.float16,
                                chunks=(min(total, 4096), dim), fletcher32=True)
-        labels = h5.create_dataset("labels", (total,), np.int64, chunks=(65_536,),
+        labels = h5.create_dataset("labels", (total,), np.int64, chunks=(rows,),
                                    fletcher32=True)
-        splits = h5.create_dataset("splits", (total,), np.uint32, chunks=(65_536,),
+        splits = h5.create_dataset("splits", (total,), np.uint32, chunks=(rows,),
                                    fletcher32=True)
         for name in ("ids", "sources"):
             h5.create_dataset(f"{name}_utf8", (0,), np.uint8, maxshape=(None,),
                               chunks=(1 << 18,), fletcher32=True)
-            h5.create_dataset(f"{name}_end", (total,), np.int64, chunks=(65_536,),
+            h5.create_dataset(f"{name}_end", (total,), np.int64, chunks=(rows,),
                               fletcher32=True)
         at, used = 0, {"ids": 0, "sources": 0}
         for f in files:
