@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from test_classify_integrity import cli, read_only, tree
@@ -124,7 +125,7 @@ def test_removing_a_non_key_names_no_missing_command(store, cache_dir):
     err = cli("remove-shots", cache_dir, "--ids", stranger, code=2)
     assert "are not keys of this cache" in err and "row_ids" in err
     named = [w for w in err.replace("`", " ").split() if w in ("eval/inspect", "inspect")]
-    assert not named and "inspect" not in main.commands
+    assert not named and "inspect" not in main.list_commands(click.Context(main))
 
 
 # --- 7: checksums and parameters ---------------------------------------------------------------

@@ -83,8 +83,9 @@ def test_scan_sees_flags_in_fstrings_and_skips_docstrings():
 
 def _options() -> set[str]:
     out = set()
-    for command in main.commands.values():
-        for param in command.params:
+    ctx = click.Context(main)
+    for name in main.list_commands(ctx):
+        for param in main.get_command(ctx, name).params:
             if isinstance(param, click.Option):
                 out.update(param.opts)
     return out

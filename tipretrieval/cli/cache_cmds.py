@@ -294,6 +294,3 @@ def remove_shots_cmd(cache_dir, ids, ids_file, row_ids, store_dir, retune, val_d
     cache.save()
     click.echo(f"removed {removed} shots: {len(cache)} keys, generation {cache.generation}")
     _after_shots(cache, result)
-
-
-commands = [build_cmd, tune_cmd, finetune_cmd, eval_cmd, add_shots_cmd, remove_shots_cmd]

@@ -63,6 +63,3 @@ def classify(cache: Path, store_path: Path | None, split: str | None, images: st
                              ray_address=ray_address, show_progress=not quiet)
     summary = journal.to_json()
     click.echo(f"{summary['rows']} rows classified into {out} ({len(summary['parts'])} parts)")
-
-
-commands = [classify]

@@ -15,6 +15,3 @@ from ..demo.run import QUICK, DemoConfig, run_demo, summary
 def demo_cmd(out: str, seed: int, quick: bool) -> None:
     """Run store -> build -> tune -> finetune -> eval -> classify on synthetic data."""
     click.echo(summary(run_demo(out, seed=seed, config=QUICK if quick else DemoConfig())))
-
-
-commands = [demo_cmd]

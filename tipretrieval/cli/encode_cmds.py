@@ -97,6 +97,3 @@ def text_cmd(classes_file, store_dir, templates, out, model, pretrained, checkpo
                           pretrained=pretrained, checkpoint=checkpoint, device=device)
     build_text_classifier(encoder, names, templates).save(out)
     click.echo(f"text classifier: {len(names)} classes x {templates} -> {out}")
-
-
-commands = [extract_cmd, text_cmd]

@@ -98,6 +98,3 @@ def fit_predict_cmd(labelled_dir, new_dir, out: Path, model, pretrained, checkpo
         click.echo("validation " + _report_line(r.val_report))
     click.echo(_report_line(r.report))
     click.echo(f"open {r.report.index}")
-
-
-commands = [report_cmd, fit_predict_cmd]

@@ -60,6 +60,3 @@ def search_cmd(store_path: Path, text: str | None, image: Path | None, row: str 
     if out is not None:
         hits.write(out)
     click.echo(json.dumps(hits.records(), indent=1) if as_json else hits.to_text())
-
-
-commands = [index_cmd, search_cmd]

@@ -206,6 +206,3 @@ def compact_cmd(store_path: Path, target_mb: float) -> None:
         return
     click.echo(f"compacted store {store.path}: {result.shards_before} shards -> "
                f"{result.shards_after} ({result.merged} merged), generation {result.generation}")
-
-
-commands = [import_cmd, info_cmd, compact_cmd]
