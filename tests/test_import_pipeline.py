@@ -181,3 +181,19 @@ def test_float16_row_norms_are_not_finite_for_rows_with_nan_or_inf():
     bad = np.argwhere(~np.isfinite(row_norms(x))).tolist()
     assert bad == [[3, 1], [4100, 0], [4999, 1]]
     assert np.isfinite(row_norms(x[5:4000])).all()
+
+
+def test_ids_read_as_utf8_bytes_from_parquet_hash_and_store_as_encoded_str(tmp_path):
+    """The reader hands over a string id column's bytes (not encoded again): non-ASCII ids
+    and a null ("None") are stored, hashed and found as their str's UTF-8 encoding."""
+    ids = ["é/1", "日本語", None, "\U0001f600", "plain"]
+    x = np.random.default_rng(6).standard_normal((5, DIM)).astype(np.float32)
+    pq.write_table(pa.table({"embedding": pa.FixedSizeListArray.from_arrays(
+        pa.array(x.reshape(-1)), DIM), "key": ids}), tmp_path / "a.parquet")
+    import_dump(tmp_path / "a.parquet", tmp_path / "s", DumpOptions(
+        columns=Columns(ids="key"), shard_rows=2, progress=False))
+    store = Store.open(tmp_path / "s")
+    want = ["é/1", "日本語", "None", "\U0001f600", "plain"]
+    assert store.select().ids.tolist() == want
+    assert store.existing_ids(want + ["other"]).tolist() == [True] * 5 + [False]
+    assert Store.open(tmp_path / "s").manifest.shards[0].rows == 2

@@ -3,12 +3,16 @@
 A dump is a folder, a glob or one file. A folder with `img_emb/` and `metadata/` is the
 clip-retrieval layout: `img_emb/img_emb_N.npy` paired with `metadata/metadata_N.parquet` by N
 (row i of one is row i of the other). Otherwise every .npy/.npz/.parquet file matched is a part,
-in natural name order. Features are read `rows` at a time: .npy through a memory map, .npz by
-streaming the member's bytes out of the zip (stored or deflated), parquet by record batches
-(fixed-size or variable list column). Other .npz arrays (ids, labels, sources) are small and
-read whole. Only pyarrow and numpy are used: embedding-reader 1.8.1 pins pandas<3 (installing it
-would downgrade this environment's pandas 3.1) and adds a thread pool and fsspec layer that a
-local, sequential, bounded-memory reader does not need.
+in natural name order. Features are read `rows` at a time: .npy by plain file reads (into a
+buffer the caller reuses, when it gives one: reading into fresh memory faults in every page and
+was up to 5x slower), .npz by streaming the member's bytes out of the zip (stored or deflated),
+parquet by record batches (fixed-size or variable list column). String columns are converted to
+str by arrow in one pass (`to_numpy`, not `to_pylist`, which was 10x slower), and a string id
+column is also handed over as its UTF-8 bytes, so the ids are not encoded again. Other .npz
+arrays (ids, labels, sources) are small and read whole. Only pyarrow and numpy are used:
+embedding-reader 1.8.1 pins pandas<3 (installing it would downgrade this environment's pandas
+3.1) and adds a thread pool and fsspec layer that a local, sequential, bounded-memory reader
+does not need.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import glob
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,7 @@ import pyarrow.parquet as pq
 from ..errors import BadInput
 
 DUMP_SUFFIXES = (".npy", ".npz", ".parquet")
+Into = Callable[[int, int, np.dtype], np.ndarray]  # (rows, dim, dtype) -> an array to read into
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,10 @@ class Chunk:
 
     start: int
     features: np.ndarray            # (n, D) as stored in the dump
-    ids: list[str] | None = None
+    ids: np.ndarray | list[str] | None = None
     labels: np.ndarray | None = None
-    sources: list[str] | None = None
+    sources: np.ndarray | list[str] | None = None
+    id_bytes: np.ndarray | None = None  # the ids as UTF-8 bytes (object array), when read so
 
 
 def _natural(path: Path) -> list:
@@ -108,15 +114,17 @@ def part_rows(part: DumpPart, columns: Columns) -> int:
         return int(_npy_header(f, part)[0][0])
 
 
-def read_chunks(part: DumpPart, columns: Columns, rows: int, start: int = 0
-                ) -> Iterator[Chunk]:
-    """Chunks of at most `rows` rows of `part` from row `start` on (bounded memory)."""
+def read_chunks(part: DumpPart, columns: Columns, rows: int, start: int = 0,
+                into: Into | None = None) -> Iterator[Chunk]:
+    """Chunks of at most `rows` rows of `part` from row `start` on (bounded memory). `into`
+    gives the array each chunk of a .npy file is read into (a C-contiguous (rows, dim) array
+    of the file's dtype, which the chunk then is); None: a new array per chunk."""
     try:
         suffix = part.features.suffix.lower()
         if suffix == ".parquet":
             yield from _parquet_chunks(part.features, columns, rows, start)
             return
-        feats = _npy_chunks(part, rows, start) if suffix == ".npy" else _npz_chunks(
+        feats = _npy_chunks(part, rows, start, into) if suffix == ".npy" else _npz_chunks(
             part, columns, rows, start)
         if part.metadata is None:
             yield from feats
@@ -128,6 +136,7 @@ def read_chunks(part: DumpPart, columns: Columns, rows: int, start: int = 0
                 raise BadInput(f"{part.metadata} has fewer rows than {part.features}: they "
                                "must pair row for row")
             chunk.ids, chunk.labels, chunk.sources = info.ids, info.labels, info.sources
+            chunk.id_bytes = info.id_bytes
             yield chunk
         if next(meta, None) is not None:
             raise BadInput(f"{part.metadata} has more rows than {part.features}: they must "
@@ -137,9 +146,9 @@ def read_chunks(part: DumpPart, columns: Columns, rows: int, start: int = 0
                        f"{part.features.suffix} file") from err
 
 
-def _npy_chunks(part: DumpPart, rows: int, start: int) -> Iterator[Chunk]:
+def _npy_chunks(part: DumpPart, rows: int, start: int, into: Into | None) -> Iterator[Chunk]:
     """Chunks read with plain file reads (a memory map's touched pages would count towards
-    the process's resident memory, up to the whole file)."""
+    the process's resident memory, up to the whole file), into `into`'s arrays when given."""
     arr = np.load(part.features, mmap_mode="r")
     _check_matrix(arr.shape, arr.dtype, part)
     (n, d), dtype, offset = arr.shape, arr.dtype, arr.offset
@@ -152,8 +161,11 @@ def _npy_chunks(part: DumpPart, rows: int, start: int) -> Iterator[Chunk]:
         f.seek(offset + start * d * dtype.itemsize)
         for a in range(start, n, rows):
             b = min(a + rows, n)
-            data = np.fromfile(f, dtype=dtype, count=(b - a) * d)
-            yield Chunk(a, data.reshape(b - a, d))  # short read (truncated): ValueError
+            data = np.empty((b - a, d), dtype) if into is None else into(b - a, d, dtype)
+            got = f.readinto(memoryview(data).cast("B"))
+            if got != data.nbytes:  # (reported as a file that is not valid)
+                raise ValueError(f"the file ends {data.nbytes - got} bytes short")
+            yield Chunk(a, data)
 
 
 def _npz_member(z: zipfile.ZipFile, columns: Columns, part: DumpPart) -> str:
@@ -249,28 +261,36 @@ def _parquet_chunks(path: Path, columns: Columns, rows: int, start: int,
             continue
         table = table.slice(max(0, start - a))
         a = max(a, start)
-        ids = None if columns.ids is None else _texts(table[columns.ids], None)
+        ids = id_bytes = None
+        if columns.ids is not None:
+            ids, id_bytes = _texts(table[columns.ids], None)
         if columns.sources is None:
             sources = None
         elif columns.sources == columns.ids and not table[columns.ids].null_count:
             sources = ids  # one column for both (image paths): read once, the same strings
         else:
-            sources = _texts(table[columns.sources], "")
+            sources = _texts(table[columns.sources], "")[0]
         yield Chunk(
             a, _embeddings(table[columns.features], path) if features
             else np.empty((table.num_rows, 0)),
-            ids=ids, sources=sources,
+            ids=ids, sources=sources, id_bytes=id_bytes,
             labels=None if columns.labels is None else np.asarray(
                 table[columns.labels].to_pylist()),
         )
 
 
-def _texts(column: pa.ChunkedArray, null: str | None) -> list:
-    """A column as a list of str: string columns as they are (nulls become `null`, or "None"
-    when `null` is None, as str(None)), other types through str()."""
+def _texts(column: pa.ChunkedArray, null: str | None) -> tuple[np.ndarray | list,
+                                                                np.ndarray | None]:
+    """A column as str (an object array) and, for string columns, their UTF-8 bytes (else
+    None): string columns as they are (nulls become `null`, or "None" when `null` is None, as
+    str(None)), other types as a list through str()."""
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        return pc.fill_null(column, "None" if null is None else null).to_pylist()
-    return [(null if v is None and null is not None else str(v)) for v in column.to_pylist()]
+        text = pc.fill_null(column, "None" if null is None else null)
+        binary = pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()
+        return (text.to_numpy(zero_copy_only=False),
+                text.cast(binary).to_numpy(zero_copy_only=False))
+    return [(null if v is None and null is not None else str(v))
+            for v in column.to_pylist()], None
 
 
 def _embeddings(column: pa.ChunkedArray, path: Path) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Each part of a dump (`dump_read`) is read `shard_rows` rows at a time; every chunk is put in
 the store's dtype with its rows L2-normalised (`normalise.normalised`: rows already unit norm
-are kept bit-exact, norms are computed in blocks, so no float32 copy of the chunk is made; a
-chunk read from a .npy in the store's dtype is normalised in place) and appended as one shard
+are kept bit-exact, norms are computed in blocks, so no float32 copy of the chunk is made) into
+one of two chunk buffers reused for the whole import (`_Ring`; a chunk of a .npy in the store's
+dtype is read straight into it and normalised in place) and appended as one shard
 (the store validates it as it does every append, with the norms and id hashes computed here),
 so memory is bounded by a few chunk-sized arrays whatever the dump size. The next chunk is
 read, normalised and its ids hashed in a thread (`util.prefetch`) while the current one is
@@ -35,7 +36,7 @@ from ..util.progress import progress
 from .dump_read import Chunk, Columns, DumpPart, find_parts, part_rows, read_chunks
 from .hold import Hold, hold
 from .normalise import normalised, row_norms
-from .shard import IdKeys
+from .shard import IdKeys, id_hashes
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,9 @@ def _import(parts: list[DumpPart], sizes: dict[str, int], store: Store, opts: Du
     todo = [p for p in parts if not done.get(_key(p), {}).get("done")]
     starts = {_key(p): done.get(_key(p), {}).get("rows", 0) for p in todo}
     appended = 0
-    stream = _prepared(todo, starts, opts, np.dtype(store.dtype))
+    ring = _Ring([np.empty(opts.shard_rows * store.dim, store.dtype) for _ in range(2)],
+                 store.dim)
+    stream = _prepared(todo, starts, opts, ring)
     with progress(sum(sizes[k] - a for k, a in starts.items()), "import",
                   disable=not opts.progress) as bar:
         first = True
@@ -157,32 +160,74 @@ class _Ready:
     dtype (normalised when asked) and their row norms."""
 
     chunk: Chunk
-    ids: list[str]
+    ids: np.ndarray | list[str]
     keys: IdKeys
     features: np.ndarray
     norms: np.ndarray
 
 
-def _prepare(part: DumpPart, chunk: Chunk, opts: DumpOptions, dtype: np.dtype) -> _Ready:
+class _Ring:
+    """Chunk buffers reused for a whole import (flat arrays of the store's dtype, each holding
+    `shard_rows` rows): chunk k's features go to buffer k % len(buffers), so a chunk must be
+    appended before the one len(buffers) chunks later is read. Reusing memory rather than
+    allocating each chunk anew saves faulting in every page of it again."""
+
+    def __init__(self, buffers: list[np.ndarray], dim: int):
+        self._buffers = buffers
+        self.dtype, self.dim = buffers[0].dtype, dim
+        self._next = 0
+        self._scratch = np.empty(0, np.uint8)
+        self.slot: int | None = None  # the buffer of the latest chunk (None: not a buffer)
+
+    def take(self, n: int, dim: int) -> np.ndarray:
+        """The next buffer as an (n, dim) array; a new array for a dim not the store's (which
+        the store's check of the rows then refuses)."""
+        if dim != self.dim:
+            self.slot = None
+            return np.empty((n, dim), self.dtype)
+        self.slot, self._next = self._next, (self._next + 1) % len(self._buffers)
+        return self._buffers[self.slot][:n * dim].reshape(n, dim)
+
+    def into(self, n: int, dim: int, dtype: np.dtype) -> np.ndarray:
+        """Where `read_chunks` reads a chunk of a .npy: the next buffer when the file is in the
+        store's dtype, else scratch memory reused from chunk to chunk (`_prepare` converts)."""
+        if dtype == self.dtype:
+            return self.take(n, dim)
+        size = n * dim * dtype.itemsize
+        if self._scratch.nbytes < size:
+            self._scratch = np.empty(size, np.uint8)
+        return self._scratch[:size].view(dtype).reshape(n, dim)
+
+    def holds(self, x: np.ndarray) -> bool:
+        """Whether `x` is the latest buffer taken (the chunk was read into it)."""
+        return self.slot is not None and np.may_share_memory(x, self._buffers[self.slot])
+
+
+def _prepare(part: DumpPart, chunk: Chunk, opts: DumpOptions, ring: _Ring) -> _Ready:
     """Everything of an append that does not need the store: what `prefetched` overlaps."""
     n = len(chunk.features)
-    ids = chunk.ids or [f"{part.name}:{i}" for i in range(chunk.start, chunk.start + n)]
-    x = chunk.features  # read by us for this chunk alone: normalised in place when it can be
-    own = x if x.dtype == dtype and x.flags.writeable else None
-    if opts.normalize:  # the chunk's one copy, in the store's dtype (none when in place)
-        features, norms = normalised(x, ids, "features", dtype, own)
+    ids = chunk.ids if chunk.ids is not None else [
+        f"{part.name}:{i}" for i in range(chunk.start, chunk.start + n)]
+    keys = IdKeys.of(ids) if chunk.id_bytes is None else IdKeys(chunk.id_bytes,
+                                                                 id_hashes(chunk.id_bytes))
+    x = chunk.features
+    out = x if ring.holds(x) else ring.take(n, x.shape[1])  # in place, else into a buffer
+    if opts.normalize:
+        features, norms = normalised(x, ids, "features", ring.dtype, out)
     else:
-        features = x if own is not None else x.astype(dtype)
-        norms = row_norms(features)
-    return _Ready(chunk, ids, IdKeys.of(ids), features, norms)
+        if out is not x:
+            np.copyto(out, x, casting="unsafe")
+        features, norms = out, row_norms(out)
+    return _Ready(chunk, ids, keys, features, norms)
 
 
 def _prepared(todo: list[DumpPart], starts: dict[str, int], opts: DumpOptions,
-              dtype: np.dtype) -> Iterator[tuple[DumpPart, _Ready | None]]:
+              ring: _Ring) -> Iterator[tuple[DumpPart, _Ready | None]]:
     """Every chunk left of every part, prepared, and (part, None) at the end of each part."""
     for part in todo:
-        for chunk in read_chunks(part, opts.columns, opts.shard_rows, starts[_key(part)]):
-            yield part, _prepare(part, chunk, opts, dtype)
+        for chunk in read_chunks(part, opts.columns, opts.shard_rows, starts[_key(part)],
+                                 ring.into):
+            yield part, _prepare(part, chunk, opts, ring)
         yield part, None
 
 
