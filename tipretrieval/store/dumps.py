@@ -19,9 +19,12 @@ that chunk. Ids come from the id column/array, else `<part file>:<row>`, so ever
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,16 +36,19 @@ from ..rows import Rows
 from ..util.atomic import write_json
 from ..util.prefetch import prefetched
 from ..util.progress import progress
+from . import workers
 from .dump_read import Chunk, Columns, DumpPart, find_parts, part_rows, read_chunks
 from .hold import Hold, hold
 from .normalise import normalised, row_norms
 from .shard import IdKeys, id_hashes
-from .store import Store
+from .shard_writer import InProcess, WriterProcess
+from .store import Staged, Store
 
 log = logging.getLogger(__name__)
 
 JOURNAL = "import-journal.json"
 SHARD_ROWS = 131_072
+WRITER_BYTES = 32 << 20  # chunks of this many bytes of features or more: a writer process
 
 
 @dataclass
@@ -59,6 +65,7 @@ class DumpOptions:
     normalize: bool = True
     progress: bool = True
     prefetch: bool = True  # read and prepare the next chunk in a thread while one is written
+    writer: bool | None = None  # write shards in a writer process (None: for big chunks)
 
 
 @dataclass
@@ -112,28 +119,117 @@ def _import(parts: list[DumpPart], sizes: dict[str, int], store: Store, opts: Du
                            "or import it into a new store")
     todo = [p for p in parts if not done.get(_key(p), {}).get("done")]
     starts = {_key(p): done.get(_key(p), {}).get("rows", 0) for p in todo}
-    appended = 0
-    ring = _Ring([np.empty(opts.shard_rows * store.dim, store.dtype) for _ in range(2)],
-                 store.dim)
+    left = sum(sizes[k] - a for k, a in starts.items())
+    writer = _writer(store, opts, left)
+    commits = _Commits(store, writer, lambda: write_json(store_path / JOURNAL, journal))
+    ring = _Ring(writer.buffers, store.dtype, store.dim)
     stream = _prepared(todo, starts, opts, ring)
-    with progress(sum(sizes[k] - a for k, a in starts.items()), "import",
-                  disable=not opts.progress) as bar:
-        first = True
-        for part, ready in prefetched(stream) if opts.prefetch else stream:
-            record = done.setdefault(_key(part), {"rows": 0, "done": False,
-                                                  "size": part.features.stat().st_size})
-            if ready is None:  # the end of the part
-                record["done"], first = True, True
-            else:
-                store, n = _append(store, part, ready, opts, check_existing=first)
+    with contextlib.closing(writer), progress(left, "import", disable=not opts.progress) as bar:
+        try:
+            first = True
+            for part, ready in prefetched(stream) if opts.prefetch else stream:
+                record = done.setdefault(_key(part), {"rows": 0, "done": False,
+                                                      "size": part.features.stat().st_size})
+                if ready is None:  # the end of the part: done once its last chunk commits
+                    commits.add(None, None, functools.partial(record.update, done=True))
+                    first = True
+                    continue
+                staged = _stage(store, part, ready, opts, commits.last, check_existing=first)
                 first = False
-                appended += n
-                record["rows"] = ready.chunk.start + len(ready.features)
-                bar.update(len(ready.features))
-            write_json(store_path / JOURNAL, journal)
+                commits.add(staged, ready.slot, functools.partial(
+                    _committed, record, ready.chunk.start + len(ready.features), bar))
+            commits.finish()
+        except Exception:
+            commits.finish()  # what was written before the error is committed (as in order)
+            raise
+        except BaseException:
+            commits.abandon()
+            raise
     log.info("imported %d rows from %d parts of %s into %s (%d parts already done)",
-             appended, len(todo), source, store_path, len(parts) - len(todo))
-    return DumpResult(store.refresh(), appended, len(todo), len(parts) - len(todo))
+             commits.rows, len(todo), source, store_path, len(parts) - len(todo))
+    return DumpResult(store.refresh(), commits.rows, len(todo), len(parts) - len(todo))
+
+
+def _committed(record: dict, rows: int, bar) -> None:
+    """A chunk's journal record and progress once it is committed (or found committed)."""
+    bar.update(rows - record["rows"])
+    record["rows"] = rows
+
+
+def _writer(store: Store, opts: DumpOptions, left: int) -> InProcess | WriterProcess:
+    """A writer process when asked, or (`opts.writer` None) for chunks of WRITER_BYTES or more
+    when there is more than one; else shards are written in this process."""
+    chunk = min(opts.shard_rows, max(left, 1)) * store.dim * np.dtype(store.dtype).itemsize
+    process = opts.writer if opts.writer is not None else \
+        chunk >= WRITER_BYTES and left > opts.shard_rows
+    if process and workers.SUPPORTED:
+        return WriterProcess(store, 3, chunk)  # one written, one waiting, one being read
+    return InProcess(store, 2, chunk)  # one being read while the other is written
+
+
+class _Commits:
+    """The import's appends, committed in order one step behind: a chunk's shard is submitted
+    to the writer and then the one submitted before it is committed, so a writer process
+    writes one shard while the next chunk is staged. Each chunk's journal update is applied
+    (and the journal written) once its shard, and every shard before it, is committed; so a
+    kill leaves the journal at most one chunk behind the store, as before."""
+
+    def __init__(self, store: Store, writer: InProcess | WriterProcess, save: Callable[[], None]):
+        self._store, self._writer, self._save = store, writer, save
+        self._flight: deque[Staged] = deque()  # submitted, not committed
+        self._due: deque[tuple[Staged | None, Callable[[], None]]] = deque()
+        self._broken = False  # a commit failed: commit nothing more
+        self.rows = 0
+
+    @property
+    def last(self) -> Staged | None:
+        """The latest append submitted and not committed yet (the next one follows it)."""
+        return self._flight[-1] if self._flight else None
+
+    def add(self, staged: Staged | None, slot: int | None, update: Callable[[], None]) -> None:
+        """Submit the shard of `staged` (None: nothing to write) and commit the one before it;
+        `update` is applied when `staged` (or, for None, the append before it) commits."""
+        if staged is not None:
+            self._writer.submit(staged, slot)
+            self._flight.append(staged)
+        self._due.append((staged, update))
+        if len(self._flight) != 1:  # none in flight: update now; two: commit the first
+            self._commit()
+
+    def finish(self) -> None:
+        """Commit every append in flight and apply every update (after an error: unless a
+        commit failed, then the rest is abandoned)."""
+        if self._broken:
+            self.abandon()
+            return
+        while self._flight or self._due:
+            self._commit()
+
+    def _commit(self) -> None:
+        """Commit the oldest append in flight (if any) and apply the updates due."""
+        if self._flight:
+            staged = self._flight.popleft()
+            try:
+                self._store.commit(staged, self._writer.take(staged))
+            except BaseException:
+                self._broken = True
+                raise
+            self.rows += len(staged.rows)
+        applied = False
+        while self._due and self._due[0][0] not in self._flight:
+            self._due.popleft()[1]()
+            applied = True
+        if applied:
+            self._save()
+
+    def abandon(self) -> None:
+        """Drop the appends in flight: each write's outcome is awaited (so that no file is
+        being written after this) and its shard removed."""
+        while self._flight:
+            staged = self._flight.popleft()
+            with contextlib.suppress(Exception):
+                self._writer.take(staged)
+            staged.path.unlink(missing_ok=True)
 
 
 def _open_or_create(held: Hold, part: DumpPart, opts: DumpOptions) -> Store:
@@ -164,6 +260,7 @@ class _Ready:
     keys: IdKeys
     features: np.ndarray
     norms: np.ndarray
+    slot: int | None  # the ring buffer holding the features (None: none)
 
 
 class _Ring:
@@ -172,9 +269,9 @@ class _Ring:
     appended before the one len(buffers) chunks later is read. Reusing memory rather than
     allocating each chunk anew saves faulting in every page of it again."""
 
-    def __init__(self, buffers: list[np.ndarray], dim: int):
-        self._buffers = buffers
-        self.dtype, self.dim = buffers[0].dtype, dim
+    def __init__(self, buffers: list, dtype: str, dim: int):
+        self._buffers = [np.frombuffer(b, dtype) for b in buffers]  # (writable: no copy)
+        self.dtype, self.dim = np.dtype(dtype), dim
         self._next = 0
         self._scratch = np.empty(0, np.uint8)
         self.slot: int | None = None  # the buffer of the latest chunk (None: not a buffer)
@@ -183,6 +280,9 @@ class _Ring:
         """The next buffer as an (n, dim) array; a new array for a dim not the store's (which
         the store's check of the rows then refuses)."""
         if dim != self.dim:
+            self.slot = None
+            return np.empty((n, dim), self.dtype)
+        if n * dim > len(self._buffers[0]):  # (more rows than the import has left: none)
             self.slot = None
             return np.empty((n, dim), self.dtype)
         self.slot, self._next = self._next, (self._next + 1) % len(self._buffers)
@@ -218,7 +318,7 @@ def _prepare(part: DumpPart, chunk: Chunk, opts: DumpOptions, ring: _Ring) -> _R
         if out is not x:
             np.copyto(out, x, casting="unsafe")
         features, norms = out, row_norms(out)
-    return _Ready(chunk, ids, keys, features, norms)
+    return _Ready(chunk, ids, keys, features, norms, ring.slot)
 
 
 def _prepared(todo: list[DumpPart], starts: dict[str, int], opts: DumpOptions,
@@ -231,23 +331,23 @@ def _prepared(todo: list[DumpPart], starts: dict[str, int], opts: DumpOptions,
         yield part, None
 
 
-def _append(store: Store, part: DumpPart, ready: _Ready, opts: DumpOptions,
-            check_existing: bool) -> tuple[Store, int]:
-    """Append one chunk (minus a chunk committed before a kill); returns the store and rows."""
+def _stage(store: Store, part: DumpPart, ready: _Ready, opts: DumpOptions,
+           after: Staged | None, check_existing: bool) -> Staged | None:
+    """Stage one chunk's append after `after` (an append not committed yet); None for a
+    chunk committed before a kill (or empty)."""
     chunk, n = ready.chunk, len(ready.features)
     if check_existing:
         there = store.existing_ids(ready.keys)
         if there.all():
             log.info("%s rows %d-%d were committed before an interruption: skipped",
                      part.name, chunk.start, chunk.start + n)
-            return store, 0
-    vocabulary = list(store.classes)
+            return None
+    vocabulary = list(store.classes if after is None else after.classes)
     labels = None if chunk.labels is None else _label_indices(chunk.labels, vocabulary)
     rows = Rows.make(ready.ids, ready.features, labels, opts.split, chunk.sources,
                      keep_float16=True)
-    store.append(rows, provenance=_provenance(opts, store.dim), classes=vocabulary,
-                 keys=ready.keys, norms=ready.norms)
-    return store, n
+    return store.stage(rows, provenance=_provenance(opts, store.dim), classes=vocabulary,
+                       keys=ready.keys, norms=ready.norms, after=after)
 
 
 def _label_indices(labels: np.ndarray, vocabulary: list[str]) -> np.ndarray:

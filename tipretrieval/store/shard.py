@@ -102,6 +102,16 @@ class IdKeys:
     def take(self, index) -> IdKeys:
         return IdKeys(self.encoded[index], self.hashes[index])
 
+    def among(self, other: IdKeys) -> np.ndarray:
+        """A bool per id: whether `other` holds it (hashes first, equal hashes confirmed)."""
+        theirs = other.hashes[other.order]
+        found = theirs[np.minimum(np.searchsorted(theirs, self.hashes), len(theirs) - 1)] \
+            == self.hashes if len(theirs) else np.zeros(len(self), bool)
+        if found.any():
+            theirs = set(other.encoded[np.isin(other.hashes, self.hashes[found])].tolist())
+            found[found] = [e in theirs for e in self.encoded[found].tolist()]
+        return found
+
     def __len__(self) -> int:
         return len(self.encoded)
 
@@ -188,9 +198,10 @@ def _write_file(tmp: Path, columns: list[_Column]) -> None:
 
 
 def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
-                keys: IdKeys | None = None) -> ShardInfo:
+                keys: IdKeys | None = None, digest: bool = True) -> ShardInfo:
     """Write `rows` (whose ids are `keys`) as a new shard at `path` and describe it: a temp
-    file (`_write_file`), hashed while it is fsynced, then renamed into place."""
+    file (`_write_file`), hashed while it is fsynced, then renamed into place. `digest=False`
+    leaves the sha256 empty, for a caller that hashes the file itself (`shard_writer`)."""
     n, dim = rows.features.shape
     split_names, split_codes = _split_codes(rows.splits)
     itemsize = np.dtype(dtype).itemsize
@@ -216,8 +227,9 @@ def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
         with atomic_path(path) as tmp:
             _write_file(tmp, columns)
             nbytes = tmp.stat().st_size
-            digest = pool.submit(file_sha256, files.enter_context(open(tmp, "rb")))  # while fsync
-        sha256 = digest.result()
+            hashed = pool.submit(file_sha256, files.enter_context(open(tmp, "rb"))) \
+                if digest else None  # while fsync
+        sha256 = "" if hashed is None else hashed.result()
     return ShardInfo(
         name=path.name, rows=n, first_row_id=first_row_id,
         sha256=sha256, nbytes=nbytes,
@@ -226,7 +238,8 @@ def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
     )
 
 
-def _split_text(data: bytes, ends: np.ndarray, base: int) -> list[bytes]:
+def split_text(data: bytes, ends: np.ndarray, base: int) -> list[bytes]:
+    """The strings of `data` (UTF-8 bytes end to end) that end at `ends` (offsets from `base`)."""
     bounds = np.concatenate(([0], ends - base)).tolist()
     return [data[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
@@ -373,7 +386,7 @@ class ShardReader:
             data = self._dataset(f"{name}_utf8")[base:int(ends[-1])].tobytes()
             if len(data) != int(ends[-1]) - base or b"\0" in data:
                 raise self._corrupt(f"has damaged {name} text")
-        return _split_text(data, ends, base)
+        return split_text(data, ends, base)
 
     def strings(self, name: str, start: int, stop: int) -> np.ndarray:
         """String column `name` (ids, sources) of rows `start:stop` as an object array of str."""

@@ -3,7 +3,10 @@
 Writers take a file lock, write a new shard beside its final name, rename it into place and
 then replace the manifest; readers work from the manifest snapshot they opened, so they never
 see a half-written shard and a killed writer leaves the old contents intact. Batches are read
-by `reader.BatchReader`; rows are checked by `validate` before they are written.
+by `reader.BatchReader`; rows are checked by `validate` before they are written. An append is
+three steps (`stage`: check and name the shard; write it; `commit`: id index and manifest), so
+that a writer holding the lock may write one shard elsewhere (the dump import's writer
+process) while it stages the next.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,7 @@ from ..util.progress import progress
 from . import id_index
 from .compact import TARGET_BYTES, CompactResult, compact_shards, remove_replaced
 from .lock import LOCK_NAME, LOCK_TIMEOUT, remove_lock_file, writer_lock
-from .manifest import DTYPES, MANIFEST_NAME, Manifest
+from .manifest import DTYPES, MANIFEST_NAME, Manifest, ShardInfo
 from .reader import COLUMNS, BatchReader, matching
 from .shard import IdKeys, ShardReader, check_present, verify_shard, write_shard
 from .validate import DuplicateIds, check_rows, extended_classes, first_bad
@@ -73,6 +76,20 @@ def _as_set(value, kind) -> set | None:
     if isinstance(value, (str, int, np.integer)):
         value = [value]
     return {kind(v) for v in value}
+
+
+@dataclass(frozen=True, eq=False)
+class Staged:
+    """An append checked against the store as it will be once the appends staged before it
+    commit: the shard to write (`path`, rows, their first row id and the store's dtype) and
+    the vocabulary it is committed with."""
+
+    rows: Rows
+    keys: IdKeys
+    path: Path
+    first_row_id: int
+    dtype: str
+    classes: tuple[str, ...]
 
 
 class Store:
@@ -214,40 +231,87 @@ class Store:
         Nothing changes on error or when `rows` is empty.
         """
         with self._locked():
-            manifest = Manifest.load(self._path)
-            if classes is not None:  # adopted with the shard: one new generation, not two
-                manifest = replace(manifest, classes=extended_classes(manifest.classes, classes))
-            keys = keys or IdKeys.of(rows.ids)
-            check_rows(rows, keys, manifest, provenance, self._path, norms)
-            if not len(rows):
+            staged = self.stage(rows, provenance=provenance, classes=classes, keys=keys,
+                                norms=norms)
+            if staged is None:
                 return np.empty(0, dtype=np.int64)
-            index = self._id_index(manifest)
-            found = self._existing(manifest, keys, index)
+            return self.commit(staged, self.write(staged))
+
+    def stage(self, rows: Rows, *, provenance: Provenance | None = None,
+              classes: Iterable[str] | None = None, keys: IdKeys | None = None,
+              norms: np.ndarray | None = None, after: Staged | None = None) -> Staged | None:
+        """Check `rows` for an `append` (same arguments) and name their shard; None when
+        `rows` is empty. `after`: an append staged but not committed yet, which this one
+        follows (its ids count as stored, its vocabulary is extended). Call under `writing`
+        and commit staged appends in order; with nothing staged before, the files a killed
+        writer left are removed here."""
+        with self._locked():
+            manifest = Manifest.load(self._path)
+            vocabulary = manifest.classes if after is None else after.classes
+            if classes is not None:
+                vocabulary = extended_classes(vocabulary, classes)
+            keys = keys or IdKeys.of(rows.ids)
+            check_rows(rows, keys, replace(manifest, classes=vocabulary), provenance,
+                       self._path, norms)
+            if not len(rows):
+                return None
+            found = self._existing(manifest, keys, self._id_index(manifest))
+            if after is not None:
+                found |= keys.among(after.keys)
             if found.any():
                 raise DuplicateIds(
                     f"{first_bad(found, rows.ids)} already exist in store {self._path}: "
                     "skip rows that were imported before or give them new ids"
                 )
-            first = manifest.next_row_id
+            if after is None:
+                try:
+                    self._remove_orphans(manifest)
+                except OSError as exc:
+                    raise write_error(exc, self._path) from exc
+            first = manifest.next_row_id if after is None else \
+                after.first_row_id + len(after.rows)
             name = f"{first:012d}-{uuid.uuid4().hex[:8]}.h5"
-            index_name = id_index.name(manifest.generation + 1)
+            return Staged(rows, keys, self._path / SHARD_DIR / name, first, manifest.dtype,
+                          vocabulary)
+
+    def write(self, staged: Staged) -> ShardInfo:
+        """Write the shard of `staged` in this process (`write_shard`); on an OSError nothing
+        is left and the error is a one-line TipError (`abandon`)."""
+        try:
+            return write_shard(staged.path, staged.rows, staged.first_row_id, staged.dtype,
+                               staged.keys)
+        except OSError as exc:
+            raise self.abandon(staged, exc) from exc
+
+    def abandon(self, staged: Staged, exc: OSError) -> TipError:
+        """Remove what writing `staged` left (its shard, its id index run) and return the
+        one-line error to raise for `exc` (`write_error`)."""
+        staged.path.unlink(missing_ok=True)
+        with contextlib.suppress(BadInput, OSError):
+            (self._path / id_index.name(Manifest.load(self._path).generation + 1)).unlink(
+                missing_ok=True)
+        return write_error(exc, self._path)
+
+    def commit(self, staged: Staged, info: ShardInfo) -> np.ndarray:
+        """Make the written shard of `staged` (described by `info`) part of the store: its ids
+        join the id index and a new manifest names it; returns the rows' new row ids. On an
+        OSError nothing changes (`abandon`)."""
+        with self._locked():
+            manifest = Manifest.load(self._path)
+            assert manifest.next_row_id == staged.first_row_id, "commit appends in order"
+            manifest = replace(manifest, classes=staged.classes)
             try:
-                self._remove_orphans(manifest)
-                info = write_shard(self._path / SHARD_DIR / name, rows, first, manifest.dtype,
-                                   keys)
-                index = id_index.appended(self._path, index, keys, first,
-                                          manifest.generation + 1)
+                index = id_index.appended(self._path, self._id_index(manifest), staged.keys,
+                                          staged.first_row_id, manifest.generation + 1)
                 old, manifest = manifest, manifest.with_shard(info, index.files)
                 manifest.save(self._path)
             except OSError as exc:  # (a full disk): leave the store as it was
-                (self._path / SHARD_DIR / name).unlink(missing_ok=True)
-                (self._path / index_name).unlink(missing_ok=True)
-                raise write_error(exc, self._path) from exc
+                raise self.abandon(staged, exc) from exc
             self._manifest = manifest
             id_index.remember(self._id_runs, index)
             self._remove_replaced_runs(old, index)
-        log.debug("appended %d rows to %s as %s", info.rows, self._path, name)
-        return np.arange(first, first + info.rows, dtype=np.int64)
+        log.debug("appended %d rows to %s as %s", info.rows, self._path, info.name)
+        return np.arange(staged.first_row_id, staged.first_row_id + info.rows, dtype=np.int64)
 
     def compact(self, target_bytes: int = TARGET_BYTES) -> CompactResult:
         """Merge runs of small consecutive shards into shards of up to `target_bytes` (see

@@ -1,0 +1,164 @@
+"""Where a staged append's shard is written: in this process, or in a writer process.
+
+h5py holds the GIL through every HDF5 call, so while a thread writes a shard (HDF5's write and
+its fletcher32 checksums) no other thread of the process runs Python: the dump import's
+preparing of the next chunk (reading, ids, labels) waited for it. `WriterProcess` runs
+`write_shard` (the one code path `Store.write` runs too) in a worker process (`workers.Pool`)
+instead. The chunk's features are already in a slot of the pool's shared memory (the import
+reads and normalises them there, see `dumps._Ring`); the other columns, the id hashes and the
+shard's name go with the task, the ids and sources packed as UTF-8 bytes end to end with their
+end offsets (an object array of 131,072 strings took 55 ms to pickle and 35 ms to unpickle). The
+worker does not hash the file: `take` does, in this process, while the worker writes the next
+shard. An OSError in the worker (a full disk) comes back as a value and is raised as
+`Store.abandon`'s one-line error, exactly as in-process; the worker asks the kernel to kill it
+with the importing process, so a killed import leaves no shard being written behind it. Both
+writers answer `take` in submit order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TipError
+from ..rows import Rows
+from ..util.checksum import file_sha256
+from .manifest import ShardInfo
+from .shard import IdKeys, decode, encode, same_strings, split_text, write_shard
+from .store import Staged, Store
+from .workers import Pool
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class InProcess:
+    """Writes each staged shard when it is submitted (`Store.write`), keeping its outcome for
+    `take`; `buffers` are `count` plain arrays of `nbytes` for the chunks' features."""
+
+    def __init__(self, store: Store, count: int, nbytes: int):
+        self._store = store
+        self.buffers = [np.empty(nbytes, np.uint8) for _ in range(count)]
+        self._done: deque[ShardInfo | TipError] = deque()
+
+    def submit(self, staged: Staged, slot: int | None) -> None:
+        try:
+            self._done.append(self._store.write(staged))
+        except TipError as exc:
+            self._done.append(exc)
+
+    def take(self, staged: Staged) -> ShardInfo:
+        """The shard of the oldest submitted append (`staged`); raises its write's error."""
+        done = self._done.popleft()
+        if isinstance(done, TipError):
+            raise done
+        return done
+
+    def close(self) -> None:
+        self._done.clear()
+
+
+@dataclass(frozen=True)
+class _Text:
+    """Strings packed for the trip to the worker: their UTF-8 bytes end to end and the end
+    offset of each (pickled at the speed of a copy)."""
+
+    data: bytes
+    ends: np.ndarray
+
+    @classmethod
+    def of(cls, encoded: np.ndarray) -> _Text:
+        values = encoded.tolist()
+        return cls(b"".join(values),
+                   np.cumsum(np.fromiter(map(len, values), np.int64, len(values))))
+
+    def encoded(self) -> np.ndarray:
+        """The strings as an object array of UTF-8 bytes (as `IdKeys.encoded`)."""
+        return np.array(split_text(self.data, self.ends, 0) + [b""], dtype=object)[:-1]
+
+
+@dataclass(frozen=True)
+class _Task:
+    """A shard to write, its features (`shape`) in the worker's slot; `sources` None when the
+    rows have none, `same_sources` when they are the ids; `parent`: the importing process."""
+
+    path: Path
+    first_row_id: int
+    dtype: str
+    shape: tuple[int, int]
+    ids: _Text
+    hashes: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray
+    sources: _Text | None
+    same_sources: bool
+    parent: int
+
+    @classmethod
+    def of(cls, staged: Staged) -> _Task:
+        rows = staged.rows
+        assert rows.views is None, "the writer process writes rows without views"
+        same = rows.sources is not None and same_strings(rows.sources, rows.ids)
+        sources = None if rows.sources is None or same else _Text.of(encode(rows.sources))
+        return cls(staged.path, staged.first_row_id, staged.dtype, rows.features.shape,
+                   _Text.of(staged.keys.encoded), staged.keys.hashes, rows.labels,
+                   rows.splits, sources, same, os.getpid())
+
+    def rows(self, slot: memoryview) -> tuple[Rows, IdKeys]:
+        """The rows (features from `slot`) and their id keys, as the importer staged them."""
+        n, dim = self.shape
+        encoded = self.ids.encoded()
+        ids = decode(encoded.tolist())
+        sources = ids if self.same_sources else None if self.sources is None else \
+            decode(self.sources.encoded().tolist())
+        features = np.frombuffer(slot, self.dtype, n * dim).reshape(n, dim)
+        return (Rows(ids, features, self.labels, self.splits, sources),
+                IdKeys(encoded, self.hashes))
+
+
+def _write(task: _Task, slot: memoryview) -> ShardInfo | OSError:
+    """In the worker: write the shard of `task` (without its sha256); an OSError is returned
+    (pickled with its errno and text) for the importing process to raise."""
+    if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0 and os.getppid() != task.parent:
+        os._exit(1)  # the importer died before the kernel could be asked to kill us with it
+    rows, keys = task.rows(slot)
+    try:
+        return write_shard(task.path, rows, task.first_row_id, task.dtype, keys, digest=False)
+    except OSError as exc:
+        return exc
+
+
+class WriterProcess:
+    """Writes staged shards in one worker process; `buffers` are the pool's `count` slots of
+    `nbytes`: the features of an append submitted with slot i must be in buffer i."""
+
+    def __init__(self, store: Store, count: int, nbytes: int):
+        self._store = store
+        self._pool = Pool(1, _write, nbytes, slots=count)
+        self.buffers = [self._pool.slot(i) for i in range(count)]
+
+    def submit(self, staged: Staged, slot: int | None) -> None:
+        features = staged.rows.features
+        assert slot is not None and np.frombuffer(self.buffers[slot], features.dtype).ctypes \
+            .data == features.ctypes.data, "the features must be in the slot"
+        self._pool.submit(_Task.of(staged), slot)
+
+    def take(self, staged: Staged) -> ShardInfo:
+        """The shard of the oldest submitted append (`staged`), hashed here; raises its write's
+        error (a worker's TipError as it is, an OSError as `Store.abandon`'s)."""
+        _, done = self._pool.take()
+        try:
+            if isinstance(done, OSError):
+                raise done
+            return replace(done, sha256=file_sha256(staged.path))
+        except OSError as exc:
+            raise self._store.abandon(staged, exc) from exc
+
+    def close(self) -> None:
+        self._pool.close()
