@@ -197,3 +197,24 @@ def test_ids_read_as_utf8_bytes_from_parquet_hash_and_store_as_encoded_str(tmp_p
     assert store.select().ids.tolist() == want
     assert store.existing_ids(want + ["other"]).tolist() == [True] * 5 + [False]
     assert Store.open(tmp_path / "s").manifest.shards[0].rows == 2
+
+
+def test_label_names_read_dictionary_encoded_label_as_names_do(tmp_path):
+    """String and dictionary label columns (read as arrow's codes): new names extend the
+    classes in sorted order per chunk, null and "" are unlabelled."""
+    names = ["b", None, "a", "", "c", "a", "d", None, "b"]
+    x = np.random.default_rng(8).standard_normal((9, DIM)).astype(np.float32)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), DIM)
+    got = {}
+    for kind, column in (("string", pa.array(names)),
+                         ("dictionary", pa.array(names).dictionary_encode())):
+        (tmp_path / kind).mkdir()
+        pq.write_table(pa.table({"embedding": emb, "label": column}),
+                       tmp_path / kind / "a.parquet")
+        import_dump(tmp_path / kind, tmp_path / f"s{kind}", DumpOptions(
+            columns=Columns(labels="label"), shard_rows=4, progress=False))
+        store = Store.open(tmp_path / f"s{kind}")
+        got[kind] = (store.classes, store.select().labels.tolist())
+    # chunk 1 (b, -, a, "") adds a, b; chunk 2 (c, a, d, -) adds c, d; chunk 3: b
+    assert got["string"] == got["dictionary"] == (
+        ["a", "b", "c", "d"], [1, -1, 0, -1, 2, 0, 3, -1, 1])

@@ -57,6 +57,14 @@ class DumpPart:
         return self.features.name
 
 
+@dataclass(frozen=True)
+class Names:
+    """Class names of rows, dictionary-encoded: row i has `names[codes[i]]`, none when -1."""
+
+    codes: np.ndarray
+    names: list[str]
+
+
 @dataclass
 class Chunk:
     """Up to `rows` consecutive rows of a part, starting at row `start` of the part."""
@@ -64,7 +72,7 @@ class Chunk:
     start: int
     features: np.ndarray            # (n, D) as stored in the dump
     ids: np.ndarray | list[str] | None = None
-    labels: np.ndarray | None = None
+    labels: np.ndarray | Names | None = None  # class indices or names
     sources: np.ndarray | list[str] | None = None
     id_bytes: np.ndarray | None = None  # the ids as UTF-8 bytes (object array), when read so
 
@@ -274,9 +282,20 @@ def _parquet_chunks(path: Path, columns: Columns, rows: int, start: int,
             a, _embeddings(table[columns.features], path) if features
             else np.empty((table.num_rows, 0)),
             ids=ids, sources=sources, id_bytes=id_bytes,
-            labels=None if columns.labels is None else np.asarray(
-                table[columns.labels].to_pylist()),
+            labels=None if columns.labels is None else _labels(table[columns.labels]),
         )
+
+
+def _labels(column: pa.ChunkedArray) -> np.ndarray | Names:
+    """A label column: string (or dictionary of string) columns as `Names` (nulls: -1),
+    others as an array of their values."""
+    if pa.types.is_dictionary(column.type) and pa.types.is_string(column.type.value_type):
+        column = column.cast(pa.string())
+    if not pa.types.is_string(column.type):
+        return np.asarray(column.to_pylist())
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    return Names(pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False),
+                 encoded.dictionary.to_pylist())
 
 
 def _texts(column: pa.ChunkedArray, null: str | None) -> tuple[np.ndarray | list,

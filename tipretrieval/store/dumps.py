@@ -37,7 +37,7 @@ from ..util.atomic import write_json
 from ..util.prefetch import prefetched
 from ..util.progress import progress
 from . import workers
-from .dump_read import Chunk, Columns, DumpPart, find_parts, part_rows, read_chunks
+from .dump_read import Chunk, Columns, DumpPart, Names, find_parts, part_rows, read_chunks
 from .hold import Hold, hold
 from .normalise import normalised, row_norms
 from .shard import IdKeys, id_hashes
@@ -350,9 +350,13 @@ def _stage(store: Store, part: DumpPart, ready: _Ready, opts: DumpOptions,
                        keys=ready.keys, norms=ready.norms, after=after)
 
 
-def _label_indices(labels: np.ndarray, vocabulary: list[str]) -> np.ndarray:
+def _label_indices(labels: np.ndarray | Names, vocabulary: list[str]) -> np.ndarray:
     """Class indices of integer labels or class names; names not yet known extend `vocabulary`
     (in sorted order per chunk, so reruns agree); None/empty names are unlabelled (-1)."""
+    if isinstance(labels, Names):  # a string column, dictionary-encoded by arrow
+        vocabulary += sorted(set(labels.names) - set(vocabulary) - {""})
+        index = {c: i for i, c in enumerate(vocabulary)} | {"": -1}
+        return np.array([index[c] for c in labels.names] + [-1], np.int64)[labels.codes]
     if labels.dtype.kind in "iu":
         return labels.astype(np.int64)
     names = labels.tolist()
