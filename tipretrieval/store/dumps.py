@@ -159,12 +159,13 @@ def _committed(record: dict, rows: int, bar) -> None:
 def _writer(store: Store, opts: DumpOptions, left: int) -> InProcess | WriterProcess:
     """A writer process when asked, or (`opts.writer` None) for chunks of WRITER_BYTES or more
     when there is more than one; else shards are written in this process."""
-    chunk = min(opts.shard_rows, max(left, 1)) * store.dim * np.dtype(store.dtype).itemsize
+    rows = min(opts.shard_rows, max(left, 1))
+    chunk = rows * store.dim * np.dtype(store.dtype).itemsize
     process = opts.writer if opts.writer is not None else \
         chunk >= WRITER_BYTES and left > opts.shard_rows
     if process and workers.SUPPORTED:
-        return WriterProcess(store, 3, chunk)  # one written, one waiting, one being read
-    return InProcess(store, 2, chunk)  # one being read while the other is written
+        return WriterProcess(store, 3, chunk, rows)  # one written, one waiting, one being read
+    return InProcess(store, 2, chunk, rows)  # one being read while the other is written
 
 
 class _Commits:

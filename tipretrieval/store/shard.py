@@ -198,10 +198,9 @@ def _write_file(tmp: Path, columns: list[_Column]) -> None:
 
 
 def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
-                keys: IdKeys | None = None, digest: bool = True) -> ShardInfo:
+                keys: IdKeys | None = None) -> ShardInfo:
     """Write `rows` (whose ids are `keys`) as a new shard at `path` and describe it: a temp
-    file (`_write_file`), hashed while it is fsynced, then renamed into place. `digest=False`
-    leaves the sha256 empty, for a caller that hashes the file itself (`shard_writer`)."""
+    file (`_write_file`), hashed while it is fsynced, then renamed into place."""
     n, dim = rows.features.shape
     split_names, split_codes = _split_codes(rows.splits)
     itemsize = np.dtype(dtype).itemsize
@@ -227,9 +226,8 @@ def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
         with atomic_path(path) as tmp:
             _write_file(tmp, columns)
             nbytes = tmp.stat().st_size
-            hashed = pool.submit(file_sha256, files.enter_context(open(tmp, "rb"))) \
-                if digest else None  # while fsync
-        sha256 = "" if hashed is None else hashed.result()
+            digest = pool.submit(file_sha256, files.enter_context(open(tmp, "rb")))  # while fsync
+        sha256 = digest.result()
     return ShardInfo(
         name=path.name, rows=n, first_row_id=first_row_id,
         sha256=sha256, nbytes=nbytes,

@@ -8,33 +8,34 @@ instead. The chunk's features are already in a slot of the pool's shared memory 
 reads and normalises them there, see `dumps._Ring`); the other columns, the id hashes and the
 shard's name go with the task, the ids and sources packed as UTF-8 bytes end to end with their
 end offsets (an object array of 131,072 strings took 55 ms to pickle and 35 ms to unpickle). The
-worker does not hash the file: `take` does, in this process, while the worker writes the next
-shard. An OSError in the worker (a full disk) comes back as a value and is raised as
-`Store.abandon`'s one-line error, exactly as in-process; the worker asks the kernel to kill it
-with the importing process, so a killed import leaves no shard being written behind it. Both
-writers answer `take` in submit order.
+worker also hashes the file (as `write_shard` does, while the file is fsynced): the importing
+process, whose threads share one GIL, was the slower side. An OSError in the worker (a full
+disk) comes back as a value and is raised as `Store.abandon`'s one-line error, exactly as in-
+process; the worker asks the kernel to kill it with the importing process, so a killed import
+leaves no shard being written behind it. Both writers answer `take` in submit order.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import pickle
 import signal
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import TipError
 from ..rows import Rows
-from ..util.checksum import file_sha256
 from .manifest import ShardInfo
 from .shard import IdKeys, decode, encode, same_strings, split_text, write_shard
 from .store import Staged, Store
 from .workers import Pool
 
 _PR_SET_PDEATHSIG = 1
+TASK_BYTES = 256  # room in a slot per row, after the features, for the rest of its task
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -42,7 +43,7 @@ class InProcess:
     """Writes each staged shard when it is submitted (`Store.write`), keeping its outcome for
     `take`; `buffers` are `count` plain arrays of `nbytes` for the chunks' features."""
 
-    def __init__(self, store: Store, count: int, nbytes: int):
+    def __init__(self, store: Store, count: int, nbytes: int, rows: int):
         self._store = store
         self.buffers = [np.empty(nbytes, np.uint8) for _ in range(count)]
         self._done: deque[ShardInfo | TipError] = deque()
@@ -122,43 +123,60 @@ class _Task:
                 IdKeys(encoded, self.hashes))
 
 
-def _write(task: _Task, slot: memoryview) -> ShardInfo | OSError:
-    """In the worker: write the shard of `task` (without its sha256); an OSError is returned
-    (pickled with its errno and text) for the importing process to raise."""
+@dataclass(frozen=True)
+class _InSlot:
+    """A task pickled into its slot after the features, `size` bytes from `start`."""
+
+    start: int
+    size: int
+
+
+def _write(task: _Task | _InSlot, slot: memoryview) -> ShardInfo | OSError:
+    """In the worker: write the shard of `task`; an OSError is returned (pickled with its
+    errno and text) for the importing process to raise."""
+    if isinstance(task, _InSlot):
+        task = pickle.loads(slot[task.start:task.start + task.size])
     if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0 and os.getppid() != task.parent:
         os._exit(1)  # the importer died before the kernel could be asked to kill us with it
     rows, keys = task.rows(slot)
     try:
-        return write_shard(task.path, rows, task.first_row_id, task.dtype, keys, digest=False)
+        return write_shard(task.path, rows, task.first_row_id, task.dtype, keys)
     except OSError as exc:
         return exc
 
 
 class WriterProcess:
-    """Writes staged shards in one worker process; `buffers` are the pool's `count` slots of
-    `nbytes`: the features of an append submitted with slot i must be in buffer i."""
+    """Writes staged shards of up to `rows` rows in one worker process; `buffers` are the
+    first `nbytes` of the pool's `count` slots: the features of an append submitted with slot
+    i must be in buffer i. The rest of a slot holds the task, pickled (TASK_BYTES a row): the
+    pool's connection buffers about 200 KB, and a task sent through it that is bigger blocks
+    `submit` until the worker has written the shard before (which undid the overlap)."""
 
-    def __init__(self, store: Store, count: int, nbytes: int):
+    def __init__(self, store: Store, count: int, nbytes: int, rows: int):
         self._store = store
-        self._pool = Pool(1, _write, nbytes, slots=count)
-        self.buffers = [self._pool.slot(i) for i in range(count)]
+        self._features = nbytes
+        self._pool = Pool(1, _write, nbytes + rows * TASK_BYTES, slots=count)
+        self.buffers = [self._pool.slot(i)[:nbytes] for i in range(count)]
 
     def submit(self, staged: Staged, slot: int | None) -> None:
         features = staged.rows.features
         assert slot is not None and np.frombuffer(self.buffers[slot], features.dtype).ctypes \
             .data == features.ctypes.data, "the features must be in the slot"
-        self._pool.submit(_Task.of(staged), slot)
+        task: _Task | _InSlot = _Task.of(staged)
+        blob = pickle.dumps(task, pickle.HIGHEST_PROTOCOL)
+        memory = self._pool.slot(slot)
+        if len(blob) <= len(memory) - self._features:  # (else sent, and submit may wait)
+            memory[self._features:self._features + len(blob)] = blob
+            task = _InSlot(self._features, len(blob))
+        self._pool.submit(task, slot)
 
     def take(self, staged: Staged) -> ShardInfo:
-        """The shard of the oldest submitted append (`staged`), hashed here; raises its write's
-        error (a worker's TipError as it is, an OSError as `Store.abandon`'s)."""
+        """The shard of the oldest submitted append (`staged`); raises its write's error (a
+        worker's TipError as it is, an OSError as `Store.abandon`'s)."""
         _, done = self._pool.take()
-        try:
-            if isinstance(done, OSError):
-                raise done
-            return replace(done, sha256=file_sha256(staged.path))
-        except OSError as exc:
-            raise self._store.abandon(staged, exc) from exc
+        if isinstance(done, OSError):
+            raise self._store.abandon(staged, done) from done
+        return done
 
     def close(self) -> None:
         self._pool.close()

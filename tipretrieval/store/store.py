@@ -245,8 +245,8 @@ class Store:
         follows (its ids count as stored, its vocabulary is extended). Call under `writing`
         and commit staged appends in order; with nothing staged before, the files a killed
         writer left are removed here."""
-        with self._locked():
-            manifest = Manifest.load(self._path)
+        with self._locked():  # (after `after`: the caller held the lock since, and committed)
+            manifest = Manifest.load(self._path) if after is None else self._manifest
             vocabulary = manifest.classes if after is None else after.classes
             if classes is not None:
                 vocabulary = extended_classes(vocabulary, classes)
