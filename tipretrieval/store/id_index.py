@@ -61,9 +61,13 @@ class Run:
 
     def candidates(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(position in `hashes` (sorted), stored row id) of every entry equal to a hash."""
+        if not len(self.hashes):
+            return np.empty(0, np.int64), np.empty(0, np.int64)
         lo = np.searchsorted(self.hashes, hashes, "left")
-        hits = np.searchsorted(self.hashes, hashes, "right") - lo
-        query = np.repeat(np.arange(len(hashes)), hits)
+        some = np.flatnonzero(self.hashes[np.minimum(lo, len(self.hashes) - 1)] == hashes)
+        lo = lo[some]  # (the right ends only of the hashes present: half the searching)
+        hits = np.searchsorted(self.hashes, hashes[some], "right") - lo
+        query = np.repeat(some, hits)
         pos = np.arange(len(query)) - np.repeat(np.cumsum(hits) - hits, hits) + \
             np.repeat(lo, hits)
         return query, self.rows[pos]
