@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import BadInput
 from ..provenance import Provenance
+from .extract import ExtractOptions, extract
 from .model import RANDOM_WEIGHTS, Encoder, load_encoder
 from .sources import ImageItem, Source, scan_source
 
@@ -88,9 +89,6 @@ def encode_into_store(sources: Sequence[Source], store: Path, encoder: Encoder, 
     Images already stored are skipped, so a killed call resumes. An unreadable image is skipped
     (listed in the extract report), or with `strict` a BadInput after the readable ones.
     """
-    # start-up time: extract imports torchvision (over a second), needed only to encode images
-    from .extract import ExtractOptions, extract
-
     ids = []
     for source in sources:
         report = extract(source, store, encoder,

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
-from torchvision import transforms as T
+
+if TYPE_CHECKING:
+    from torchvision.transforms import Compose
 
 VIEW_SCALE = (0.5, 1.0)
 VIEW_FLIP_P = 0.5
@@ -32,8 +34,11 @@ def _size(pp_cfg: dict[str, Any]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def eval_pixels(preprocess: T.Compose) -> Callable[[Image.Image], torch.Tensor]:
+def eval_pixels(preprocess: Compose) -> Callable[[Image.Image], torch.Tensor]:
     """open_clip's eval transform up to (not including) ToTensor + Normalize, giving uint8."""
+    # start-up time: torchvision takes over a second to import; only encoding images needs it
+    from torchvision import transforms as T
+
     steps = list(preprocess.transforms)
     names = [type(t).__name__ for t in steps]
     cut = next(i for i, n in enumerate(names) if n in ("ToTensor", "MaybeToTensor"))
@@ -47,6 +52,9 @@ def view_pixels(pp_cfg: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]
 
     With CLIP normalisation (done on the device) this is Tip-Adapter's training transform.
     """
+    # start-up time: torchvision takes over a second to import; only encoding images needs it
+    from torchvision import transforms as T
+
     return T.Compose([
         T.RandomResizedCrop(_size(pp_cfg), scale=VIEW_SCALE,
                             interpolation=T.InterpolationMode.BICUBIC),
