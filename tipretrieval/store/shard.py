@@ -22,7 +22,7 @@ import hashlib
 import operator
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -198,18 +198,20 @@ def _write_file(tmp: Path, columns: list[_Column]) -> None:
 
 
 def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
-                keys: IdKeys | None = None) -> ShardInfo:
+                keys: IdKeys | None = None, digest: bool = True) -> ShardInfo:
     """Write `rows` (whose ids are `keys`) as a new shard at `path` and describe it: a temp
-    file (`_write_file`), hashed while it is fsynced, then renamed into place."""
+    file (`_write_file`), hashed while it is fsynced, then renamed into place. `digest=False`
+    leaves the sha256 empty for a caller that hashes the file itself (`shard_writer`)."""
     n, dim = rows.features.shape
     split_names, split_codes = _split_codes(rows.splits)
     itemsize = np.dtype(dtype).itemsize
     keys = keys or IdKeys.of(rows.ids)
     order = keys.order
+    ids = _strings("ids", keys.encoded)
     columns = [
         _column("features", rows.features.astype(dtype, copy=False), dim * itemsize),
         _column("labels", rows.labels.astype(np.int64), 8),
-        *_strings("ids", keys.encoded),
+        *ids,
         _column("id_hash", keys.hashes[order], 8),
         _column("id_order", order.astype(np.int64), 8),
         _column("splits", split_codes.astype(np.uint32).reshape(-1), 4),
@@ -218,7 +220,8 @@ def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
     ]
     if rows.sources is not None:
         same = same_strings(rows.sources, rows.ids)  # (image paths as ids): encoded once
-        columns += _strings("sources", keys.encoded if same else encode(rows.sources))
+        columns += [replace(c, name=c.name.replace("ids", "sources")) for c in ids] if same \
+            else _strings("sources", encode(rows.sources))
     if rows.views is not None:
         v = rows.views.shape[1]
         columns.append(_column("views", rows.views.astype(dtype), v * dim * itemsize))
@@ -226,8 +229,9 @@ def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
         with atomic_path(path) as tmp:
             _write_file(tmp, columns)
             nbytes = tmp.stat().st_size
-            digest = pool.submit(file_sha256, files.enter_context(open(tmp, "rb")))  # while fsync
-        sha256 = digest.result()
+            hashed = pool.submit(file_sha256, files.enter_context(open(tmp, "rb"))) \
+                if digest else None  # while fsync
+        sha256 = "" if hashed is None else hashed.result()
     return ShardInfo(
         name=path.name, rows=n, first_row_id=first_row_id,
         sha256=sha256, nbytes=nbytes,
