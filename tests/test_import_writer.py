@@ -257,3 +257,37 @@ def test_kill_9_of_an_import_with_a_writer_process_then_rerun_imports_every_row_
     store = Store.open(tmp_path / "s")
     store.verify()
     assert store.orphans() == []
+
+
+def test_a_killed_writer_process_is_one_line_and_the_rerun_imports_every_row_once(tmp_path):
+    x = clip_dump(tmp_path / "dump", files=4, rows=1500)
+    script = ("import sys; from tipretrieval.errors import TipError; "
+              "from tipretrieval.store.dump_read import Columns; "
+              "from tipretrieval.store.dumps import DumpOptions, import_dump\n"
+              "try: import_dump(sys.argv[1], sys.argv[2], DumpOptions(columns=Columns("
+              "ids='image_path'), shard_rows=100, progress=False, writer=True))\n"
+              "except TipError as exc: sys.exit(f'error: {exc}')")
+    cmd = [sys.executable, "-c", script, str(tmp_path / "dump"), str(tmp_path / "s")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    shards = tmp_path / "s" / "shards"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+            shards.is_dir() and len(list(shards.glob("*.h5"))) >= 10):
+        time.sleep(0.02)
+    writers = children(proc.pid)
+    assert writers, "the import should have a writer process"
+    for pid in writers:
+        os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.strip().splitlines() == [
+        "error: the import's writer process stopped unexpectedly (killed, or out of memory?): "
+        "rerun the import: it continues where it stopped"]
+    store = Store.open(tmp_path / "s")
+    assert 0 < len(store) < 6000
+    store.verify()
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rows = stored(tmp_path / "s")
+    assert rows.ids.tolist() == [f"imgs/{n}/{i}.jpg" for n in range(4) for i in range(1500)]
+    np.testing.assert_allclose(rows.features, unit(x), atol=2e-3)
+    assert Store.open(tmp_path / "s").orphans() == []

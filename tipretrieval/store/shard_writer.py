@@ -18,11 +18,13 @@ it. Both writers answer `take` in submit order.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pickle
 import signal
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -147,6 +149,19 @@ def _write(task: _Task | _InSlot, slot: memoryview) -> ShardInfo | OSError:
         return exc
 
 
+@contextlib.contextmanager
+def _died_as_writer() -> Iterator[None]:
+    """The pool's error for a worker that died (raised from its connection's EOFError or
+    OSError; it speaks of readers) as the writer's."""
+    try:
+        yield
+    except TipError as exc:
+        if type(exc) is TipError and isinstance(exc.__cause__, (EOFError, OSError)):
+            raise TipError("the import's writer process stopped unexpectedly (killed, or out of "
+                           "memory?)", "rerun the import: it continues where it stopped") from exc
+        raise
+
+
 class WriterProcess:
     """Writes staged shards of up to `rows` rows in one worker process; `buffers` are the
     first `nbytes` of the pool's `count` slots: the features of an append submitted with slot
@@ -170,12 +185,14 @@ class WriterProcess:
         if len(blob) <= len(memory) - self._features:  # (else sent, and submit may wait)
             memory[self._features:self._features + len(blob)] = blob
             task = _InSlot(self._features, len(blob))
-        self._pool.submit(task, slot)
+        with _died_as_writer():
+            self._pool.submit(task, slot)
 
     def take(self, staged: Staged) -> ShardInfo:
         """The shard of the oldest submitted append (`staged`), hashed here; raises its write's
         error (a worker's TipError as it is, an OSError as `Store.abandon`'s)."""
-        _, done = self._pool.take()
+        with _died_as_writer():
+            _, done = self._pool.take()
         try:
             if isinstance(done, OSError):
                 raise done
