@@ -5,15 +5,16 @@ its fletcher32 checksums) no other thread of the process runs Python: the dump i
 preparing of the next chunk (reading, ids, labels) waited for it. `WriterProcess` runs
 `write_shard` (the one code path `Store.write` runs too) in a worker process (`workers.Pool`)
 instead. The chunk's features are already in a slot of the pool's shared memory (the import
-reads and normalises them there, see `dumps._Ring`); the other columns, the id hashes and the
-shard's name go with the task, the ids and sources packed as UTF-8 bytes end to end with their
-end offsets (an object array of 131,072 strings took 55 ms to pickle and 35 ms to unpickle). The
-worker does not hash the file: `take` does, in this process (hashlib releases the GIL), while
-the worker writes the next shard; the worker, busy writing most of the time, was the slower side
-(about 5% faster, 2M rows). An OSError in the worker (a full disk) comes back as a value and is
-raised as `Store.abandon`'s one-line error, exactly as in- process; the worker asks the kernel
-to kill it with the importing process, so a killed import leaves no shard being written behind
-it. Both writers answer `take` in submit order.
+reads and normalises them there, see `dumps._Ring`); the rest of the task (the other columns,
+the id hashes, the shard's name) is pickled into the slot after them, the ids and sources
+packed as UTF-8 bytes end to end with their end offsets (an object array of 131,072 strings
+took 55 ms to pickle and 35 ms to unpickle). The worker does not hash the file: `take` does,
+in this process (hashlib releases the GIL), while the worker writes the next shard; the worker,
+busy writing most of the time, was the slower side (about 5% faster, 2M rows). An OSError in
+the worker (a full disk) comes back as a value and is raised as `Store.abandon`'s one-line
+error, exactly as in-process, and a worker that died is one line too; the worker asks the
+kernel to kill it with the importing process, so a killed import leaves no shard being written
+behind it. Both writers answer `take` in submit order.
 """
 
 from __future__ import annotations
