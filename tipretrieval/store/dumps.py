@@ -165,7 +165,7 @@ def _writer(store: Store, opts: DumpOptions, left: int) -> InProcess | WriterPro
         chunk >= WRITER_BYTES and left > opts.shard_rows
     if process and workers.SUPPORTED:
         return WriterProcess(store, 3, chunk, rows)  # one written, one waiting, one being read
-    return InProcess(store, 2, chunk, rows)  # one being read while the other is written
+    return InProcess(store, 2, chunk)  # one being read while the other is written
 
 
 class _Commits:

@@ -48,7 +48,7 @@ class InProcess:
     """Writes each staged shard when it is submitted (`Store.write`), keeping its outcome for
     `take`; `buffers` are `count` plain arrays of `nbytes` for the chunks' features."""
 
-    def __init__(self, store: Store, count: int, nbytes: int, rows: int):
+    def __init__(self, store: Store, count: int, nbytes: int):
         self._store = store
         self.buffers = [np.empty(nbytes, np.uint8) for _ in range(count)]
         self._done: deque[ShardInfo | TipError] = deque()
