@@ -22,7 +22,7 @@ import hashlib
 import operator
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -161,12 +161,51 @@ def _column(name: str, data: np.ndarray, row_bytes: int) -> _Column:
     return _Column(name, data, chunks)
 
 
-def _strings(name: str, encoded: np.ndarray) -> list[_Column]:
-    """`encoded` (UTF-8 bytes per row) as `{name}_utf8` bytes plus `{name}_end` offsets."""
-    data = np.frombuffer(b"".join(encoded.tolist()), dtype=np.uint8)
-    ends = np.cumsum(np.fromiter(map(len, encoded.tolist()), np.int64, len(encoded)))
-    return [_Column(f"{name}_utf8", data, (max(1, min(len(data), _TEXT_CHUNK)),) if len(data)
-                    else None), _column(f"{name}_end", ends, 8)]
+@dataclass(frozen=True)
+class Text:
+    """Strings as a shard stores them: their UTF-8 bytes end to end and the end offset of each
+    (so they also travel to a writer process at the speed of a copy)."""
+
+    data: bytes
+    ends: np.ndarray  # int64
+
+    @classmethod
+    def of(cls, encoded: np.ndarray) -> Text:
+        """`encoded` (UTF-8 bytes per row, as `IdKeys.encoded`) end to end."""
+        values = encoded.tolist()
+        return cls(b"".join(values),
+                   np.cumsum(np.fromiter(map(len, values), np.int64, len(values))))
+
+    def columns(self, name: str) -> list[_Column]:
+        """The `{name}_utf8` bytes and `{name}_end` offsets datasets."""
+        data = np.frombuffer(self.data, dtype=np.uint8)
+        return [_Column(f"{name}_utf8", data, (max(1, min(len(data), _TEXT_CHUNK)),) if len(data)
+                        else None), _column(f"{name}_end", self.ends, 8)]
+
+
+@dataclass(frozen=True)
+class ShardData:
+    """What a new shard holds, ready to write: features (and views) in the store's dtype, ids
+    and sources as `Text`, the ids' hashes and their stable sort order."""
+
+    features: np.ndarray | None  # (n, D); None only while it travels apart (`shard_writer`)
+    labels: np.ndarray
+    splits: np.ndarray  # a split name per row
+    ids: Text
+    hashes: np.ndarray
+    order: np.ndarray  # `IdKeys.order`
+    sources: Text | None
+    views: np.ndarray | None
+
+    @classmethod
+    def of(cls, rows: Rows, keys: IdKeys, dtype: str) -> ShardData:
+        """`rows` (whose ids are `keys`) as a shard of dtype `dtype` stores them."""
+        ids = Text.of(keys.encoded)
+        sources = None if rows.sources is None else ids if same_strings(rows.sources, rows.ids) \
+            else Text.of(encode(rows.sources))  # (image paths as ids): encoded once
+        return cls(rows.features.astype(dtype, copy=False), rows.labels, rows.splits, ids,
+                   keys.hashes, keys.order, sources,
+                   None if rows.views is None else rows.views.astype(dtype))
 
 
 def _fill(f: h5py.File, columns: list[_Column]) -> None:
@@ -199,32 +238,34 @@ def _write_file(tmp: Path, columns: list[_Column]) -> None:
 
 def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
                 keys: IdKeys | None = None, digest: bool = True) -> ShardInfo:
-    """Write `rows` (whose ids are `keys`) as a new shard at `path` and describe it: a temp
-    file (`_write_file`), hashed while it is fsynced, then renamed into place. `digest=False`
+    """Write `rows` (whose ids are `keys`) as a new shard at `path` (`write_data`)."""
+    return write_data(path, ShardData.of(rows, keys or IdKeys.of(rows.ids), dtype),
+                      first_row_id, digest)
+
+
+def write_data(path: Path, shard: ShardData, first_row_id: int,
+               digest: bool = True) -> ShardInfo:
+    """Write `shard` as a new shard file at `path` and describe it: a temp file
+    (`_write_file`), hashed while it is fsynced, then renamed into place. `digest=False`
     leaves the sha256 empty for a caller that hashes the file itself (`shard_writer`)."""
-    n, dim = rows.features.shape
-    split_names, split_codes = _split_codes(rows.splits)
-    itemsize = np.dtype(dtype).itemsize
-    keys = keys or IdKeys.of(rows.ids)
-    order = keys.order
-    ids = _strings("ids", keys.encoded)
+    n, dim = shard.features.shape
+    split_names, split_codes = _split_codes(shard.splits)
+    itemsize = shard.features.dtype.itemsize
     columns = [
-        _column("features", rows.features.astype(dtype, copy=False), dim * itemsize),
-        _column("labels", rows.labels.astype(np.int64), 8),
-        *ids,
-        _column("id_hash", keys.hashes[order], 8),
-        _column("id_order", order.astype(np.int64), 8),
+        _column("features", shard.features, dim * itemsize),
+        _column("labels", shard.labels.astype(np.int64), 8),
+        *shard.ids.columns("ids"),
+        _column("id_hash", shard.hashes[shard.order], 8),
+        _column("id_order", shard.order.astype(np.int64), 8),
         _column("splits", split_codes.astype(np.uint32).reshape(-1), 4),
         _Column("split_names", np.array([str(s) for s in split_names] + [""], dtype=object)[:-1],
                 None, h5py.string_dtype()),
     ]
-    if rows.sources is not None:
-        same = same_strings(rows.sources, rows.ids)  # (image paths as ids): encoded once
-        columns += [replace(c, name=c.name.replace("ids", "sources")) for c in ids] if same \
-            else _strings("sources", encode(rows.sources))
-    if rows.views is not None:
-        v = rows.views.shape[1]
-        columns.append(_column("views", rows.views.astype(dtype), v * dim * itemsize))
+    if shard.sources is not None:
+        columns += shard.sources.columns("sources")
+    if shard.views is not None:
+        v = shard.views.shape[1]
+        columns.append(_column("views", shard.views, v * dim * itemsize))
     with contextlib.ExitStack() as files, ThreadPoolExecutor(1) as pool:
         with atomic_path(path) as tmp:
             _write_file(tmp, columns)
@@ -235,8 +276,9 @@ def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
     return ShardInfo(
         name=path.name, rows=n, first_row_id=first_row_id,
         sha256=sha256, nbytes=nbytes,
-        views=0 if rows.views is None else int(rows.views.shape[1]),
-        has_sources=rows.sources is not None, counts=_counts(rows.labels, split_names, split_codes),
+        views=0 if shard.views is None else int(shard.views.shape[1]),
+        has_sources=shard.sources is not None,
+        counts=_counts(shard.labels, split_names, split_codes),
     )
 
 

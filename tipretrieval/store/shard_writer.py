@@ -3,18 +3,19 @@
 h5py holds the GIL through every HDF5 call, so while a thread writes a shard (HDF5's write and
 its fletcher32 checksums) no other thread of the process runs Python: the dump import's
 preparing of the next chunk (reading, ids, labels) waited for it. `WriterProcess` runs
-`write_shard` (the one code path `Store.write` runs too) in a worker process (`workers.Pool`)
+`write_data` (the one code path `Store.write` runs too) in a worker process (`workers.Pool`)
 instead. The chunk's features are already in a slot of the pool's shared memory (the import
 reads and normalises them there, see `dumps._Ring`); the rest of the task (the other columns,
-the id hashes, the shard's name) is pickled into the slot after them, the ids and sources
-packed as UTF-8 bytes end to end with their end offsets (an object array of 131,072 strings
-took 55 ms to pickle and 35 ms to unpickle). The worker does not hash the file: `take` does,
-in this process (hashlib releases the GIL), while the worker writes the next shard; the worker,
-busy writing most of the time, was the slower side (about 5% faster, 2M rows). An OSError in
-the worker (a full disk) comes back as a value and is raised as `Store.abandon`'s one-line
-error, exactly as in-process, and a worker that died is one line too; the worker asks the
-kernel to kill it with the importing process, so a killed import leaves no shard being written
-behind it. Both writers answer `take` in submit order.
+the id hashes, the shard's name) is pickled into the slot after them as `shard.ShardData`, the
+ids and sources as UTF-8 bytes end to end with their end offsets, as the shard stores them (an
+object array of 131,072 strings took 55 ms to pickle and 35 ms to unpickle, and turning the
+bytes back into strings for `write_shard` 36 ms a shard in the worker). The worker does not
+hash the file: `take` does, in this process (hashlib releases the GIL), while the worker writes
+the next shard; the worker, busy writing most of the time, was the slower side (about 5%
+faster, 2M rows). An OSError in the worker (a full disk) comes back as a value and is raised as
+`Store.abandon`'s one-line error, exactly as in-process, and a worker that died is one line
+too; the worker asks the kernel to kill it with the importing process, so a killed import
+leaves no shard being written behind it. Both writers answer `take` in submit order.
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TipError
-from ..rows import Rows
 from ..util.checksum import file_sha256
 from .manifest import ShardInfo
-from .shard import IdKeys, decode, encode, same_strings, split_text, write_shard
+from .shard import ShardData, write_data
 from .store import Staged, Store
 from .workers import Pool
 
@@ -71,61 +71,29 @@ class InProcess:
 
 
 @dataclass(frozen=True)
-class _Text:
-    """Strings packed for the trip to the worker: their UTF-8 bytes end to end and the end
-    offset of each (pickled at the speed of a copy)."""
-
-    data: bytes
-    ends: np.ndarray
-
-    @classmethod
-    def of(cls, encoded: np.ndarray) -> _Text:
-        values = encoded.tolist()
-        return cls(b"".join(values),
-                   np.cumsum(np.fromiter(map(len, values), np.int64, len(values))))
-
-    def encoded(self) -> np.ndarray:
-        """The strings as an object array of UTF-8 bytes (as `IdKeys.encoded`)."""
-        return np.array(split_text(self.data, self.ends, 0) + [b""], dtype=object)[:-1]
-
-
-@dataclass(frozen=True)
 class _Task:
-    """A shard to write, its features (`shape`) in the worker's slot; `sources` None when the
-    rows have none, `same_sources` when they are the ids; `parent`: the importing process."""
+    """A shard to write: its data but the features, which are in the worker's slot (`shape`,
+    in the data's dtype); `parent`: the importing process."""
 
     path: Path
     first_row_id: int
-    dtype: str
+    data: ShardData
     shape: tuple[int, int]
-    ids: _Text
-    hashes: np.ndarray
-    labels: np.ndarray
-    splits: np.ndarray
-    sources: _Text | None
-    same_sources: bool
+    dtype: str
     parent: int
 
     @classmethod
     def of(cls, staged: Staged) -> _Task:
-        rows = staged.rows
-        assert rows.views is None, "the writer process writes rows without views"
-        same = rows.sources is not None and same_strings(rows.sources, rows.ids)
-        sources = None if rows.sources is None or same else _Text.of(encode(rows.sources))
-        return cls(staged.path, staged.first_row_id, staged.dtype, rows.features.shape,
-                   _Text.of(staged.keys.encoded), staged.keys.hashes, rows.labels,
-                   rows.splits, sources, same, os.getpid())
+        assert staged.rows.views is None, "the writer process writes rows without views"
+        data = ShardData.of(staged.rows, staged.keys, staged.dtype)
+        return cls(staged.path, staged.first_row_id, replace(data, features=None),
+                   data.features.shape, staged.dtype, os.getpid())
 
-    def rows(self, slot: memoryview) -> tuple[Rows, IdKeys]:
-        """The rows (features from `slot`) and their id keys, as the importer staged them."""
+    def shard(self, slot: memoryview) -> ShardData:
+        """The shard's data with its features from `slot`."""
         n, dim = self.shape
-        encoded = self.ids.encoded()
-        ids = decode(encoded.tolist())
-        sources = ids if self.same_sources else None if self.sources is None else \
-            decode(self.sources.encoded().tolist())
         features = np.frombuffer(slot, self.dtype, n * dim).reshape(n, dim)
-        return (Rows(ids, features, self.labels, self.splits, sources),
-                IdKeys(encoded, self.hashes))
+        return replace(self.data, features=features)
 
 
 @dataclass(frozen=True)
@@ -143,9 +111,8 @@ def _write(task: _Task | _InSlot, slot: memoryview) -> ShardInfo | OSError:
         task = pickle.loads(slot[task.start:task.start + task.size])
     if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0 and os.getppid() != task.parent:
         os._exit(1)  # the importer died before the kernel could be asked to kill us with it
-    rows, keys = task.rows(slot)
     try:
-        return write_shard(task.path, rows, task.first_row_id, task.dtype, keys, digest=False)
+        return write_data(task.path, task.shard(slot), task.first_row_id, digest=False)
     except OSError as exc:
         return exc
 
