@@ -1,4 +1,5 @@
-"""Test helper for real concurrent processes: wait until each one waits on a lock file."""
+"""Test helpers for real concurrent processes: wait until each one waits on a lock file, or
+until an import is part way through."""
 
 from __future__ import annotations
 
@@ -25,3 +26,15 @@ def wait_until_all_open(procs: list[subprocess.Popen], path: Path, timeout: floa
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
             [p.communicate() for p in procs]
         time.sleep(0.05)
+
+
+def wait_for_shards(proc: subprocess.Popen, store: Path, count: int,
+                    timeout: float = 120) -> None:
+    """Return once `store` holds `count` shard files, or `proc` has ended, or `timeout`
+    passed (a kill test then checks that the kill landed mid-import)."""
+    shards = Path(store) / "shards"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if shards.is_dir() and len(list(shards.glob("*.h5"))) >= count:
+            return
+        time.sleep(0.02)

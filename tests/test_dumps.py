@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from procs import wait_until_all_open
+from procs import wait_for_shards, wait_until_all_open
 
 from tipretrieval.cli import main
 from tipretrieval.errors import BadInput
@@ -168,22 +167,23 @@ def test_kill_9_during_import_then_rerun_imports_every_row_once(tmp_path):
     cmd = [*CLI, "import", str(tmp_path / "dump"), "--store", str(tmp_path / "s"),
            "--id-column", "image_path", "--shard-rows", "100", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    shards = tmp_path / "s" / "shards"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if shards.is_dir() and len(list(shards.glob("*.h5"))) >= 22:
-            break
-        time.sleep(0.02)
+    wait_for_shards(proc, tmp_path / "s", 22)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = len(Store.open(tmp_path / "s"))
+    rerun_completes(cmd, tmp_path / "s", x)
+
+
+def rerun_completes(cmd: list[str], store: Path, x: np.ndarray) -> None:
+    """After a kill mid-import of `clip_dump(files=4, rows=1500)` (features `x`): rerunning
+    `cmd` stores every row once, as imported without a kill, and the store verifies."""
+    before = len(Store.open(store))
     assert 0 < before < 6000, "the kill should land mid-import"
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    rows = stored(tmp_path / "s")
+    rows = stored(store)
     assert rows.ids.tolist() == [f"imgs/{n}/{i}.jpg" for n in range(4) for i in range(1500)]
     np.testing.assert_allclose(rows.features, unit(x), atol=2e-3)
-    Store.open(tmp_path / "s").verify()
+    Store.open(store).verify()
 
 
 def test_bad_dumps_exit_2_and_store_nothing(tmp_path):

@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_dumps import DIM, clip_dump, stored, unit
+from procs import wait_for_shards
+from test_dumps import DIM, clip_dump, rerun_completes, stored, unit
 from test_import_pipeline import COLUMNS, files_of
 from test_ingest_errors import cli, error_line, tree
 
@@ -136,15 +137,6 @@ def shards_not_a_folder(store: Path):
         (store / "kept").rename(store / "shards")
 
 
-def test_an_io_error_in_the_writer_process_is_the_in_process_error(tmp_path, monkeypatch):
-    outcomes = [failing_import(tmp_path, monkeypatch, writer, shards_not_a_folder)
-                for writer in (True, False)]
-    assert outcomes[0] == outcomes[1]
-    code, line = outcomes[0]
-    assert code == 1 and "I/O error while writing store STORE" in line
-    assert "Not a directory" in line and "nothing was stored" in line
-
-
 @contextlib.contextmanager
 def full_disk(store: Path):
     """The store's files on a 64 KB tmpfs mounted over its folder (new shards do not fit);
@@ -168,13 +160,18 @@ def full_disk(store: Path):
         (store / name).write_bytes(data)
 
 
-def test_a_full_disk_in_the_writer_process_is_the_in_process_error(tmp_path, monkeypatch):
-    outcomes = [failing_import(tmp_path, monkeypatch, writer, full_disk)
+@pytest.mark.parametrize(("fault", "problem", "cause"), [
+    (shards_not_a_folder, "I/O error while writing store STORE", "Not a directory"),
+    (full_disk, "disk full while writing store STORE", "No space left"),
+], ids=["io-error", "full-disk"])
+def test_a_write_error_in_the_writer_process_is_the_in_process_error(tmp_path, monkeypatch,
+                                                                     fault, problem, cause):
+    outcomes = [failing_import(tmp_path, monkeypatch, writer, fault)
                 for writer in (True, False)]
     assert outcomes[0] == outcomes[1]
     code, line = outcomes[0]
-    assert code == 1 and "disk full while writing store STORE" in line
-    assert "No space left" in line and "nothing was stored" in line
+    assert code == 1 and problem in line
+    assert cause in line and "nothing was stored" in line
 
 
 def test_a_bad_chunk_or_duplicate_is_raised_after_the_same_commits(tmp_path):
@@ -233,12 +230,7 @@ def test_kill_9_of_an_import_with_a_writer_process_then_rerun_imports_every_row_
               "ids='image_path'), shard_rows=100, progress=False, writer=True))")
     cmd = [sys.executable, "-c", script, str(tmp_path / "dump"), str(tmp_path / "s")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    shards = tmp_path / "s" / "shards"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if shards.is_dir() and len(list(shards.glob("*.h5"))) >= 22:
-            break
-        time.sleep(0.02)
+    wait_for_shards(proc, tmp_path / "s", 22)
     writers = children(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -247,16 +239,8 @@ def test_kill_9_of_an_import_with_a_writer_process_then_rerun_imports_every_row_
     while any(map(alive, writers)) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not any(map(alive, writers)), "the writer process outlived the import"
-    before = len(Store.open(tmp_path / "s"))
-    assert 0 < before < 6000, "the kill should land mid-import"
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    rows = stored(tmp_path / "s")
-    assert rows.ids.tolist() == [f"imgs/{n}/{i}.jpg" for n in range(4) for i in range(1500)]
-    np.testing.assert_allclose(rows.features, unit(x), atol=2e-3)
-    store = Store.open(tmp_path / "s")
-    store.verify()
-    assert store.orphans() == []
+    rerun_completes(cmd, tmp_path / "s", x)
+    assert Store.open(tmp_path / "s").orphans() == []
 
 
 def test_a_killed_writer_process_is_one_line_and_the_rerun_imports_every_row_once(tmp_path):
