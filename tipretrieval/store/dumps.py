@@ -34,6 +34,7 @@ from ..errors import BadInput
 from ..provenance import Provenance
 from ..rows import Rows
 from ..util.atomic import write_json
+from ..util.malloc import return_freed_blocks
 from ..util.prefetch import prefetched
 from ..util.progress import progress
 from . import workers
@@ -89,8 +90,11 @@ def _key(part: DumpPart) -> str:
 
 def import_dump(source: str | Path, store_path: str | Path,
                 opts: DumpOptions | None = None) -> DumpResult:
-    """Import every part of the dump `source` into the store (created if missing), resuming."""
+    """Import every part of the dump `source` into the store (created if missing), resuming.
+    Freed large blocks go back to the system from now on (`util.malloc`), so memory stays
+    bounded by the chunks in flight."""
     opts = opts or DumpOptions()
+    return_freed_blocks()
     if opts.shard_rows < 1:
         raise BadInput(f"`shard_rows=` is {opts.shard_rows}", "give a positive row count")
     store_path = Path(store_path)
