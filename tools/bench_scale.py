@@ -1,7 +1,8 @@
 """Scale benchmark: import, index, search and classify a large embedding dump; one table.
 
 (a) import --files float16 .npy files of --rows x --dim rows plus parquet metadata
-    (clip-retrieval layout) with `import_dump`: rows/s and peak RSS (child process), against
+    (clip-retrieval layout) with `import_dump`: rows/s and peak memory (the summed PSS of the
+    child process and its writer process, sampled every 0.1 s; its own VmHWM too), against
     raw h5py writing the same columns in the same dtypes in this run (features, labels,
     splits, ids, sources; fletcher32 on as in the store; target >= 0.8x, RSS < 1 GB);
 (b) build the store's search index (--index-spec, default IVF<sqrt n>,SQ8): seconds;
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from peak_rss import peak_rss_mib
+from peak_rss import TreePeak, peak_rss_mib
 
 CLASSES = 1000
 
@@ -134,10 +135,11 @@ def child_import(dump: str, store: str, shard_rows: str) -> dict:
     from tipretrieval.store.dumps import DumpOptions, import_dump
 
     start = time.perf_counter()
-    done = import_dump(dump, store, DumpOptions(
-        columns=Columns(ids="image_path", labels="label", sources="image_path"),
-        shard_rows=int(shard_rows), encoder="synthetic", weights="seed:0", progress=False))
-    return {"seconds": time.perf_counter() - start, "rows": done.rows}
+    with TreePeak() as tree:  # with the import's writer process
+        done = import_dump(dump, store, DumpOptions(
+            columns=Columns(ids="image_path", labels="label", sources="image_path"),
+            shard_rows=int(shard_rows), encoder="synthetic", weights="seed:0", progress=False))
+    return {"seconds": time.perf_counter() - start, "rows": done.rows, "tree_pss_mib": tree.mib}
 
 
 def child_index(store: str, spec: str, params: str) -> dict:
@@ -328,8 +330,10 @@ def run(args, work: Path, keys: int, spec: str) -> list[tuple]:
                    "(fletcher32 on, one fsync; no validation)",
                    f"{rate:,.0f} vs {raw:,.0f} = {rate / raw:.2f}x", ">= 0.8x",
                    rate / raw >= 0.8),
-                  ("(a) import peak RSS", f"{imp['peak_rss_mib']:,.0f} MiB", "< 1 GB",
-                   imp["peak_rss_mib"] < 1000),
+                  ("(a) import peak memory: PSS of the importer and its writer process "
+                   "together (importer's own peak RSS)",
+                   f"{imp['tree_pss_mib']:,.0f} MiB ({imp['peak_rss_mib']:,.0f} MiB)", "< 1 GB",
+                   max(imp["tree_pss_mib"], imp["peak_rss_mib"]) < 1000),
                   ("(a) import CPU seconds (user + system) vs raw h5py",
                    f"{imp['cpu_s']:.1f} vs {h5_cpu:.1f}", "", None)]
     shutil.rmtree(work / "dump")

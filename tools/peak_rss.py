@@ -1,9 +1,13 @@
-"""Peak resident memory of this process, for the benchmarks' child processes."""
+"""Peak resident memory of this process (and of its children), for the benchmarks' child
+processes."""
 
 from __future__ import annotations
 
 import resource
+import threading
 from pathlib import Path
+
+import psutil
 
 
 def peak_rss_mib() -> float:
@@ -16,3 +20,32 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class TreePeak:
+    """The peak, sampled every `every` seconds in a thread, of the summed PSS (MiB) of this
+    process and its children: a job's memory when it runs helper processes (shared memory
+    counted once), which no single process's VmHWM shows. Use as a context manager."""
+
+    def __init__(self, every: float = 0.1):
+        self.mib = 0.0
+        self._every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(self._every):
+            try:
+                pss = sum(p.memory_full_info().pss for p in [me, *me.children(recursive=True)])
+            except psutil.Error:  # a child ended while it was read
+                continue
+            self.mib = max(self.mib, pss / 2**20)
+
+    def __enter__(self) -> TreePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
