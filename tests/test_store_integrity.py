@@ -105,6 +105,23 @@ def test_non_finite_features_and_bad_labels_are_refused_on_every_read_path(store
         store.select(with_views=True)
 
 
+def test_a_batch_checked_while_the_next_is_read_fails_before_it_and_before_the_next(store):
+    """Features read as stored are checked in a thread while the next batch is read: a batch
+    with an inf is still refused before it is yielded, and before the damaged chunk that the
+    next batch reads; the batches before it come whole."""
+    _rewrite(shard_path(store, 0), "features", (2950, 1), -np.inf)  # the batch of 2900-2999
+    flip_in(shard_path(store, 1), "features")  # the next batch reads it
+    fast = {"columns": ("features", "row_ids"), "features_dtype": None, "workers": 0}
+    got = []
+    with pytest.raises(CorruptData, match="NaN or inf features \\(row id 2950\\)"):
+        for rows in store.iter_rows(100, **fast):
+            got.append(rows.row_ids.copy())
+    assert np.array_equal(np.concatenate(got), np.arange(2900))
+    _rewrite(shard_path(store, 0), "features", (2950, 1), 0.5)
+    with pytest.raises(CorruptData, match=f"{shard_path(store, 1).name} cannot be read"):
+        list(store.iter_rows(100, **fast))
+
+
 def test_a_zeroed_chunk_passes_fletcher32_but_not_the_read_checks(store):
     path = shard_path(store, 1)
     with h5py.File(path, "r") as f:

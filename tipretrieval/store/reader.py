@@ -10,9 +10,11 @@ batches are the same as read in-process.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,11 @@ def _keep(shard: ShardReader, start: int, stop: int, splits: set | None,
     if label_set is not None and keep.any():
         keep &= np.isin(shard.column("labels", start, stop), list(label_set))
     return keep
+
+
+def _run_all(calls: list[Callable[[], None]]) -> None:
+    for call in calls:
+        call()
 
 
 def _runs(keep: np.ndarray) -> np.ndarray:
@@ -227,6 +234,7 @@ class BatchReader:
         self.columns, self._with_views = want, with_views
         self._reader: ShardReader | None = None
         self._stage = np.empty(0, dtype=np.uint8)
+        self._checks: list[Callable[[], None]] | None = None  # deferred checks (else run now)
 
     def close(self) -> None:
         if self._reader is not None:
@@ -265,10 +273,34 @@ class BatchReader:
             if count:
                 yield from self._parallel(batches, count, batch_size * row_bytes)
             else:
-                for batch in batches:
-                    yield self.batch(batch)
+                yield from self._checking_ahead(batches)
         finally:
             self.close()
+
+    def _checking_ahead(self, batches: Iterator[list[Piece]]) -> Iterator[Rows]:
+        """`batches` read here; the value checks of a batch's features read as stored run in a
+        thread while the next batch is read (numpy releases the GIL, h5py holds it: the checks
+        were a tenth of such a read) and are waited for before the batch is yielded, so its
+        error, if any, still comes before anything after it."""
+        with ThreadPoolExecutor(1) as checker:
+            held: tuple[Rows, Future] | None = None
+            while True:
+                self._checks = []
+                try:
+                    batch = next(batches, None)
+                    rows = None if batch is None else self.batch(batch)
+                except BaseException:
+                    if held is not None:
+                        held[1].result()  # the batch before is checked first
+                    raise
+                finally:
+                    checks, self._checks = self._checks, None
+                if held is not None:
+                    held[1].result()
+                    yield held[0]
+                if rows is None:
+                    return
+                held = rows, checker.submit(_run_all, checks)
 
     def _parallel(self, batches: Iterator[list[Piece]], count: int,
                   slot_bytes: int) -> Iterator[Rows]:
@@ -378,7 +410,11 @@ class BatchReader:
         """Dataset `name` (features or views) of `piece` into `out`, converting its dtype."""
         if piece.keep is None and out.dtype == self._stored:
             shard.column_into(name, piece.start, piece.stop, out)
-            shard.check_features(piece.start, out, self._nonzero)
+            check = functools.partial(shard.check_features, piece.start, out, self._nonzero)
+            if self._checks is None:
+                check()
+            else:
+                self._checks.append(check)  # run by `_checking_ahead`
             return
         if piece.keep is not None:
             runs = _runs(piece.keep)
