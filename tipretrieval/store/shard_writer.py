@@ -20,13 +20,11 @@ leaves no shard being written behind it. Both writers answer `take` in submit or
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import pickle
 import signal
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -117,19 +115,6 @@ def _write(task: _Task | _InSlot, slot: memoryview) -> ShardInfo | OSError:
         return exc
 
 
-@contextlib.contextmanager
-def _died_as_writer() -> Iterator[None]:
-    """The pool's error for a worker that died (raised from its connection's EOFError or
-    OSError; it speaks of readers) as the writer's."""
-    try:
-        yield
-    except TipError as exc:
-        if type(exc) is TipError and isinstance(exc.__cause__, (EOFError, OSError)):
-            raise TipError("the import's writer process stopped unexpectedly (killed, or out of "
-                           "memory?)", "rerun the import: it continues where it stopped") from exc
-        raise
-
-
 class WriterProcess:
     """Writes staged shards of up to `rows` rows in one worker process; `buffers` are the
     first `nbytes` of the pool's `count` slots: the features of an append submitted with slot
@@ -140,7 +125,9 @@ class WriterProcess:
     def __init__(self, store: Store, count: int, nbytes: int, rows: int):
         self._store = store
         self._features = nbytes
-        self._pool = Pool(1, _write, nbytes + rows * TASK_BYTES, slots=count)
+        self._pool = Pool(1, _write, nbytes + rows * TASK_BYTES, slots=count, died=(
+            "the import's writer process stopped unexpectedly (killed, or out of memory?)",
+            "rerun the import: it continues where it stopped"))
         self.buffers = [self._pool.slot(i)[:nbytes] for i in range(count)]
 
     def submit(self, staged: Staged, slot: int | None) -> None:
@@ -153,14 +140,12 @@ class WriterProcess:
         if len(blob) <= len(memory) - self._features:  # (else sent, and submit may wait)
             memory[self._features:self._features + len(blob)] = blob
             task = _InSlot(self._features, len(blob))
-        with _died_as_writer():
-            self._pool.submit(task, slot)
+        self._pool.submit(task, slot)
 
     def take(self, staged: Staged) -> ShardInfo:
         """The shard of the oldest submitted append (`staged`), hashed here; raises its write's
         error (a worker's TipError as it is, an OSError as `Store.abandon`'s)."""
-        with _died_as_writer():
-            _, done = self._pool.take()
+        _, done = self._pool.take()
         try:
             if isinstance(done, OSError):
                 raise done

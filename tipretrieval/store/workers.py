@@ -49,6 +49,8 @@ _ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": 
         "MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 
 Fill = Callable[[Any, memoryview], Any]
+READER_DIED = ("a store reader worker process stopped unexpectedly",
+               "rerun with `workers=0` to read in this process and see the error")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -106,10 +108,13 @@ def _attempt(step: Callable[[], Any]) -> tuple[tuple | None, Any]:
 class Pool:
     """`count` worker processes running `fill(task, slot)` (a picklable callable, sent once)
     on `slots` slots of `slot_bytes` (default `count * DEPTH`); a slot is free, pending (its
-    task submitted and not yet taken) or lent (see `lend`)."""
+    task submitted and not yet taken) or lent (see `lend`). `died`: the problem and hint of
+    the one-line error raised when a worker stops unexpectedly (the owner's words)."""
 
-    def __init__(self, count: int, fill: Fill, slot_bytes: int, slots: int | None = None):
+    def __init__(self, count: int, fill: Fill, slot_bytes: int, slots: int | None = None,
+                 died: tuple[str, str] = READER_DIED):
         self.slots = slots or count * DEPTH
+        self._died = died
         self._slot_bytes = slot_bytes
         self._proc: subprocess.Popen | None = None
         self._conns: list[Connection] = []
@@ -157,7 +162,7 @@ class Pool:
         try:
             error, value = self._conns[i].recv()
         except (EOFError, OSError) as exc:
-            raise _died() from exc
+            raise TipError(*self._died) from exc
         if error is not None:
             kind, problem, hint = error
             raise RuntimeError(f"a store worker process failed: {problem}") if kind is None \
@@ -187,7 +192,7 @@ class Pool:
         try:
             self._conns[self._submitted % len(self._conns)].send((slot, task))
         except OSError as exc:
-            raise _died() from exc
+            raise TipError(*self._died) from exc
         self._submitted += 1
         self._pending.append(slot)
 
@@ -232,8 +237,3 @@ class Pool:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _died() -> TipError:
-    return TipError("a store reader worker process stopped unexpectedly",
-                    "rerun with `workers=0` to read in this process and see the error")
