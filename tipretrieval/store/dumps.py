@@ -3,13 +3,13 @@
 Each part of a dump (`dump_read`) is read `shard_rows` rows at a time; every chunk is put in
 the store's dtype with its rows L2-normalised (`normalise.normalised`: rows already unit norm
 are kept bit-exact, norms are computed in blocks, so no float32 copy of the chunk is made) into
-one of two chunk buffers reused for the whole import (`_Ring`; a chunk of a .npy in the store's
-dtype is read straight into it and normalised in place) and appended as one shard
-(the store validates it as it does every append, with the norms and id hashes computed here),
-so memory is bounded by a few chunk-sized arrays whatever the dump size. The next chunk is
-read, normalised and its ids hashed in a thread (`util.prefetch`) while the current one is
-written: two chunks at most are in memory, and an error preparing a chunk is raised when the
-loop reaches it, after the chunks before it were committed, as without the thread.
+one of the chunk buffers reused for the whole import (`_Ring`: two, three with a writer
+process; a chunk of a .npy in the store's dtype is read straight into it and normalised in
+place) and appended as one shard (the store validates it as it does every append, with the
+norms and id hashes computed here), so memory is bounded by those buffers whatever the dump
+size. The next chunk is read, normalised and its ids hashed in a thread (`util.prefetch`)
+while the current one is written, and an error preparing a chunk is raised when the loop
+reaches it, after the chunks before it were committed, as without the thread.
 After each append `STORE/import-journal.json` (replaced atomically) records how many rows of
 the part are committed, and a finished part is marked done, so a rerun skips finished parts
 and continues a part where it stopped. A kill between an append and the journal write leaves
@@ -284,10 +284,7 @@ class _Ring:
     def take(self, n: int, dim: int) -> np.ndarray:
         """The next buffer as an (n, dim) array; a new array for a dim not the store's (which
         the store's check of the rows then refuses)."""
-        if dim != self.dim:
-            self.slot = None
-            return np.empty((n, dim), self.dtype)
-        if n * dim > len(self._buffers[0]):  # (more rows than the import has left: none)
+        if dim != self.dim or n * dim > len(self._buffers[0]):  # (the latter: never)
             self.slot = None
             return np.empty((n, dim), self.dtype)
         self.slot, self._next = self._next, (self._next + 1) % len(self._buffers)
