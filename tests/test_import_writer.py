@@ -5,7 +5,6 @@ stored), an error in a later chunk comes after the same commits, and a killed im
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import signal
@@ -18,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import xxhash
 from procs import wait_for_shards
 from test_dumps import DIM, clip_dump, rerun_completes, stored, unit
 from test_import_pipeline import COLUMNS, files_of
@@ -69,9 +69,9 @@ def test_the_writer_process_writes_the_bytes_of_the_in_process_writer(tmp_path, 
     assert len(submitted) == 4 and len(in_process) == 4  # (each store: 200+100, 200+200)
     a, b = Store.open(tmp_path / "sTrue"), Store.open(tmp_path / "sFalse")
     assert files_of(a.path) == files_of(b.path)
-    assert [s.sha256 for s in a.manifest.shards] == [
-        hashlib.sha256((a.path / "shards" / s.name).read_bytes()).hexdigest()
-        for s in a.manifest.shards] == [s.sha256 for s in b.manifest.shards]
+    assert [s.digest for s in a.manifest.shards] == [
+        f"xxh3_128:{xxhash.xxh3_128((a.path / 'shards' / s.name).read_bytes()).hexdigest()}"
+        for s in a.manifest.shards] == [s.digest for s in b.manifest.shards]
     assert a.classes == b.classes == [f"class{i}" for i in range(5)]
     assert a.generation == b.generation
     got, want = stored(a.path), stored(b.path)

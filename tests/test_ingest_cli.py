@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from tipretrieval.cli import main
 from tipretrieval.errors import CorruptData
+from tipretrieval.store.manifest import FORMAT_VERSION
 from tipretrieval.store.store import Store
 
 DIM = 8
@@ -203,15 +204,16 @@ def test_not_a_store_and_newer_format_exit_2(tmp_path):
     assert res.exit_code == 2 and "is not empty" in res.stderr
     assert cli("import", tmp_path / "a.npz", "--store", tmp_path / "s").exit_code == 0
     manifest = tmp_path / "s" / "manifest.json"
-    manifest.write_text(manifest.read_text().replace('"format_version": 3',
-                                                     '"format_version": 4'))
+    manifest.write_text(manifest.read_text().replace(f'"format_version": {FORMAT_VERSION}',
+                                                     f'"format_version": {FORMAT_VERSION + 1}'))
     before = snapshot(tmp_path / "s")
     for args in (("info", tmp_path / "s"),
                  ("import", _with(tmp_path / "b.npz", ids=np.arange(10)), "--store",
                   tmp_path / "s")):
         res = cli(*args)
         assert res.exit_code == 2
-        assert "(store manifest v4; this one reads up to v3): upgrade" in res.stderr
+        assert (f"(store manifest v{FORMAT_VERSION + 1}; this one reads up to "
+                f"v{FORMAT_VERSION}): upgrade") in res.stderr
     assert snapshot(tmp_path / "s") == before
 
 
@@ -223,7 +225,7 @@ def test_info_verify_names_corrupt_truncated_and_missing_shards(tmp_path):
     shard.write_bytes(bytes(data))
     res = cli("info", tmp_path / "s", "--verify")
     assert res.exit_code == CorruptData.exit_code
-    assert f"shard {shard.name} fails its sha256" in res.stderr
+    assert f"shard {shard.name} fails its xxh3_128 checksum" in res.stderr
     shard.write_bytes(bytes(data[:1000]))
     assert "is truncated" in cli("info", tmp_path / "s", "--verify").stderr
     shard.unlink()

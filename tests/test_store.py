@@ -187,7 +187,7 @@ def test_verify_names_a_corrupt_shard(store):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(CorruptData, match=f"shard {path.name} fails its sha256"):
+    with pytest.raises(CorruptData, match=f"shard {path.name} fails its xxh3_128 checksum"):
         store.verify()
 
 
@@ -281,7 +281,7 @@ def test_not_a_store_and_newer_format(tmp_path, store):
     obj = json.loads(manifest.read_text())
     obj["format_version"] = 99
     manifest.write_text(json.dumps(obj))
-    with pytest.raises(NewerFormat, match="store manifest v99; this one reads up to v3"):
+    with pytest.raises(NewerFormat, match="store manifest v99; this one reads up to v4"):
         Store.open(store.path)
     with pytest.raises(BadInput, match="already a store"):
         Store.create(store.path, dim=DIM, provenance=PROV)

@@ -12,14 +12,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import xxhash
 from random_rows import random_rows
 
 from tipretrieval.errors import BadInput, CorruptData
 from tipretrieval.provenance import Provenance
 from tipretrieval.rows import Rows
 from tipretrieval.store import shard as shard_mod
-from tipretrieval.store.manifest import IdIndexInfo, Manifest, ShardInfo
+from tipretrieval.store.manifest import FORMAT, FORMAT_VERSION, IdIndexInfo, Manifest, ShardInfo
 from tipretrieval.store.store import Store
+from tipretrieval.util.checksum import file_sha256
 from tipretrieval.util.jsonfile import content_sha256
 
 DIM = 16
@@ -242,7 +244,8 @@ def write_format1(store: Store, rows: Rows) -> None:
                          chunks=(1000,))
     obj = json.loads((store.path / "manifest.json").read_text())
     obj["format_version"] = 1
-    obj["shards"][0].update(sha256=shard_mod.file_sha256(path), nbytes=path.stat().st_size)
+    del obj["shards"][0]["digest"]
+    obj["shards"][0].update(sha256=file_sha256(path), nbytes=path.stat().st_size)
     del obj["checksum"], obj["id_runs"]
     (store.path / "manifest.json").write_text(json.dumps(obj))
     for p in store.path.glob("ids-*.idx"):
@@ -265,9 +268,60 @@ def test_format1_stores_are_read_and_appended_to(tmp_path):
         old.append(make_rows(3, 1))
     old.append(make_rows(20, 2))
     new = Store.open(store.path)
-    assert new.manifest.format_version == 3 and sum(r.rows for r in new.manifest.id_runs) == 1520
+    assert new.manifest.format_version == FORMAT_VERSION
+    assert sum(r.rows for r in new.manifest.id_runs) == 1520
     np.testing.assert_array_equal(new.select().ids[1495:1505],
                                   list(rows.ids[1495:]) + [f"r2-{i}" for i in range(5)])
+
+
+def sha256_shards(store: Store, obj: dict) -> dict:
+    """The manifest `obj` with its shards' checksums as formats 1-3 recorded them (sha256)."""
+    for shard in obj["shards"]:
+        del shard["digest"]
+        shard["sha256"] = file_sha256(store.path / "shards" / shard["name"])
+    return obj
+
+
+def as_format3(store: Store) -> None:
+    """Rewrite the store's manifest as format 3 wrote it: shard checksums as sha256."""
+    path = store.path / "manifest.json"
+    obj = sha256_shards(store, json.loads(path.read_text()))
+    del obj["checksum"], obj["format_version"]
+    path.write_text(FORMAT.dump(FORMAT.stamp(obj, 3)))
+
+
+def test_a_format3_store_keeps_its_sha256_checksums_and_new_shards_get_xxh3(tmp_path):
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
+    store.append(make_rows(30, 1))
+    as_format3(store)
+    old = Store.open(store.path)
+    (first,) = old.manifest.shards
+    assert old.manifest.format_version == 3 and first.algorithm == "sha256"
+    old.verify()
+    old.append(make_rows(20, 2))
+    new = Store.open(store.path)
+    assert new.manifest.format_version == FORMAT_VERSION
+    kept, added = new.manifest.shards
+    assert kept.digest == "sha256:" + hashlib.sha256(shard_path(new, 0).read_bytes()).hexdigest()
+    added_bytes = shard_path(new, 1).read_bytes()
+    assert added.digest == "xxh3_128:" + xxhash.xxh3_128(added_bytes).hexdigest()
+    new.verify()
+    data = bytearray(shard_path(new, 0).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard_path(new, 0).write_bytes(bytes(data))
+    with pytest.raises(CorruptData, match=f"shard {kept.name} fails its sha256 checksum"):
+        new.verify()
+
+
+def test_a_format3_manifest_with_an_xxh3_checksum_is_refused(tmp_path):
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
+    store.append(make_rows(30, 1))
+    path = store.path / "manifest.json"
+    obj = json.loads(path.read_text())
+    del obj["checksum"], obj["format_version"]
+    path.write_text(FORMAT.dump(FORMAT.stamp(obj, 3)))
+    with pytest.raises(CorruptData, match="checksum of unknown kind"):
+        Store.open(store.path)
 
 
 def test_format1_shards_without_an_id_hash_table_are_scanned(tmp_path):
@@ -280,7 +334,7 @@ def test_format1_shards_without_an_id_hash_table_are_scanned(tmp_path):
     with h5py.File(path, "a") as f:
         del f["id_hash"], f["id_order"]
     obj = json.loads((store.path / "manifest.json").read_text())
-    obj["shards"][0].update(sha256=shard_mod.file_sha256(path), nbytes=path.stat().st_size)
+    obj["shards"][0].update(sha256=file_sha256(path), nbytes=path.stat().st_size)
     (store.path / "manifest.json").write_text(json.dumps(obj))
     old = Store.open(store.path)
     old.verify()
@@ -359,7 +413,8 @@ def test_every_inf_and_nan_pattern_is_refused_and_the_largest_finite_values_read
 def _shard(i: int, first: int, rows: int, **change) -> ShardInfo:
     """A consistent shard entry: `rows` rows from row id `first`, counted as labels -1 and 3."""
     info = ShardInfo(name=f"{first:012d}-{i:08x}.h5", rows=rows, first_row_id=first,
-                     sha256="0" * 64, nbytes=100, counts={"train": {-1: 1, 3: rows - 1}})
+                     digest="xxh3_128:" + "0" * 32, nbytes=100,
+                     counts={"train": {-1: 1, 3: rows - 1}})
     return replace(info, **change)
 
 

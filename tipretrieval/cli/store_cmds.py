@@ -125,7 +125,7 @@ def describe(store: Store) -> dict[str, Any]:
         "unlabelled": len(store) - sum(counts.values()),
         "splits": store.split_counts(),
         "shards": [{"name": s.name, "rows": s.rows, "first_row_id": s.first_row_id,
-                    "nbytes": s.nbytes, "views": s.views, "sha256": s.sha256} for s in m.shards],
+                    "nbytes": s.nbytes, "views": s.views, "digest": s.digest} for s in m.shards],
         "orphans": [{"path": str(p), "nbytes": p.stat().st_size} for p in store.orphans()
                     if p.exists()],
     }
@@ -155,7 +155,7 @@ def _text(d: dict[str, Any]) -> str:
     lines += [f"  {c['label']:>5}  {c['name']:<{width}}  {c['rows']:>10,}" for c in d["classes"]]
     lines.append(f"shards      {len(d['shards'])}")
     lines += [f"  {s['name']}  {s['rows']:>10,} rows  from row {s['first_row_id']:<10}  "
-              f"{_mb(s['nbytes']):>10}  views {s['views']}  sha256 {s['sha256'][:12]}"
+              f"{_mb(s['nbytes']):>10}  views {s['views']}  {s['digest'][:21]}"
               for s in d["shards"]]
     if d["orphans"]:
         size = _mb(sum(o["nbytes"] for o in d["orphans"]))
@@ -168,7 +168,7 @@ def _text(d: dict[str, Any]) -> str:
 @click.command("info")
 @click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@click.option("--verify", is_flag=True, help="Check every shard's sha256 first (reads all data).")
+@click.option("--verify", is_flag=True, help="Check every shard's checksum first (reads all data).")
 def info_cmd(store_path: Path, as_json: bool, verify: bool) -> None:
     """Describe a store: rows, dim, classes with counts, splits, provenance, shards, bytes.
 

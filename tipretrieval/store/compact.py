@@ -1,7 +1,7 @@
 """Compaction: merge runs of small consecutive shards into fewer, larger ones, atomically.
 
 Under the writer lock, each run of consecutive shards with the same layout (views, sources)
-whose data fits `target_bytes` is checked (sha256 and values), read and written as one new shard
+whose data fits `target_bytes` is checked (checksum and values), read and written as one new shard
 with the same row ids, ids and values (as stored: float16 stays bit-identical); then the
 manifest naming the new shards replaces the old one, and only then are the old files removed.
 A kill before the manifest is replaced leaves the old state plus unnamed new files; a kill
@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..rows import Rows
-from .manifest import Manifest, ShardInfo
+from .manifest import FORMAT_VERSION, Manifest, ShardInfo
 from .shard import ShardReader, verify_shard, write_shard
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def compact_shards(store_dir: Path, shard_dir: Path, manifest: Manifest,
     if not replaced:
         return manifest, []
     shards = tuple(replaced.get(s.name, s) for s in manifest.shards)
-    new = replace(manifest, generation=manifest.generation + 1,
+    new = replace(manifest, generation=manifest.generation + 1, format_version=FORMAT_VERSION,
                   shards=tuple(s for s in shards if s is not None))
     if new.problem():
         raise AssertionError(f"compaction made an inconsistent manifest: {new.problem()}")

@@ -4,9 +4,13 @@ Format 2 adds a sha256 of the manifest's own content (a hand-edited or damaged m
 refused), a store-level id index file (`id_index`) and format 2 shards (see `shard`). Format 3
 names the id index as a list of run files (`id_runs`, see `id_index`) so that an append adds
 a small file instead of rewriting the whole index. Every manifest is checked on load: shard row
-ranges tile the row ids, counts add up, dim and classes are sane. Format 1 and 2 stores are read
-and appended to (the append writes format 3: a format 2 index file becomes the first run);
-newer ones are refused (`FORMAT`, the version policy of `util.jsonfile`).
+ranges tile the row ids, counts add up, dim and classes are sane. Format 1-3 stores are read
+and appended to (an append writes the current format: a format 2 index file becomes the first
+run). Format 4 records each shard's checksum as `digest`, "<algorithm>:<hex>": shards written from
+format 4 on are hashed with xxh3_128 from a memory map (reading each new shard back for its
+sha256 was the largest avoidable cost of an import), those of older stores keep their sha256
+("sha256:<hex>"); an append or a compaction writes format 4. Newer formats are refused
+(`FORMAT`, the version policy of `util.jsonfile`).
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from typing import Any
 
 from ..errors import BadInput, CorruptData
 from ..provenance import Provenance
+from ..util.checksum import DIGESTS
 from ..util.jsonfile import DocumentFormat
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MANIFEST_NAME = "manifest.json"
 _FIX = "restore it from a backup (a manifest must never be edited)"
 DTYPES = ("float16", "float32")
@@ -32,7 +37,8 @@ RUN_NAME = re.compile(r"ids-\d{12}\.idx")
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One immutable shard file: its rows, checksum and per-split/per-label counts.
+    """One immutable shard file: its rows, checksum (`digest`: "<algorithm>:<hex>" of the file,
+    see `util.checksum`) and per-split/per-label counts.
 
     Rows of a shard have the consecutive row ids `first_row_id .. first_row_id + rows - 1`.
     `counts[split][label]` lets class and split counts be answered without reading shards.
@@ -41,7 +47,7 @@ class ShardInfo:
     name: str
     rows: int
     first_row_id: int
-    sha256: str
+    digest: str
     nbytes: int
     views: int = 0
     has_sources: bool = False
@@ -52,10 +58,18 @@ class ShardInfo:
         """One past the shard's last row id."""
         return self.first_row_id + self.rows
 
-    def to_json(self) -> dict[str, Any]:
-        """As JSON data (label keys as strings, as JSON reads them back)."""
+    @property
+    def algorithm(self) -> str:
+        """The checksum's algorithm (a key of `util.checksum.DIGESTS`)."""
+        return self.digest.partition(":")[0]
+
+    def to_json(self, format_version: int = FORMAT_VERSION) -> dict[str, Any]:
+        """As JSON data (label keys as strings, as JSON reads them back); a format 1-3
+        manifest (only ever holding sha256 digests) names the checksum `sha256`."""
+        digest = {"digest": self.digest} if format_version >= 4 else \
+            {"sha256": self.digest.removeprefix("sha256:")}
         return {"name": self.name, "rows": self.rows, "first_row_id": self.first_row_id,
-                "sha256": self.sha256, "nbytes": self.nbytes, "views": self.views,
+                **digest, "nbytes": self.nbytes, "views": self.views,
                 "has_sources": self.has_sources,
                 "counts": {s: {str(k): v for k, v in c.items()} for s, c in self.counts.items()}}
 
@@ -65,7 +79,8 @@ class ShardInfo:
                   for s, c in obj["counts"].items()}
         return cls(
             name=str(obj["name"]), rows=int(obj["rows"]), first_row_id=int(obj["first_row_id"]),
-            sha256=str(obj["sha256"]), nbytes=int(obj["nbytes"]), views=int(obj["views"]),
+            digest=str(obj["digest"]) if "digest" in obj else f"sha256:{obj['sha256']}",
+            nbytes=int(obj["nbytes"]), views=int(obj["views"]),
             has_sources=bool(obj["has_sources"]), counts=counts,
         )
 
@@ -146,7 +161,7 @@ class Manifest:
             "provenance": self.provenance.to_json(),
             "classes": list(self.classes),
             "next_row_id": self.next_row_id,
-            "shards": [s.to_json() for s in self.shards],
+            "shards": [s.to_json(self.format_version) for s in self.shards],
             **({"id_runs": [asdict(r) for r in self.id_runs]} if self.format_version >= 3 else
                {"id_index": asdict(self.id_runs[0]) if self.id_runs else None}),
         }
@@ -187,6 +202,8 @@ class Manifest:
                 return f"shard {s.name} has {s.rows} rows but counts of {total}"
             if s.nbytes < 1 or s.views < 0:
                 return f"shard {s.name} has {s.nbytes} bytes and {s.views} views"
+            if s.algorithm not in DIGESTS or (self.format_version < 4 and s.algorithm != "sha256"):
+                return f"shard {s.name} has a checksum of unknown kind ({s.digest[:20]!r})"
             labels = {label for by_label in s.counts.values() for label in by_label}
             if labels and (min(labels) < -1 or max(labels) >= len(self.classes)):
                 return f"shard {s.name} counts labels outside -1..{len(self.classes) - 1}"

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import BadInput, ConcurrentChange, CorruptData
 from ..rows import Rows
 from ..util.atomic import atomic_path
-from ..util.checksum import file_sha256
+from ..util.checksum import file_digest
 from ..util.reserve import release_unused, reserve
 from .float16 import INF_BITS, all_finite, as_float32, magnitude_bits
 from .manifest import Manifest, ShardInfo
@@ -247,7 +247,7 @@ def write_data(path: Path, shard: ShardData, first_row_id: int,
                digest: bool = True) -> ShardInfo:
     """Write `shard` as a new shard file at `path` and describe it: a temp file
     (`_write_file`), hashed while it is fsynced, then renamed into place. `digest=False`
-    leaves the sha256 empty for a caller that hashes the file itself (`shard_writer`)."""
+    leaves the digest empty for a caller that hashes the file itself (`shard_writer`)."""
     n, dim = shard.features.shape
     split_names, split_codes = _split_codes(shard.splits)
     itemsize = shard.features.dtype.itemsize
@@ -270,12 +270,12 @@ def write_data(path: Path, shard: ShardData, first_row_id: int,
         with atomic_path(path) as tmp:
             _write_file(tmp, columns)
             nbytes = tmp.stat().st_size
-            hashed = pool.submit(file_sha256, files.enter_context(open(tmp, "rb"))) \
+            hashed = pool.submit(file_digest, files.enter_context(open(tmp, "rb"))) \
                 if digest else None  # while fsync
-        sha256 = "" if hashed is None else hashed.result()
+        checksum = "" if hashed is None else hashed.result()
     return ShardInfo(
         name=path.name, rows=n, first_row_id=first_row_id,
-        sha256=sha256, nbytes=nbytes,
+        digest=checksum, nbytes=nbytes,
         views=0 if shard.views is None else int(shard.views.shape[1]),
         has_sources=shard.sources is not None,
         counts=_counts(shard.labels, split_names, split_codes),
@@ -569,5 +569,6 @@ def verify_shard(shard_dir: Path, info: ShardInfo) -> None:
     """Raise CorruptData when a shard is missing, truncated or fails its checksum."""
     path = shard_dir / info.name
     check_present(path, info)
-    if file_sha256(path) != info.sha256:
-        raise CorruptData(f"shard {info.name} fails its sha256 checksum (corrupt): {RESTORE}")
+    if file_digest(path, info.algorithm) != info.digest:
+        raise CorruptData(f"shard {info.name} fails its {info.algorithm} checksum (corrupt): "
+                          f"{RESTORE}")

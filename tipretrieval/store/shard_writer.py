@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TipError
-from ..util.checksum import file_sha256
+from ..util.checksum import file_digest
 from .manifest import ShardInfo
 from .shard import ShardData, write_data
 from .store import Staged, Store
@@ -103,7 +103,7 @@ class _InSlot:
 
 
 def _write(task: _Task | _InSlot, slot: memoryview) -> ShardInfo | OSError:
-    """In the worker: write the shard of `task` (without its sha256); an OSError is returned
+    """In the worker: write the shard of `task` (without its digest); an OSError is returned
     (pickled with its errno and text) for the importing process to raise."""
     if isinstance(task, _InSlot):
         task = pickle.loads(slot[task.start:task.start + task.size])
@@ -149,7 +149,7 @@ class WriterProcess:
         try:
             if isinstance(done, OSError):
                 raise done
-            return replace(done, sha256=file_sha256(staged.path))
+            return replace(done, digest=file_digest(staged.path))
         except OSError as exc:
             raise self._store.abandon(staged, exc) from exc
 

@@ -534,7 +534,7 @@ class Store:
             check_present(self._path / SHARD_DIR / info.name, info)
 
     def verify(self) -> None:
-        """Check every shard's and id index run's presence, size and sha256; CorruptData names
+        """Check every shard's and id index run's presence, size and checksum; CorruptData names
         the first bad one."""
         shard_dir = self._path / SHARD_DIR
         with progress(self.nbytes, "verify", unit="B") as bar:
