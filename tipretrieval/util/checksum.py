@@ -12,6 +12,7 @@ import xxhash
 
 SHARD_DIGEST = "xxh3_128"  # shards from store format 4 on: hashed at memory speed
 DIGESTS = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}  # sha256: older shards
+WINDOW = 16 << 20  # bytes mapped at a time (mapped pages count in the process's RSS)
 
 
 def file_sha256(file: Path | str | BinaryIO) -> str:
@@ -25,14 +26,16 @@ def file_sha256(file: Path | str | BinaryIO) -> str:
 
 def file_digest(file: Path | str | BinaryIO, algorithm: str = SHARD_DIGEST) -> str:
     """"<algorithm>:<hex>" of a file's bytes (one of `DIGESTS`), given by path or as a binary
-    file open for reading. The file is hashed through a memory map, so a shard just written
-    is hashed straight from the page cache, without copying it (a tenth of the cost of reading
-    it back into a buffer and taking its sha256)."""
+    file open for reading. The file is hashed through memory maps of `WINDOW` bytes, so a
+    shard just written is hashed straight from the page cache, without copying it (a tenth of
+    the cost of reading it back into a buffer and taking its sha256)."""
     if isinstance(file, (str, Path)):
         with open(file, "rb") as f:
             return file_digest(f, algorithm)
     digest = DIGESTS[algorithm]()
-    if file.seek(0, 2):  # (an empty file cannot be mapped)
-        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:
+    size = file.seek(0, 2)
+    for at in range(0, size, WINDOW):
+        with mmap.mmap(file.fileno(), min(WINDOW, size - at), offset=at,
+                       access=mmap.ACCESS_READ) as view:
             digest.update(view)
     return f"{algorithm}:{digest.hexdigest()}"
