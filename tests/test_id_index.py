@@ -11,7 +11,15 @@ import logging
 import numpy as np
 import pytest
 
-from tests.test_store_integrity import CLASSES, DIM, PROV, make_rows, one_line, sha256_shards
+from tests.test_store_integrity import (
+    CLASSES,
+    DIM,
+    PROV,
+    before_format4,
+    hash_ids_as_before_format4,
+    make_rows,
+    one_line,
+)
 from tipretrieval.errors import BadInput, CorruptData
 from tipretrieval.store import id_index
 from tipretrieval.store.manifest import FORMAT, FORMAT_VERSION
@@ -45,7 +53,7 @@ def expected_entries(store: Store) -> np.ndarray:
     """The entries recomputed from the ids stored in the shards."""
     rows = Store.open(store.path).select(columns=("ids", "features", "row_ids"))
     want = np.empty(len(rows.ids), dtype=id_index.ENTRY)
-    want["hash"], want["row"] = IdKeys.of(rows.ids).hashes, rows.row_ids
+    want["hash"], want["row"] = IdKeys.of(rows.ids, store.manifest.id_hash).hashes, rows.row_ids
     return np.sort(want, order=("hash", "row"))
 
 
@@ -123,14 +131,16 @@ def test_compact_merges_the_runs_into_one(store):
 def as_format2(store: Store) -> None:
     """Rewrite the store's manifest as format 2 wrote it: one `id_index` file, no runs."""
     path = store.path / "manifest.json"
-    obj = sha256_shards(store, json.loads(path.read_text()))
+    obj = before_format4(store, json.loads(path.read_text()))
     (run,) = obj.pop("id_runs")
     del obj["checksum"], obj["format_version"]
     obj["id_index"] = run
     path.write_text(FORMAT.dump(FORMAT.stamp(obj, 2)))
 
 
-def test_a_format2_store_opens_and_appends_keeping_its_index_file(store):
+def test_a_format2_store_opens_and_appends_keeping_its_index_file(tmp_path, monkeypatch):
+    hash_ids_as_before_format4(monkeypatch)
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
     store.append(make_rows(300, 1))
     as_format2(store)
     old = Store.open(store.path)

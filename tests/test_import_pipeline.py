@@ -19,25 +19,39 @@ from test_dumps import DIM, clip_dump
 from test_ingest_errors import cli, error_line, npz, tree
 
 from tipretrieval.errors import BadInput
+from tipretrieval.provenance import Provenance
 from tipretrieval.rows import Rows
+from tipretrieval.store import id_hash
 from tipretrieval.store import shard as shard_mod
 from tipretrieval.store.dump_read import Columns
 from tipretrieval.store.dumps import JOURNAL, DumpOptions, import_dump
+from tipretrieval.store.id_hash import id_hashes
 from tipretrieval.store.normalise import normalised, row_norms, unit_rows
 from tipretrieval.store.store import Store
 from tipretrieval.util.prefetch import prefetched
 
+ONE_ID_HASH = {  # each algorithm of `store.id_hash`, applied to one id's UTF-8 bytes
+    "blake2b_8": lambda b: int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little"),
+    "xxh3_64": xxhash.xxh3_64_intdigest,
+}
 
-def test_id_hashes_equal_blake2b_of_each_id():
+
+@pytest.mark.parametrize("algorithm", sorted(ONE_ID_HASH))
+def test_id_hashes_equal_the_hash_of_each_id(algorithm):
     rng = np.random.default_rng(0)
     ids = ["".join(map(chr, rng.integers(32, 0x2FFF, rng.integers(1, 40)))) for _ in range(500)]
     ids += ["", "é", "日本語", "\U0001f600" * 3, "x" * 100_000, "a\nb", "same", "same"]
     encoded = shard_mod.encode(ids)
-    want = [int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
-            for s in ids]
-    got = shard_mod.id_hashes(encoded)
-    assert got.dtype == np.uint64 and got.tolist() == want
-    assert shard_mod.id_hashes(shard_mod.encode([])).tolist() == []
+    got = id_hashes(encoded, algorithm)
+    assert got.dtype == np.uint64
+    assert got.tolist() == [ONE_ID_HASH[algorithm](s.encode()) for s in ids]
+    assert id_hashes(shard_mod.encode([]), algorithm).tolist() == []
+
+
+def test_a_new_store_hashes_ids_by_xxh3_and_says_so(tmp_path):
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=Provenance("e", "w", DIM))
+    assert store.manifest.id_hash == "xxh3_64" == id_hash.NEW
+    assert json.loads((store.path / "manifest.json").read_text())["id_hash"] == "xxh3_64"
 
 
 def test_prefetched_makes_one_item_ahead_and_raises_where_the_item_was_due():
@@ -153,9 +167,10 @@ def rows_for_shard(n: int = 3000) -> Rows:
 
 def test_a_shard_written_into_reserved_blocks_equals_one_built_in_memory(tmp_path, monkeypatch):
     rows = rows_for_shard()
-    direct = shard_mod.write_shard(tmp_path / "000000000000-aa.h5", rows, 0, "float16")
+    keys = shard_mod.IdKeys.of(rows.ids, id_hash.NEW)
+    direct = shard_mod.write_shard(tmp_path / "000000000000-aa.h5", rows, 0, "float16", keys)
     monkeypatch.setattr(shard_mod, "reserve", lambda path, nbytes: False)
-    memory = shard_mod.write_shard(tmp_path / "000000000000-bb.h5", rows, 0, "float16")
+    memory = shard_mod.write_shard(tmp_path / "000000000000-bb.h5", rows, 0, "float16", keys)
     a, b = ((tmp_path / f"000000000000-{x}.h5").read_bytes() for x in ("aa", "bb"))
     assert a == b and direct.digest == memory.digest == f"xxh3_128:{xxhash.xxh3_128(a).hexdigest()}"
     assert direct.nbytes == len(a)

@@ -406,7 +406,7 @@ def test_non_store_files_in_the_store_are_left_alone(store):
 def test_hash_collisions_are_confirmed_by_exact_id(store, monkeypatch):
     import tipretrieval.store.shard as shard_mod
 
-    def colliding(encoded):  # every id shares one of two hashes
+    def colliding(encoded, algorithm):  # every id shares one of two hashes
         return np.array([len(b) % 2 for b in encoded.tolist()], dtype=np.uint64)
     monkeypatch.setattr(shard_mod, "id_hashes", colliding)
     first, second = make_rows(300, 1), make_rows(200, 2)

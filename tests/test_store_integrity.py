@@ -18,6 +18,8 @@ from random_rows import random_rows
 from tipretrieval.errors import BadInput, CorruptData
 from tipretrieval.provenance import Provenance
 from tipretrieval.rows import Rows
+from tipretrieval.store import id_hash
+from tipretrieval.store import manifest as manifest_mod
 from tipretrieval.store import shard as shard_mod
 from tipretrieval.store.manifest import FORMAT, FORMAT_VERSION, IdIndexInfo, Manifest, ShardInfo
 from tipretrieval.store.store import Store
@@ -227,6 +229,12 @@ def test_one_long_id_costs_its_own_bytes_only(tmp_path):
     assert Store.open(store.path).existing_ids([rows.ids[5], "x"]).tolist() == [True, False]
 
 
+def hash_ids_as_before_format4(monkeypatch) -> None:
+    """Stores created from now on hash their ids as stores before manifest format 4 (blake2b),
+    so that an older format can be made of them by rewriting the manifest and shards."""
+    monkeypatch.setattr(manifest_mod, "NEW_ID_HASH", id_hash.OLD)
+
+
 def write_format1(store: Store, rows: Rows) -> None:
     """Replace the store's only shard and manifest with their format 1 equivalents: ids and
     sources fixed-width bytes, no checksums, no id index, no manifest checksum."""
@@ -242,17 +250,17 @@ def write_format1(store: Store, rows: Rows) -> None:
         f.create_dataset("split_names", data=keep["split_names"], dtype=h5py.string_dtype())
         f.create_dataset("ids", data=np.array([s.encode() for s in rows.ids], dtype="S"),
                          chunks=(1000,))
-    obj = json.loads((store.path / "manifest.json").read_text())
+    obj = before_format4(store, json.loads((store.path / "manifest.json").read_text()))
     obj["format_version"] = 1
-    del obj["shards"][0]["digest"]
-    obj["shards"][0].update(sha256=file_sha256(path), nbytes=path.stat().st_size)
+    obj["shards"][0]["nbytes"] = path.stat().st_size
     del obj["checksum"], obj["id_runs"]
     (store.path / "manifest.json").write_text(json.dumps(obj))
     for p in store.path.glob("ids-*.idx"):
         p.unlink()
 
 
-def test_format1_stores_are_read_and_appended_to(tmp_path):
+def test_format1_stores_are_read_and_appended_to(tmp_path, monkeypatch):
+    hash_ids_as_before_format4(monkeypatch)
     store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
     rows = make_rows(1500, 1)
     store.append(rows)
@@ -274,8 +282,10 @@ def test_format1_stores_are_read_and_appended_to(tmp_path):
                                   list(rows.ids[1495:]) + [f"r2-{i}" for i in range(5)])
 
 
-def sha256_shards(store: Store, obj: dict) -> dict:
-    """The manifest `obj` with its shards' checksums as formats 1-3 recorded them (sha256)."""
+def before_format4(store: Store, obj: dict) -> dict:
+    """The manifest `obj` as formats 1-3 recorded it: shard checksums as sha256, no id hash
+    (blake2b_8 implied: the store must hash its ids so, `hash_ids_as_before_format4`)."""
+    assert obj.pop("id_hash") == id_hash.OLD
     for shard in obj["shards"]:
         del shard["digest"]
         shard["sha256"] = file_sha256(store.path / "shards" / shard["name"])
@@ -285,12 +295,13 @@ def sha256_shards(store: Store, obj: dict) -> dict:
 def as_format3(store: Store) -> None:
     """Rewrite the store's manifest as format 3 wrote it: shard checksums as sha256."""
     path = store.path / "manifest.json"
-    obj = sha256_shards(store, json.loads(path.read_text()))
+    obj = before_format4(store, json.loads(path.read_text()))
     del obj["checksum"], obj["format_version"]
     path.write_text(FORMAT.dump(FORMAT.stamp(obj, 3)))
 
 
-def test_a_format3_store_keeps_its_sha256_checksums_and_new_shards_get_xxh3(tmp_path):
+def test_a_format3_store_keeps_its_sha256_checksums_and_new_shards_get_xxh3(tmp_path, monkeypatch):
+    hash_ids_as_before_format4(monkeypatch)
     store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
     store.append(make_rows(30, 1))
     as_format3(store)
@@ -300,7 +311,9 @@ def test_a_format3_store_keeps_its_sha256_checksums_and_new_shards_get_xxh3(tmp_
     old.verify()
     old.append(make_rows(20, 2))
     new = Store.open(store.path)
-    assert new.manifest.format_version == FORMAT_VERSION
+    assert new.manifest.format_version == FORMAT_VERSION and new.manifest.id_hash == id_hash.OLD
+    with pytest.raises(BadInput, match="already exist"):  # found by the old hashes
+        new.append(make_rows(3, 1))
     kept, added = new.manifest.shards
     assert kept.digest == "sha256:" + hashlib.sha256(shard_path(new, 0).read_bytes()).hexdigest()
     added_bytes = shard_path(new, 1).read_bytes()
@@ -324,8 +337,20 @@ def test_a_format3_manifest_with_an_xxh3_checksum_is_refused(tmp_path):
         Store.open(store.path)
 
 
-def test_format1_shards_without_an_id_hash_table_are_scanned(tmp_path):
+def test_a_manifest_naming_an_unknown_id_hash_is_refused(tmp_path):
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
+    path = store.path / "manifest.json"
+    obj = json.loads(path.read_text())
+    obj["id_hash"] = "md5"
+    del obj["checksum"]
+    path.write_text(FORMAT.dump(FORMAT.stamp(obj)))
+    with pytest.raises(CorruptData, match="id hash 'md5' is not one of"):
+        Store.open(store.path)
+
+
+def test_format1_shards_without_an_id_hash_table_are_scanned(tmp_path, monkeypatch):
     """Shards written before the hash table existed (format 1) are found by reading their ids."""
+    hash_ids_as_before_format4(monkeypatch)
     store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
     rows = make_rows(1500, 1)
     store.append(rows)

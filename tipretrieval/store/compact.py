@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..rows import Rows
 from .manifest import FORMAT_VERSION, Manifest, ShardInfo
-from .shard import ShardReader, verify_shard, write_shard
+from .shard import IdKeys, ShardReader, verify_shard, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ def compact_shards(store_dir: Path, shard_dir: Path, manifest: Manifest,
         rows = _merged_rows(shard_dir, run, manifest)
         first = run[0].first_row_id
         name = f"{first:012d}-{uuid.uuid4().hex[:8]}.h5"
-        info = write_shard(shard_dir / name, rows, first, manifest.dtype)
+        info = write_shard(shard_dir / name, rows, first, manifest.dtype,
+                           IdKeys.of(rows.ids, manifest.id_hash))
         if info.rows != sum(s.rows for s in run):
             raise AssertionError(f"merged shard {name} has {info.rows} rows")
         replaced[run[0].name] = info

@@ -40,8 +40,9 @@ from ..util.progress import progress
 from . import workers
 from .dump_read import Chunk, Columns, DumpPart, Names, find_parts, part_rows, read_chunks
 from .hold import Hold, hold
+from .id_hash import id_hashes
 from .normalise import normalised, row_norms
-from .shard import IdKeys, id_hashes
+from .shard import IdKeys
 from .shard_writer import InProcess, WriterProcess
 from .store import Staged, Store
 
@@ -127,7 +128,7 @@ def _import(parts: list[DumpPart], sizes: dict[str, int], store: Store, opts: Du
     writer = _writer(store, opts, left)
     commits = _Commits(store, writer, lambda: write_json(store_path / JOURNAL, journal))
     ring = _Ring(writer.buffers, store.dtype, store.dim)
-    stream = _prepared(todo, starts, opts, ring)
+    stream = _prepared(todo, starts, opts, ring, store.manifest.id_hash)
     with contextlib.closing(writer), progress(left, "import", disable=not opts.progress) as bar:
         try:
             first = True
@@ -305,13 +306,14 @@ class _Ring:
         return self.slot is not None and np.may_share_memory(x, self._buffers[self.slot])
 
 
-def _prepare(part: DumpPart, chunk: Chunk, opts: DumpOptions, ring: _Ring) -> _Ready:
+def _prepare(part: DumpPart, chunk: Chunk, opts: DumpOptions, ring: _Ring,
+             id_hash: str) -> _Ready:
     """Everything of an append that does not need the store: what `prefetched` overlaps."""
     n = len(chunk.features)
     ids = chunk.ids if chunk.ids is not None else [
         f"{part.name}:{i}" for i in range(chunk.start, chunk.start + n)]
-    keys = IdKeys.of(ids) if chunk.id_bytes is None else IdKeys(chunk.id_bytes,
-                                                                 id_hashes(chunk.id_bytes))
+    keys = IdKeys.of(ids, id_hash) if chunk.id_bytes is None else \
+        IdKeys(chunk.id_bytes, id_hashes(chunk.id_bytes, id_hash), id_hash)
     x = chunk.features
     out = x if ring.holds(x) else ring.take(n, x.shape[1])  # in place, else into a buffer
     if opts.normalize:
@@ -324,12 +326,13 @@ def _prepare(part: DumpPart, chunk: Chunk, opts: DumpOptions, ring: _Ring) -> _R
 
 
 def _prepared(todo: list[DumpPart], starts: dict[str, int], opts: DumpOptions,
-              ring: _Ring) -> Iterator[tuple[DumpPart, _Ready | None]]:
-    """Every chunk left of every part, prepared, and (part, None) at the end of each part."""
+              ring: _Ring, id_hash: str) -> Iterator[tuple[DumpPart, _Ready | None]]:
+    """Every chunk left of every part, prepared (ids hashed by the store's `id_hash`), and
+    (part, None) at the end of each part."""
     for part in todo:
         for chunk in read_chunks(part, opts.columns, opts.shard_rows, starts[_key(part)],
                                  ring.into):
-            yield part, _prepare(part, chunk, opts, ring)
+            yield part, _prepare(part, chunk, opts, ring, id_hash)
         yield part, None
 
 

@@ -9,7 +9,9 @@ and appended to (an append writes the current format: a format 2 index file beco
 run). Format 4 records each shard's checksum as `digest`, "<algorithm>:<hex>": shards written from
 format 4 on are hashed with xxh3_128 from a memory map (reading each new shard back for its
 sha256 was the largest avoidable cost of an import), those of older stores keep their sha256
-("sha256:<hex>"); an append or a compaction writes format 4. Newer formats are refused
+("sha256:<hex>"); an append or a compaction writes format 4. Format 4 also names the store's
+id hash (`id_hash`, see `store.id_hash`): xxh3_64 for stores it creates, blake2b_8 (implied by
+formats 1-3) for older stores, which keep it. Newer formats are refused
 (`FORMAT`, the version policy of `util.jsonfile`).
 """
 
@@ -26,6 +28,9 @@ from ..errors import BadInput, CorruptData
 from ..provenance import Provenance
 from ..util.checksum import DIGESTS
 from ..util.jsonfile import DocumentFormat
+from .id_hash import ALGORITHMS as ID_HASHES
+from .id_hash import NEW as NEW_ID_HASH
+from .id_hash import OLD as OLD_ID_HASH
 
 FORMAT_VERSION = 4
 MANIFEST_NAME = "manifest.json"
@@ -125,13 +130,14 @@ class Manifest:
     shards: tuple[ShardInfo, ...]
     format_version: int = FORMAT_VERSION
     id_runs: tuple[IdIndexInfo, ...] = ()  # the id index files, in row id order
+    id_hash: str = OLD_ID_HASH  # how its ids are hashed (a store's for life)
 
     @classmethod
     def new(cls, *, dim: int, dtype: str, provenance: Provenance, classes=()) -> Manifest:
         """The manifest of an empty store with a fresh store id."""
         return cls(
             store_id=uuid.uuid4().hex, generation=0, dim=dim, dtype=dtype, provenance=provenance,
-            classes=tuple(classes), next_row_id=0, shards=(),
+            classes=tuple(classes), next_row_id=0, shards=(), id_hash=NEW_ID_HASH,
         )
 
     @property
@@ -164,6 +170,7 @@ class Manifest:
             "shards": [s.to_json(self.format_version) for s in self.shards],
             **({"id_runs": [asdict(r) for r in self.id_runs]} if self.format_version >= 3 else
                {"id_index": asdict(self.id_runs[0]) if self.id_runs else None}),
+            **({"id_hash": self.id_hash} if self.format_version >= 4 else {}),
         }
 
     @classmethod
@@ -179,6 +186,7 @@ class Manifest:
             classes=tuple(str(c) for c in obj["classes"]), next_row_id=int(obj["next_row_id"]),
             shards=tuple(ShardInfo.from_json(s) for s in obj["shards"]),
             id_runs=runs,
+            id_hash=str(obj.get("id_hash", OLD_ID_HASH)) if format_version >= 4 else OLD_ID_HASH,
         )
 
     def problem(self) -> str | None:
@@ -187,6 +195,8 @@ class Manifest:
             return f"dim {self.dim} does not match the encoder's dim {self.provenance.dim}"
         if self.dtype not in DTYPES:
             return f"dtype {self.dtype!r} is not one of {DTYPES}"
+        if self.id_hash not in ID_HASHES:
+            return f"id hash {self.id_hash!r} is not one of {sorted(ID_HASHES)}"
         if len(set(self.classes)) != len(self.classes) or not all(self.classes):
             return "class names are empty or repeated"
         names = [s.name for s in self.shards]

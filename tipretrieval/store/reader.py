@@ -102,13 +102,13 @@ class Piece:
                 Piece(self.shard, self.start + at, self.stop, self.keep[at:]))
 
 
-def _plan(shard_dir: Path, shards: list[ShardInfo], dim: int, splits: set | None,
+def _plan(shard_dir: Path, shards: list[ShardInfo], dim: int, id_hash: str, splits: set | None,
           label_set: set | None, ids: list | None,
           row_ids: np.ndarray | None = None) -> Iterator[Piece]:
     """The matching rows of `shards` in store order: whole shards when nothing filters,
     else pieces of at most SCAN_ROWS rows (only the filtered columns are read). `row_ids`
     (sorted, unique) selects rows by row id without opening the shards they are not in."""
-    keys = None if ids is None else IdKeys.of(ids)
+    keys = None if ids is None else IdKeys.of(ids, id_hash)
     for info in shards:
         if splits is None and label_set is None and keys is None and row_ids is None:
             yield Piece(info, 0, info.rows)
@@ -268,7 +268,8 @@ class BatchReader:
         count = worker_count(workers, rows, batch_size, batch_size * row_bytes,
                              (1 + views) * self._dim * self._stored.itemsize)
         try:
-            plan = _plan(self._dir, shards, self._dim, splits, label_set, ids, row_ids)
+            plan = _plan(self._dir, shards, self._dim, self._manifest.id_hash, splits, label_set,
+                         ids, row_ids)
             batches = _batches(plan, batch_size, key)
             if count:
                 yield from self._parallel(batches, count, batch_size * row_bytes)

@@ -7,8 +7,9 @@ concatenated in `ids_utf8` (uint8) with the end offset of each row in `ids_end` 
 long id costs its own bytes only. Every dataset carries HDF5's fletcher32 checksum, which HDF5
 checks on every chunk it reads: a flipped bit is an error, never a changed value. Row ids are
 not stored: a shard holds the consecutive ids starting at its `first_row_id` (in the manifest).
-`id_hash` holds the sorted 64-bit blake2b hashes of the ids and `id_order` the row of each, so
-an id lookup reads 16 bytes per stored row instead of every id.
+`id_hash` holds the sorted 64-bit hashes of the ids (by the store's algorithm, see `id_hash`)
+and `id_order` the row of each, so an id lookup reads 16 bytes per stored row instead of every
+id.
 
 Format 1 shards (no checksums, ids and sources as fixed-width bytes `ids`/`sources`, maybe no
 hash table) are still read.
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import operator
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from ..util.atomic import atomic_path
 from ..util.checksum import file_digest
 from ..util.reserve import release_unused, reserve
 from .float16 import INF_BITS, all_finite, as_float32, magnitude_bits
+from .id_hash import id_hashes
 from .manifest import Manifest, ShardInfo
 
 CHUNK_ROWS = 4096
@@ -65,17 +65,6 @@ def encode(strings: Iterable) -> np.ndarray:
     return np.array(out + [b""], dtype=object)[:-1]  # the sentinel keeps a 1-D object array
 
 
-_BLAKE2B_8 = functools.partial(hashlib.blake2b, digest_size=8)
-_DIGEST = operator.methodcaller("digest")
-
-
-def id_hashes(encoded: np.ndarray) -> np.ndarray:
-    """The 64-bit blake2b hash of every encoded id (uint64); equal ids hash equal. (The loop
-    runs in C: map over the ids, not a Python comprehension.)"""
-    digests = b"".join(map(_DIGEST, map(_BLAKE2B_8, encoded.tolist())))
-    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
-
-
 def same_strings(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two object arrays of str are equal (at C speed: the same str objects compare
     by identity, so sources read from the id column cost one pass over pointers)."""
@@ -84,15 +73,17 @@ def same_strings(a: np.ndarray, b: np.ndarray) -> bool:
 
 @dataclass(frozen=True)
 class IdKeys:
-    """String ids as UTF-8 bytes (an object array) with their 64-bit hashes."""
+    """String ids as UTF-8 bytes (an object array) with their 64-bit hashes by `algorithm`
+    (a store's `Manifest.id_hash`)."""
 
     encoded: np.ndarray
     hashes: np.ndarray
+    algorithm: str
 
     @classmethod
-    def of(cls, ids: Iterable) -> IdKeys:
+    def of(cls, ids: Iterable, algorithm: str) -> IdKeys:
         encoded = encode(ids)
-        return cls(encoded, id_hashes(encoded))
+        return cls(encoded, id_hashes(encoded, algorithm), algorithm)
 
     @functools.cached_property
     def order(self) -> np.ndarray:
@@ -100,7 +91,7 @@ class IdKeys:
         return np.argsort(self.hashes, kind="stable")
 
     def take(self, index) -> IdKeys:
-        return IdKeys(self.encoded[index], self.hashes[index])
+        return IdKeys(self.encoded[index], self.hashes[index], self.algorithm)
 
     def among(self, other: IdKeys) -> np.ndarray:
         """A bool per id: whether `other` holds it (hashes first, equal hashes confirmed)."""
@@ -236,11 +227,10 @@ def _write_file(tmp: Path, columns: list[_Column]) -> None:
     tmp.write_bytes(image)
 
 
-def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str,
-                keys: IdKeys | None = None, digest: bool = True) -> ShardInfo:
+def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str, keys: IdKeys,
+                digest: bool = True) -> ShardInfo:
     """Write `rows` (whose ids are `keys`) as a new shard at `path` (`write_data`)."""
-    return write_data(path, ShardData.of(rows, keys or IdKeys.of(rows.ids), dtype),
-                      first_row_id, digest)
+    return write_data(path, ShardData.of(rows, keys, dtype), first_row_id, digest)
 
 
 def write_data(path: Path, shard: ShardData, first_row_id: int,
@@ -478,7 +468,7 @@ class ShardReader:
                 return self._scan_ids(encoded)  # format 1 shards from before the table
             rows = np.full(len(encoded), -1, dtype=np.int64)
             stored = f["id_hash"][()]
-            self._check_hash_table(f, stored)
+            self._check_hash_table(f, stored, keys.algorithm)
             lo = np.searchsorted(stored, keys.hashes, "left")
             hits = np.searchsorted(stored, keys.hashes, "right") - lo
             if not hits.any():
@@ -493,7 +483,7 @@ class ShardReader:
             rows[query[same]] = candidates[same]
             return rows
 
-    def _check_hash_table(self, f: h5py.File, stored: np.ndarray) -> None:
+    def _check_hash_table(self, f: h5py.File, stored: np.ndarray, algorithm: str) -> None:
         """CorruptData unless the hash table is sorted and its equal neighbours (a zeroed
         chunk, which passes fletcher32; or a rare true collision) are the hashes of their ids."""
         if len(stored) != self.info.rows or np.any(stored[1:] < stored[:-1]):
@@ -503,7 +493,7 @@ class ShardReader:
             at = np.union1d(same, same + 1)
             rows = f["id_order"][()][at]
             if rows.min() < 0 or rows.max() >= self.info.rows or \
-                    not np.array_equal(id_hashes(self.ids_at(rows)), stored[at]):
+                    not np.array_equal(id_hashes(self.ids_at(rows), algorithm), stored[at]):
                 raise self._corrupt("has a damaged id hash table")
 
     def ids_at(self, rows: np.ndarray) -> np.ndarray:

@@ -92,6 +92,14 @@ class Staged:
     classes: tuple[str, ...]
 
 
+def _keys(ids: Iterable[str] | IdKeys, manifest: Manifest) -> IdKeys:
+    """`ids` hashed by the store's id hash (`IdKeys` given must have been)."""
+    if not isinstance(ids, IdKeys):
+        return IdKeys.of(ids, manifest.id_hash)
+    if ids.algorithm != manifest.id_hash:
+        raise ValueError(f"ids hashed by {ids.algorithm}, the store's are {manifest.id_hash}")
+    return ids
+
 class Store:
     """A feature store snapshot: reads see the manifest as of open (or the last refresh/write).
 
@@ -250,7 +258,7 @@ class Store:
             vocabulary = manifest.classes if after is None else after.classes
             if classes is not None:
                 vocabulary = extended_classes(vocabulary, classes)
-            keys = keys or IdKeys.of(rows.ids)
+            keys = _keys(rows.ids if keys is None else keys, manifest)
             check_rows(rows, keys, replace(manifest, classes=vocabulary), provenance,
                        self._path, norms)
             if not len(rows):
@@ -394,7 +402,8 @@ class Store:
         for info in manifest.shards:
             with self._shard(info, manifest) as shard:
                 for start in range(0, info.rows, 1 << 16):
-                    keys = IdKeys.of(shard.strings("ids", start, start + (1 << 16)))
+                    keys = IdKeys.of(shard.strings("ids", start, start + (1 << 16)),
+                                     manifest.id_hash)
                     hashes.append(keys.hashes)
                     rows.append(np.arange(len(keys), dtype=np.int64) + info.first_row_id + start)
         return id_index.IdIndex((id_index.build(np.concatenate(hashes), np.concatenate(rows)),),
@@ -429,7 +438,7 @@ class Store:
     def existing_ids(self, ids: Iterable[str] | IdKeys) -> np.ndarray:
         """A bool per id (given as strings or `IdKeys`): True when the id is already in this
         snapshot."""
-        keys = ids if isinstance(ids, IdKeys) else IdKeys.of(ids)
+        keys = _keys(ids, self._manifest)
         return self._existing(self._manifest, keys,
                               id_index.load(self._path, self._manifest, self._id_runs))
 
