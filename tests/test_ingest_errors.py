@@ -9,6 +9,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from tokenize import TokenError
 
 import h5py
 import numpy as np
@@ -205,6 +206,23 @@ def test_odd_source_files_get_messages_that_name_the_problem(tmp_path):
     line = error_line(cli("import", tmp_path / "x.pt", "--store", tmp_path / "s"), 2)
     assert "()" not in line
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("at, bit, raised", [(10, 0, TokenError), (21, 4, SyntaxError)])
+def test_a_npy_header_numpy_cannot_tokenize_is_one_line_exit_2(tmp_path, at, bit, raised):
+    """numpy parses a .npy header with Python's tokenizer: a flipped bit there raises
+    TokenError or SyntaxError, which a single-file and a dump import both report in one line."""
+    np.save(tmp_path / "a.npy", unit(9))
+    data = bytearray((tmp_path / "a.npy").read_bytes())
+    data[at] ^= 1 << bit
+    (tmp_path / "dump").mkdir()
+    (tmp_path / "dump" / "a.npy").write_bytes(bytes(data))
+    with pytest.raises(raised):  # (what the flip does to numpy)
+        np.load(tmp_path / "dump" / "a.npy")
+    for source in (tmp_path / "dump" / "a.npy", tmp_path / "dump"):
+        line = error_line(cli("import", source, "--store", tmp_path / "s"), 2)
+        assert "cannot read" in line and "check that it is a valid .npy file" in line
+        assert not (tmp_path / "s").exists()
 
 
 def test_same_basename_without_ids_names_the_fix(tmp_path):

@@ -23,6 +23,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,10 @@ import pyarrow.parquet as pq
 from ..errors import BadInput
 
 DUMP_SUFFIXES = (".npy", ".npz", ".parquet")
+# What reading a damaged file raises (numpy parses a .npy header with Python's tokenizer and
+# `ast`: SyntaxError, TokenError); reported as BadInput naming the file.
+UNREADABLE = (OSError, ValueError, EOFError, SyntaxError, TokenError, zipfile.BadZipFile,
+              pa.ArrowException)
 Into = Callable[[int, int, np.dtype], np.ndarray]  # (rows, dim, dtype) -> an array to read into
 
 
@@ -114,12 +119,20 @@ def find_parts(source: str | Path) -> list[DumpPart]:
 def part_rows(part: DumpPart, columns: Columns) -> int:
     """Rows in a part, from file headers only."""
     suffix = part.features.suffix.lower()
-    if suffix == ".parquet":
-        return pq.ParquetFile(part.features).metadata.num_rows
-    if suffix == ".npy":
-        return int(np.load(part.features, mmap_mode="r").shape[0])
-    with zipfile.ZipFile(part.features) as z, z.open(_npz_member(z, columns, part)) as f:
-        return int(_npy_header(f, part)[0][0])
+    try:
+        if suffix == ".parquet":
+            return pq.ParquetFile(part.features).metadata.num_rows
+        if suffix == ".npy":
+            return int(np.load(part.features, mmap_mode="r").shape[0])
+        with zipfile.ZipFile(part.features) as z, z.open(_npz_member(z, columns, part)) as f:
+            return int(_npy_header(f, part)[0][0])
+    except UNREADABLE as err:
+        raise _unreadable(part, err) from err
+
+
+def _unreadable(part: DumpPart, err: BaseException) -> BadInput:
+    return BadInput(f"cannot read {part.features} ({' '.join(str(err).split())}): check that "
+                    f"it is a valid {part.features.suffix} file")
 
 
 def read_chunks(part: DumpPart, columns: Columns, rows: int, start: int = 0,
@@ -149,9 +162,8 @@ def read_chunks(part: DumpPart, columns: Columns, rows: int, start: int = 0,
         if next(meta, None) is not None:
             raise BadInput(f"{part.metadata} has more rows than {part.features}: they must "
                            "pair row for row")
-    except (OSError, ValueError, zipfile.BadZipFile, pa.ArrowException) as err:
-        raise BadInput(f"cannot read {part.features} ({err}): check that it is a valid "
-                       f"{part.features.suffix} file") from err
+    except UNREADABLE as err:
+        raise _unreadable(part, err) from err
 
 
 def _npy_chunks(part: DumpPart, rows: int, start: int, into: Into | None) -> Iterator[Chunk]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 from ..errors import BadInput
 from ..provenance import Provenance
 from ..rows import Rows
+from .dump_read import UNREADABLE
 from .hold import hold
 from .normalise import unit_rows
 from .store import Store
@@ -142,8 +142,7 @@ def read_source(path: Path | str, keys: dict[str, str] | None = None) -> dict[st
             raw = _read_pt(path)
         else:
             raw = _read_h5(path, set(keys.values()))
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile,
-            RuntimeError) as exc:  # RuntimeError: HDF5 and torch on some damaged files
+    except (*UNREADABLE, RuntimeError) as exc:  # RuntimeError: HDF5, torch on damaged files
         raise BadInput(f"cannot read {path} ({_reason(exc)}): check that it is a valid "
                        f"{suffix} file") from exc
     found = {}
