@@ -52,7 +52,7 @@ class Rows:
         if labels.shape[0] != n:
             raise BadInput(f"labels has {labels.shape[0]} entries for {n} rows: give one per row")
         if isinstance(splits, str):
-            splits = [splits] * n
+            splits = np.full(n, splits, dtype=object)
         return cls(
             ids=_strings(ids, n, "ids"),
             features=features,

@@ -110,7 +110,7 @@ def check_rows(rows: Rows, keys: IdKeys, manifest: Manifest, provenance: Provena
             f"{k} classes)", "fix the labels or extend the class list (`classes=`)"
         )
     _check_strings(rows.ids, "id")
-    _check_strings(sorted({str(s) for s in rows.splits.tolist()}), "split")
+    _check_strings(sorted(map(str, set(rows.splits.tolist()))), "split")  # (few distinct)
     if rows.sources is not None and not same_strings(rows.sources, rows.ids):
         _check_strings(rows.sources, "source")  # (sources equal to the ids were just checked)
     hashes = keys.hashes[keys.order]
