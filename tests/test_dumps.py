@@ -18,6 +18,7 @@ from procs import wait_for_shards, wait_until_all_open
 
 from tipretrieval.cli import main
 from tipretrieval.errors import BadInput
+from tipretrieval.store import dump_read
 from tipretrieval.store.dump_read import Columns, DumpPart, read_chunks
 from tipretrieval.store.dumps import JOURNAL, DumpOptions, import_dump
 from tipretrieval.store.lock import LOCK_NAME, writer_lock
@@ -133,14 +134,27 @@ def test_unit_rows_of_a_dump_are_stored_bit_exact(tmp_path, dtype):
     assert not np.array_equal(got[~keep], x[~keep])
 
 
-def test_npy_chunks_by_file_reads_equal_the_array_fortran_order_too(tmp_path):
-    x = np.random.default_rng(4).standard_normal((257, 8)).astype(np.float16)
+@pytest.mark.parametrize("direct", [True, False])
+def test_npy_chunks_by_file_reads_equal_the_array_fortran_order_too(tmp_path, monkeypatch,
+                                                                    direct):
+    """Read past the page cache in pieces smaller than a chunk (at offsets not aligned as
+    O_DIRECT needs), or plainly where the file system refuses that."""
+    monkeypatch.setattr(dump_read.Direct, "PIECE", 2 * dump_read.Direct.BLOCK)
+    reads = []
+    real = dump_read.Direct.read
+
+    def read(self, at, out):
+        reads.append(real(self, at, out) if direct else False)
+        return reads[-1]
+    monkeypatch.setattr(dump_read.Direct, "read", read)
+    x = np.random.default_rng(4).standard_normal((2570, 8)).astype(np.float16)
     for name, arr in (("c.npy", x), ("f.npy", np.asfortranarray(x))):
         np.save(tmp_path / name, arr)
-        chunks = list(read_chunks(DumpPart(tmp_path / name), Columns(), 100, start=30))
-        assert [c.start for c in chunks] == [30, 130, 230]
+        chunks = list(read_chunks(DumpPart(tmp_path / name), Columns(), 1000, start=30))
+        assert [c.start for c in chunks] == [30, 1030, 2030]
         assert all(c.features.flags.c_contiguous for c in chunks)
         np.testing.assert_array_equal(np.concatenate([c.features for c in chunks]), x[30:])
+    assert reads == [direct] * 3  # (c.npy's chunks; Fortran order is read whole)
     raw = (tmp_path / "c.npy").read_bytes()
     (tmp_path / "t.npy").write_bytes(raw[:-40])  # a truncated export
     with pytest.raises(BadInput, match="valid .npy file"):

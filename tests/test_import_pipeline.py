@@ -23,7 +23,7 @@ from tipretrieval.provenance import Provenance
 from tipretrieval.rows import Rows
 from tipretrieval.store import id_hash
 from tipretrieval.store import shard as shard_mod
-from tipretrieval.store.dump_read import Columns
+from tipretrieval.store.dump_read import Columns, _texts
 from tipretrieval.store.dumps import JOURNAL, DumpOptions, import_dump
 from tipretrieval.store.id_hash import id_hashes
 from tipretrieval.store.normalise import normalised, row_norms, unit_rows
@@ -46,6 +46,18 @@ def test_id_hashes_equal_the_hash_of_each_id(algorithm):
     assert got.dtype == np.uint64
     assert got.tolist() == [ONE_ID_HASH[algorithm](s.encode()) for s in ids]
     assert id_hashes(shard_mod.encode([]), algorithm).tolist() == []
+
+
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string()])
+def test_a_string_column_is_packed_as_a_shard_stores_it_from_arrows_buffers(kind):
+    column = pa.chunked_array([pa.array(["skip", "a", None, "ééé"], kind),
+                               pa.array(["", "x" * 70_000], kind)]).slice(1)
+    strings, encoded, packed = _texts(column, None)
+    assert strings.tolist() == ["a", "None", "ééé", "", "x" * 70_000]
+    want = shard_mod.Text.of(shard_mod.encode(strings))
+    assert encoded.tolist() == [s.encode() for s in strings]
+    assert packed.data == want.data and packed.ends.tolist() == want.ends.tolist()
+    assert packed.ends.dtype == np.int64
 
 
 def test_a_new_store_hashes_ids_by_xxh3_and_says_so(tmp_path):

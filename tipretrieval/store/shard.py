@@ -74,11 +74,12 @@ def same_strings(a: np.ndarray, b: np.ndarray) -> bool:
 @dataclass(frozen=True)
 class IdKeys:
     """String ids as UTF-8 bytes (an object array) with their 64-bit hashes by `algorithm`
-    (a store's `Manifest.id_hash`)."""
+    (a store's `Manifest.id_hash`), and as a shard stores them when a reader had them so."""
 
     encoded: np.ndarray
     hashes: np.ndarray
     algorithm: str
+    text: Text | None = None
 
     @classmethod
     def of(cls, ids: Iterable, algorithm: str) -> IdKeys:
@@ -92,6 +93,10 @@ class IdKeys:
 
     def take(self, index) -> IdKeys:
         return IdKeys(self.encoded[index], self.hashes[index], self.algorithm)
+
+    def packed(self) -> Text:
+        """The ids as a shard stores them (`Text`)."""
+        return self.text if self.text is not None else Text.of(self.encoded)
 
     def among(self, other: IdKeys) -> np.ndarray:
         """A bool per id: whether `other` holds it (hashes first, equal hashes confirmed)."""
@@ -176,12 +181,14 @@ class Text:
 
 @dataclass(frozen=True)
 class ShardData:
-    """What a new shard holds, ready to write: features (and views) in the store's dtype, ids
-    and sources as `Text`, the ids' hashes and their stable sort order."""
+    """What a new shard holds, ready to write: features (and views) in the store's dtype, the
+    split names and each row's code, ids and sources as `Text`, the ids' hashes and their
+    stable sort order."""
 
     features: np.ndarray | None  # (n, D); None only while it travels apart (`shard_writer`)
     labels: np.ndarray
-    splits: np.ndarray  # a split name per row
+    split_names: list[str]  # sorted
+    split_codes: np.ndarray  # uint32, each row's index into `split_names`
     ids: Text
     hashes: np.ndarray
     order: np.ndarray  # `IdKeys.order`
@@ -191,11 +198,11 @@ class ShardData:
     @classmethod
     def of(cls, rows: Rows, keys: IdKeys, dtype: str) -> ShardData:
         """`rows` (whose ids are `keys`) as a shard of dtype `dtype` stores them."""
-        ids = Text.of(keys.encoded)
+        ids = keys.packed()
         sources = None if rows.sources is None else ids if same_strings(rows.sources, rows.ids) \
             else Text.of(encode(rows.sources))  # (image paths as ids): encoded once
-        return cls(rows.features.astype(dtype, copy=False), rows.labels, rows.splits, ids,
-                   keys.hashes, keys.order, sources,
+        return cls(rows.features.astype(dtype, copy=False), rows.labels,
+                   *_split_codes(rows.splits), ids, keys.hashes, keys.order, sources,
                    None if rows.views is None else rows.views.astype(dtype))
 
 
@@ -239,7 +246,7 @@ def write_data(path: Path, shard: ShardData, first_row_id: int,
     (`_write_file`), hashed while it is fsynced, then renamed into place. `digest=False`
     leaves the digest empty for a caller that hashes the file itself (`shard_writer`)."""
     n, dim = shard.features.shape
-    split_names, split_codes = _split_codes(shard.splits)
+    split_names, split_codes = shard.split_names, shard.split_codes
     itemsize = shard.features.dtype.itemsize
     columns = [
         _column("features", shard.features, dim * itemsize),
