@@ -3,12 +3,14 @@
 A dump is a folder, a glob or one file. A folder with `img_emb/` and `metadata/` is the
 clip-retrieval layout: `img_emb/img_emb_N.npy` paired with `metadata/metadata_N.parquet` by N
 (row i of one is row i of the other). Otherwise every .npy/.npz/.parquet file matched is a part,
-in natural name order. Features are read `rows` at a time: .npy by plain file reads (into a
-buffer the caller reuses, when it gives one: reading into fresh memory faults in every page and
-was up to 5x slower), .npz by streaming the member's bytes out of the zip (stored or deflated),
+in natural name order. Features are read `rows` at a time: .npy by file reads past the page
+cache (`Direct`; plain reads where the file system refuses them) into a buffer the caller
+reuses, when it gives one (reading into fresh memory faults in every page and was up to 5x
+slower), .npz by streaming the member's bytes out of the zip (stored or deflated),
 parquet by record batches (fixed-size or variable list column). String columns are converted to
 str by arrow in one pass (`to_numpy`, not `to_pylist`, which was 10x slower), and a string id
-column is also handed over as its UTF-8 bytes, so the ids are not encoded again. Other .npz
+column is also handed over as its UTF-8 bytes, per row and end to end as a shard stores them
+(`shard.Text`, from arrow's buffers), so the ids are not encoded or joined again. Other .npz
 arrays (ids, labels, sources) are small and read whole. Only pyarrow and numpy are used:
 embedding-reader 1.8.1 pins pandas<3 (installing it would downgrade this environment's pandas
 3.1) and adds a thread pool and fsspec layer that a local, sequential, bounded-memory reader
