@@ -60,6 +60,18 @@ def test_a_string_column_is_packed_as_a_shard_stores_it_from_arrows_buffers(kind
     assert packed.ends.dtype == np.int64
 
 
+def test_keys_made_from_packed_ids_equal_keys_of_the_strings():
+    ids = ["a", "ééé", "", "x" * 1000, "a/b"]
+    strings, encoded, packed = _texts(pa.chunked_array([pa.array(ids)]), None)
+    keys = shard_mod.IdKeys(None, id_hashes(encoded, id_hash.NEW), id_hash.NEW, packed)
+    plain = shard_mod.IdKeys.of(ids, id_hash.NEW)
+    assert keys.encoded.tolist() == plain.encoded.tolist() == [s.encode() for s in ids]
+    assert len(keys) == 5 and keys.packed() is packed
+    assert keys.take([4, 0]).encoded.tolist() == [b"a/b", b"a"]
+    assert plain.among(keys).all() and keys.among(plain.take([1, 3])).tolist() == [
+        False, True, False, True, False]
+
+
 def test_a_new_store_hashes_ids_by_xxh3_and_says_so(tmp_path):
     store = Store.create(tmp_path / "s", dim=DIM, provenance=Provenance("e", "w", DIM))
     assert store.manifest.id_hash == "xxh3_64" == id_hash.NEW

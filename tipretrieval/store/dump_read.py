@@ -206,7 +206,7 @@ class Direct:
     it), against 0.05 s read this way; nor does an import push the rest out of the cache."""
 
     BLOCK = 4096  # the alignment O_DIRECT needs of offsets, lengths and the buffer
-    PIECE = 16 << 20
+    PIECE = 8 << 20
 
     def __init__(self, fd: int):
         self._fd = fd

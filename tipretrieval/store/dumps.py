@@ -313,7 +313,8 @@ def _prepare(part: DumpPart, chunk: Chunk, opts: DumpOptions, ring: _Ring,
     ids = chunk.ids if chunk.ids is not None else [
         f"{part.name}:{i}" for i in range(chunk.start, chunk.start + n)]
     keys = IdKeys.of(ids, id_hash) if chunk.id_bytes is None else \
-        IdKeys(chunk.id_bytes, id_hashes(chunk.id_bytes, id_hash), id_hash, chunk.id_text)
+        IdKeys(None, id_hashes(chunk.id_bytes, id_hash), id_hash, chunk.id_text)
+    chunk.id_bytes = None  # (the keys have them as `text`)
     x = chunk.features
     out = x if ring.holds(x) else ring.take(n, x.shape[1])  # in place, else into a buffer
     if opts.normalize:

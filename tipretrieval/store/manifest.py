@@ -17,6 +17,7 @@ formats 1-3) for older stores, which keep it. Newer formats are refused
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -69,12 +70,18 @@ class ShardInfo:
         return self.digest.partition(":")[0]
 
     def to_json(self, format_version: int = FORMAT_VERSION) -> dict[str, Any]:
-        """As JSON data (label keys as strings, as JSON reads them back); a format 1-3
+        """As JSON data (label keys as strings, as JSON reads them back; not to be changed:
+        it is made once, as every commit saves the manifest of every shard); a format 1-3
         manifest (only ever holding sha256 digests) names the checksum `sha256`."""
-        digest = {"digest": self.digest} if format_version >= 4 else \
-            {"sha256": self.digest.removeprefix("sha256:")}
+        if format_version >= 4:
+            return self._json
+        legacy = {k: v for k, v in self._json.items() if k != "digest"}
+        return {**legacy, "sha256": self.digest.removeprefix("sha256:")}
+
+    @functools.cached_property
+    def _json(self) -> dict[str, Any]:
         return {"name": self.name, "rows": self.rows, "first_row_id": self.first_row_id,
-                **digest, "nbytes": self.nbytes, "views": self.views,
+                "digest": self.digest, "nbytes": self.nbytes, "views": self.views,
                 "has_sources": self.has_sources,
                 "counts": {s: {str(k): v for k, v in c.items()} for s, c in self.counts.items()}}
 

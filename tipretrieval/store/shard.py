@@ -73,13 +73,22 @@ def same_strings(a: np.ndarray, b: np.ndarray) -> bool:
 
 @dataclass(frozen=True)
 class IdKeys:
-    """String ids as UTF-8 bytes (an object array) with their 64-bit hashes by `algorithm`
-    (a store's `Manifest.id_hash`), and as a shard stores them when a reader had them so."""
+    """String ids as UTF-8 bytes (`encoded`, an object array) with their 64-bit hashes by
+    `algorithm` (a store's `Manifest.id_hash`), and as a shard stores them when a reader had
+    them so (`text`: then the bytes per id are only made again when asked for, which is rare:
+    to confirm a hash match; an import holds a few chunks' ids at a time)."""
 
-    encoded: np.ndarray
+    given: np.ndarray | None  # the encoded ids (None: made from `text` when asked for)
     hashes: np.ndarray
     algorithm: str
     text: Text | None = None
+
+    @functools.cached_property
+    def encoded(self) -> np.ndarray:
+        if self.given is not None:
+            return self.given
+        values = split_text(self.text.data, self.text.ends, 0)
+        return np.array(values + [b""], dtype=object)[:-1]  # (the sentinel keeps it 1-D)
 
     @classmethod
     def of(cls, ids: Iterable, algorithm: str) -> IdKeys:
@@ -109,7 +118,7 @@ class IdKeys:
         return found
 
     def __len__(self) -> int:
-        return len(self.encoded)
+        return len(self.hashes)
 
 
 def _chunk_rows(row_bytes: int, n: int) -> int:
