@@ -417,3 +417,22 @@ def test_hash_collisions_are_confirmed_by_exact_id(store, monkeypatch):
     np.testing.assert_array_equal(store.select(ids=probe).row_ids, [7, 299, 499])
     with pytest.raises(BadInput, match="already exist"):
         store.append(make_rows(3, 2))
+
+
+def test_a_writer_reads_the_manifest_again_only_when_another_replaced_it(store, monkeypatch):
+    from tipretrieval.store import store as store_mod
+    loads = []
+    real = store_mod.Manifest.load
+    monkeypatch.setattr(store_mod.Manifest, "load",
+                        staticmethod(lambda path: loads.append(path) or real(path)))
+    a, b = Store.open(store.path), Store.open(store.path)
+    loads.clear()
+    for k in range(3):
+        a.append(make_rows(5, k))
+    assert len(loads) == 1  # (its first append; then it knows the file it wrote)
+    b.append(make_rows(5, 7, prefix="b"))  # another writer replaces the manifest
+    a.append(make_rows(5, 8))
+    got = Store.open(store.path).select(columns=("ids", "features", "row_ids"))
+    assert got.row_ids.tolist() == list(range(25))
+    assert got.ids[15:20].tolist() == [f"b7-{i}" for i in range(5)]
+    assert got.ids[20:].tolist() == [f"r8-{i}" for i in range(5)]

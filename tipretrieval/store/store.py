@@ -100,6 +100,16 @@ def _keys(ids: Iterable[str] | IdKeys, manifest: Manifest) -> IdKeys:
         raise ValueError(f"ids hashed by {ids.algorithm}, the store's are {manifest.id_hash}")
     return ids
 
+
+def _stat_key(path: Path) -> tuple | None:
+    """What tells a replaced file from the one seen before (a replacement is a new inode)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
+
+
 class Store:
     """A feature store snapshot: reads see the manifest as of open (or the last refresh/write).
 
@@ -111,6 +121,7 @@ class Store:
         self._manifest = manifest
         self.lock_timeout = lock_timeout
         self._id_runs: dict[str, id_index.Run] = {}  # id index runs read and checked (`id_index`)
+        self._disk: tuple[tuple | None, Manifest] | None = None  # the file as last read/written
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -254,7 +265,7 @@ class Store:
         and commit staged appends in order; with nothing staged before, the files a killed
         writer left are removed here."""
         with self._locked():  # (after `after`: the caller held the lock since, and committed)
-            manifest = Manifest.load(self._path) if after is None else self._manifest
+            manifest = self._latest() if after is None else self._manifest
             vocabulary = manifest.classes if after is None else after.classes
             if classes is not None:
                 vocabulary = extended_classes(vocabulary, classes)
@@ -300,19 +311,32 @@ class Store:
                 missing_ok=True)
         return write_error(exc, self._path)
 
+    def _latest(self) -> Manifest:
+        """The manifest on disk now (under the writer lock), read again only when the file
+        changed since this store last read or wrote it: an import commits once a chunk, and
+        reading back the manifest it had just written took longer than writing it."""
+        key = _stat_key(self._path / MANIFEST_NAME)
+        if key is None or self._disk is None or self._disk[0] != key:
+            self._disk = key, Manifest.load(self._path)
+        return self._disk[1]
+
+    def _save(self, manifest: Manifest) -> None:
+        manifest.save(self._path)
+        self._disk = _stat_key(self._path / MANIFEST_NAME), manifest
+
     def commit(self, staged: Staged, info: ShardInfo) -> np.ndarray:
         """Make the written shard of `staged` (described by `info`) part of the store: its ids
         join the id index and a new manifest names it; returns the rows' new row ids. On an
         OSError nothing changes (`abandon`)."""
         with self._locked():
-            manifest = Manifest.load(self._path)
+            manifest = self._latest()
             assert manifest.next_row_id == staged.first_row_id, "commit appends in order"
             manifest = replace(manifest, classes=staged.classes)
             try:
                 index = id_index.appended(self._path, self._id_index(manifest), staged.keys,
                                           staged.first_row_id, manifest.generation + 1)
                 old, manifest = manifest, manifest.with_shard(info, index.files)
-                manifest.save(self._path)
+                self._save(manifest)
             except OSError as exc:  # (a full disk): leave the store as it was
                 raise self.abandon(staged, exc) from exc
             self._manifest = manifest
