@@ -15,9 +15,8 @@ from tests.test_store_integrity import (
     CLASSES,
     DIM,
     PROV,
-    before_format4,
-    hash_ids_as_before_format4,
     make_rows,
+    older_store,
     one_line,
 )
 from tipretrieval.errors import BadInput, CorruptData
@@ -128,22 +127,8 @@ def test_compact_merges_the_runs_into_one(store):
     assert again.generation == 6 and Store.open(store.path).generation == 6
 
 
-def as_format2(store: Store) -> None:
-    """Rewrite the store's manifest as format 2 wrote it: one `id_index` file, no runs."""
-    path = store.path / "manifest.json"
-    obj = before_format4(store, json.loads(path.read_text()))
-    (run,) = obj.pop("id_runs")
-    del obj["checksum"], obj["format_version"]
-    obj["id_index"] = run
-    path.write_text(FORMAT.dump(FORMAT.stamp(obj, 2)))
-
-
 def test_a_format2_store_opens_and_appends_keeping_its_index_file(tmp_path, monkeypatch):
-    hash_ids_as_before_format4(monkeypatch)
-    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
-    store.append(make_rows(300, 1))
-    as_format2(store)
-    old = Store.open(store.path)
+    store = old = older_store(tmp_path, monkeypatch, 300, 2)
     assert old.manifest.format_version == 2 and runs(old) == [300]
     (name,) = index_files(old)
     before = (old.path / name).read_bytes()

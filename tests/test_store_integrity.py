@@ -292,20 +292,23 @@ def before_format4(store: Store, obj: dict) -> dict:
     return obj
 
 
-def as_format3(store: Store) -> None:
-    """Rewrite the store's manifest as format 3 wrote it: shard checksums as sha256."""
+def older_store(tmp_path: Path, monkeypatch, rows: int, version: int) -> Store:
+    """A store of `rows` rows (ids r1-*) as format `version` (2 or 3) wrote it: ids hashed by
+    blake2b, shard checksums as sha256, and for format 2 one `id_index` file, no runs."""
+    hash_ids_as_before_format4(monkeypatch)
+    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
+    store.append(make_rows(rows, 1))
     path = store.path / "manifest.json"
     obj = before_format4(store, json.loads(path.read_text()))
     del obj["checksum"], obj["format_version"]
-    path.write_text(FORMAT.dump(FORMAT.stamp(obj, 3)))
+    if version == 2:
+        (obj["id_index"],) = obj.pop("id_runs")
+    path.write_text(FORMAT.dump(FORMAT.stamp(obj, version)))
+    return Store.open(store.path)
 
 
 def test_a_format3_store_keeps_its_sha256_checksums_and_new_shards_get_xxh3(tmp_path, monkeypatch):
-    hash_ids_as_before_format4(monkeypatch)
-    store = Store.create(tmp_path / "s", dim=DIM, provenance=PROV, classes=CLASSES)
-    store.append(make_rows(30, 1))
-    as_format3(store)
-    old = Store.open(store.path)
+    store = old = older_store(tmp_path, monkeypatch, 30, 3)
     (first,) = old.manifest.shards
     assert old.manifest.format_version == 3 and first.algorithm == "sha256"
     old.verify()
