@@ -10,7 +10,7 @@ the id hashes, the shard's name) is pickled into the slot after them as `shard.S
 ids and sources as UTF-8 bytes end to end with their end offsets, as the shard stores them (an
 object array of 131,072 strings took 55 ms to pickle and 35 ms to unpickle, and turning the
 bytes back into strings for `write_shard` 36 ms a shard in the worker). The worker does not
-hash the file: `take` does, in this process (hashlib releases the GIL), while the worker writes
+hash the file: `take` does, in this process (xxhash releases the GIL), while the worker writes
 the next shard; the worker, busy writing most of the time, was the slower side (about 5%
 faster, 2M rows). An OSError in the worker (a full disk) comes back as a value and is raised as
 `Store.abandon`'s one-line error, exactly as in-process, and a worker that died is one line
