@@ -52,17 +52,18 @@ def test_id_hashes_equal_the_hash_of_each_id(algorithm):
 def test_a_string_column_is_packed_as_a_shard_stores_it_from_arrows_buffers(kind):
     column = pa.chunked_array([pa.array(["skip", "a", None, "ééé"], kind),
                                pa.array(["", "x" * 70_000], kind)]).slice(1)
-    strings, encoded, packed = _texts(column, None)
+    strings, encoded, packed = _texts(column, None, with_bytes=True)
     assert strings.tolist() == ["a", "None", "ééé", "", "x" * 70_000]
     want = shard_mod.Text.of(shard_mod.encode(strings))
     assert encoded.tolist() == [s.encode() for s in strings]
     assert packed.data == want.data and packed.ends.tolist() == want.ends.tolist()
     assert packed.ends.dtype == np.int64
+    assert _texts(column, None)[1:] == (None, None)  # (a column used as strings only)
 
 
 def test_keys_made_from_packed_ids_equal_keys_of_the_strings():
     ids = ["a", "ééé", "", "x" * 1000, "a/b"]
-    strings, encoded, packed = _texts(pa.chunked_array([pa.array(ids)]), None)
+    strings, encoded, packed = _texts(pa.chunked_array([pa.array(ids)]), None, with_bytes=True)
     keys = shard_mod.IdKeys(None, id_hashes(encoded, id_hash.NEW), id_hash.NEW, packed)
     plain = shard_mod.IdKeys.of(ids, id_hash.NEW)
     assert keys.encoded.tolist() == plain.encoded.tolist() == [s.encode() for s in ids]

@@ -347,7 +347,7 @@ def _parquet_chunks(path: Path, columns: Columns, rows: int, start: int,
         a = max(a, start)
         ids = id_bytes = id_text = None
         if columns.ids is not None:
-            ids, id_bytes, id_text = _texts(table[columns.ids], None)
+            ids, id_bytes, id_text = _texts(table[columns.ids], None, with_bytes=True)
         if columns.sources is None:
             sources = None
         elif columns.sources == columns.ids and not table[columns.ids].null_count:
@@ -374,14 +374,16 @@ def _labels(column: pa.ChunkedArray) -> np.ndarray | Names:
                  encoded.dictionary.to_pylist())
 
 
-def _texts(column: pa.ChunkedArray, null: str | None
+def _texts(column: pa.ChunkedArray, null: str | None, with_bytes: bool = False
            ) -> tuple[np.ndarray | list, np.ndarray | None, Text | None]:
-    """A column as str (an object array) and, for string columns, their UTF-8 bytes (else
-    None) both per row and end to end (`Text`, from arrow's buffers): string columns as they
-    are (nulls become `null`, or "None" when `null` is None, as str(None)), other types as a
-    list through str()."""
+    """A column as str (an object array) and, `with_bytes` for a string column, their UTF-8
+    bytes both per row and end to end (`Text`, from arrow's buffers; else None, None): string
+    columns as they are (nulls become `null`, or "None" when `null` is None, as str(None)),
+    other types as a list through str()."""
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         text = pc.fill_null(column, "None" if null is None else null)
+        if not with_bytes:
+            return text.to_numpy(zero_copy_only=False), None, None
         binary = pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()
         encoded = text.cast(binary).combine_chunks()
         _, offsets, data = encoded.buffers()

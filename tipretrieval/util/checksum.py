@@ -1,5 +1,5 @@
-"""File checksums, streamed or memory-mapped so that large shards and checkpoints never sit in
-memory."""
+"""File checksums, hashed through memory-mapped windows so that large shards and checkpoints
+never sit in memory."""
 
 from __future__ import annotations
 
@@ -16,12 +16,8 @@ WINDOW = 16 << 20  # bytes mapped at a time (mapped pages count in the process's
 
 
 def file_sha256(file: Path | str | BinaryIO) -> str:
-    """Hex sha256 of a file, given by path or as a binary file open at its start (read to its
-    end, e.g. in a thread while another holds the path)."""
-    if isinstance(file, (str, Path)):
-        with open(file, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    return hashlib.file_digest(file, "sha256").hexdigest()
+    """Hex sha256 of a file, given by path or as a binary file open for reading."""
+    return file_digest(file, "sha256").removeprefix("sha256:")
 
 
 def file_digest(file: Path | str | BinaryIO, algorithm: str = SHARD_DIGEST) -> str:
