@@ -1,6 +1,6 @@
 """The fast import path (issue 11): ids hashed in one C-level pass, the next chunk prepared in
-a thread, shards written by HDF5 into reserved disk blocks; the stored bytes and the errors are
-those of the plain sequential path."""
+a thread, shards built in memory and saved with O_DIRECT (large ones written by HDF5 into
+reserved disk blocks); the stored bytes and the errors are those of the plain sequential path."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import threading
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +29,7 @@ from tipretrieval.store.dumps import JOURNAL, DumpOptions, import_dump
 from tipretrieval.store.id_hash import id_hashes
 from tipretrieval.store.normalise import normalised, row_norms, unit_rows
 from tipretrieval.store.store import Store
+from tipretrieval.util import file_image
 from tipretrieval.util.prefetch import prefetched
 
 ONE_ID_HASH = {  # each algorithm of `store.id_hash`, applied to one id's UTF-8 bytes
@@ -190,26 +192,51 @@ def rows_for_shard(n: int = 3000) -> Rows:
                      sources=[f"/s/{i}.jpg" for i in range(n)])
 
 
-def test_a_shard_written_into_reserved_blocks_equals_one_built_in_memory(tmp_path, monkeypatch):
+def test_a_shard_is_the_same_file_built_in_memory_or_written_into_reserved_blocks(tmp_path,
+                                                                                monkeypatch):
+    """Small shards are built in memory and saved with O_DIRECT (or plainly where refused);
+    above IMAGE_BYTES HDF5 writes into reserved blocks (h5py's sec2 driver lays out its
+    metadata a little differently), without a reservation in memory: the same datasets."""
     rows = rows_for_shard()
     keys = shard_mod.IdKeys.of(rows.ids, id_hash.NEW)
-    direct = shard_mod.write_shard(tmp_path / "000000000000-aa.h5", rows, 0, "float16", keys)
+
+    def write(name: str) -> tuple[shard_mod.ShardInfo, bytes]:
+        path = tmp_path / f"000000000000-{name}.h5"
+        info = shard_mod.write_shard(path, rows, 0, "float16", keys)
+        data = path.read_bytes()
+        assert info.digest == f"xxh3_128:{xxhash.xxh3_128(data).hexdigest()}"
+        assert info.nbytes == len(data)
+        return info, data
+
+    def datasets(name: str) -> dict:
+        with h5py.File(tmp_path / f"000000000000-{name}.h5", "r") as f:
+            return {k: (d[()].tolist(), d.dtype.str, d.chunks, d.fletcher32) for k, d in f.items()}
+    _, image = write("aa")
+    monkeypatch.setattr(file_image, "_O_DIRECT", 0)
+    _, plain = write("bb")
+    monkeypatch.setattr(shard_mod, "IMAGE_BYTES", 0)
+    _, reserved = write("cc")
+    assert (tmp_path / "000000000000-cc.h5").stat().st_blocks * 512 < len(reserved) + (1 << 20)
     monkeypatch.setattr(shard_mod, "reserve", lambda path, nbytes: False)
-    memory = shard_mod.write_shard(tmp_path / "000000000000-bb.h5", rows, 0, "float16", keys)
-    a, b = ((tmp_path / f"000000000000-{x}.h5").read_bytes() for x in ("aa", "bb"))
-    assert a == b and direct.digest == memory.digest == f"xxh3_128:{xxhash.xxh3_128(a).hexdigest()}"
-    assert direct.nbytes == len(a)
-    assert (tmp_path / "000000000000-aa.h5").stat().st_blocks * 512 < len(a) + (1 << 20)
+    _, memory = write("dd")
+    assert image == plain == memory and image != reserved
+    assert datasets("aa") == datasets("cc")
+    assert datasets("aa")["features"][0] == rows.features.astype(np.float16).tolist()
 
 
-def test_a_full_disk_at_the_reservation_is_one_line_exit_1_and_stores_nothing(tmp_path,
-                                                                             monkeypatch):
+@pytest.mark.parametrize("where", ["saving the image", "the reservation"])
+def test_a_full_disk_is_one_line_exit_1_and_stores_nothing(tmp_path, monkeypatch, where):
     assert cli("import", npz(tmp_path / "b.npz"), "--store", tmp_path / "s").exit_code == 0
     before = tree(tmp_path / "s")
 
-    def full(path, nbytes):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
-    monkeypatch.setattr(shard_mod, "reserve", full)
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    if where == "the reservation":
+        monkeypatch.setattr(shard_mod, "IMAGE_BYTES", 0)
+        monkeypatch.setattr(shard_mod, "reserve", full)
+    else:
+        monkeypatch.setattr(file_image.os, "pwrite", full)
+        monkeypatch.setattr(file_image, "open", full, raising=False)
     line = error_line(cli("import", npz(tmp_path / "a.npz"), "--store", tmp_path / "s"), 1)
     assert "disk full while writing store" in line and "No space left" in line
     assert tree(tmp_path / "s") == before

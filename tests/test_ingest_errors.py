@@ -144,8 +144,8 @@ def test_disk_full_is_one_line_exit_1_and_leaves_nothing(tmp_path, monkeypatch):
     see test_import_pipeline)."""
     real = shard_mod._write_file
 
-    def filling(tmp, columns):
-        real(tmp, columns)
+    def filling(tmp, columns, image):
+        real(tmp, columns, image)
         os.truncate(tmp, tmp.stat().st_size // 2)
         _full()
     assert cli("import", npz(tmp_path / "b.npz"), "--store", tmp_path / "s").exit_code == 0

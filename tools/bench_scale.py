@@ -261,13 +261,15 @@ def main() -> None:
         result = CHILDREN[sys.argv[2]](*sys.argv[3:])
         print(json.dumps(result | {"peak_rss_mib": peak_rss_mib()}))
         return
+    from tipretrieval.store.dumps import SHARD_ROWS
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=10_000_000)
     p.add_argument("--files", type=int, default=10)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--keys", type=int, default=None, help="cache keys [default: rows / 10]")
     p.add_argument("--queries", type=int, default=1000)
-    p.add_argument("--shard-rows", type=int, default=131_072)
+    p.add_argument("--shard-rows", type=int, default=SHARD_ROWS)
     p.add_argument("--repeat", type=int, default=2,
                    help="raw h5py / import pairs timed alternately, the best of each compared")
     p.add_argument("--index-spec", default=None,

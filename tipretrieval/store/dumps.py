@@ -49,7 +49,7 @@ from .store import Staged, Store
 log = logging.getLogger(__name__)
 
 JOURNAL = "import-journal.json"
-SHARD_ROWS = 131_072
+SHARD_ROWS = 98_304  # 96 MB of 512-d float16: 3 ring buffers and the writer's shard image < 1 GB
 WRITER_BYTES = 32 << 20  # chunks of this many bytes of features or more: a writer process
 
 

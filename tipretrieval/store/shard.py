@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from ..errors import BadInput, ConcurrentChange, CorruptData
 from ..rows import Rows
 from ..util.atomic import atomic_path
 from ..util.checksum import file_digest
+from ..util.file_image import FileImage
 from ..util.reserve import release_unused, reserve
 from .float16 import INF_BITS, all_finite, as_float32, magnitude_bits
 from .id_hash import id_hashes
@@ -44,6 +44,7 @@ CACHE_BYTES = 2 * _CHUNK_BYTES + (1 << 20)
 _TEXT_CHUNK = 256 << 10
 _ID_BLOCK = 1 << 16
 ZERO_STRIDE = 16  # rows apart of the all-zero check: below any features chunk's row count
+IMAGE_BYTES = 256 << 20  # shards with up to this much data are built in memory (`_write_file`)
 RESTORE = "restore it from a backup or re-import its rows into a new store"
 
 
@@ -222,38 +223,45 @@ def _fill(f: h5py.File, columns: list[_Column]) -> None:
                          dtype=c.dtype)
 
 
-def _write_file(tmp: Path, columns: list[_Column]) -> None:
-    """Write the shard file at `tmp`: by HDF5 into disk blocks reserved first for more than it
-    can take (data, a 4-byte checksum per chunk, a generous allowance for HDF5's metadata), so
-    that a full disk is an OSError at the reservation, not a failure inside HDF5 (which
-    crashed the process); where blocks cannot be reserved, built in memory by HDF5 and written
-    with plain file I/O."""
+def _write_file(tmp: Path, columns: list[_Column], image: FileImage | None) -> str:
+    """Write the shard file at `tmp` and return its digest. Up to IMAGE_BYTES of data (or
+    when disk blocks cannot be reserved) HDF5 builds it in a `FileImage` (`image`, reused, or
+    a new one), hashed in memory and saved around the page cache; a larger shard is written by
+    HDF5 into disk blocks reserved first for more than it can take (data, a 4-byte checksum
+    per chunk, a generous allowance for HDF5's metadata), so that a full disk is an OSError at
+    the reservation, not a failure inside HDF5 (which crashed the process), and then hashed
+    from the page cache. The bytes are the same either way."""
     data = sum(c.data.nbytes for c in columns)
-    with h5py.File(tmp, "w") as f:
-        direct = reserve(tmp, data + data // 16 + (1 << 20))
+    if data > IMAGE_BYTES:
+        with h5py.File(tmp, "w") as f:
+            direct = reserve(tmp, data + data // 16 + (1 << 20))
+            if direct:
+                _fill(f, columns)
         if direct:
+            release_unused(tmp)
+            return file_digest(tmp)
+    own = image is None
+    image = FileImage(data + (1 << 20)) if own else image
+    try:
+        image.reset()
+        with h5py.File(image, "w") as f:
             _fill(f, columns)
-    if direct:
-        release_unused(tmp)
-        return
-    with h5py.File(tmp.name, "w", driver="core", backing_store=False) as f:
-        _fill(f, columns)
-        f.flush()
-        image = f.id.get_file_image()
-    tmp.write_bytes(image)
+        image.save(tmp)
+        return image.digest()
+    finally:
+        if own:
+            image.close()
 
 
-def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str, keys: IdKeys,
-                digest: bool = True) -> ShardInfo:
+def write_shard(path: Path, rows: Rows, first_row_id: int, dtype: str, keys: IdKeys) -> ShardInfo:
     """Write `rows` (whose ids are `keys`) as a new shard at `path` (`write_data`)."""
-    return write_data(path, ShardData.of(rows, keys, dtype), first_row_id, digest)
+    return write_data(path, ShardData.of(rows, keys, dtype), first_row_id)
 
 
 def write_data(path: Path, shard: ShardData, first_row_id: int,
-               digest: bool = True) -> ShardInfo:
+               image: FileImage | None = None) -> ShardInfo:
     """Write `shard` as a new shard file at `path` and describe it: a temp file
-    (`_write_file`), hashed while it is fsynced, then renamed into place. `digest=False`
-    leaves the digest empty for a caller that hashes the file itself (`shard_writer`)."""
+    (`_write_file`, building it in `image` when given), fsynced, then renamed into place."""
     n, dim = shard.features.shape
     split_names, split_codes = shard.split_names, shard.split_codes
     itemsize = shard.features.dtype.itemsize
@@ -272,13 +280,9 @@ def write_data(path: Path, shard: ShardData, first_row_id: int,
     if shard.views is not None:
         v = shard.views.shape[1]
         columns.append(_column("views", shard.views, v * dim * itemsize))
-    with contextlib.ExitStack() as files, ThreadPoolExecutor(1) as pool:
-        with atomic_path(path) as tmp:
-            _write_file(tmp, columns)
-            nbytes = tmp.stat().st_size
-            hashed = pool.submit(file_digest, files.enter_context(open(tmp, "rb"))) \
-                if digest else None  # while fsync
-        checksum = "" if hashed is None else hashed.result()
+    with atomic_path(path) as tmp:
+        checksum = _write_file(tmp, columns, image)
+        nbytes = tmp.stat().st_size
     return ShardInfo(
         name=path.name, rows=n, first_row_id=first_row_id,
         digest=checksum, nbytes=nbytes,

@@ -9,13 +9,14 @@ reads and normalises them there, see `dumps._Ring`); the rest of the task (the o
 the id hashes, the shard's name) is pickled into the slot after them as `shard.ShardData`, the
 ids and sources as UTF-8 bytes end to end with their end offsets, as the shard stores them (an
 object array of 131,072 strings took 55 ms to pickle and 35 ms to unpickle, and turning the
-bytes back into strings for `write_shard` 36 ms a shard in the worker). The worker does not
-hash the file: `take` does, in this process (xxhash releases the GIL), while the worker writes
-the next shard; the worker, busy writing most of the time, was the slower side (about 5%
-faster, 2M rows). An OSError in the worker (a full disk) comes back as a value and is raised as
-`Store.abandon`'s one-line error, exactly as in-process, and a worker that died is one line
-too; the worker asks the kernel to kill it with the importing process, so a killed import
-leaves no shard being written behind it. Both writers answer `take` in submit order.
+bytes back into strings for `write_shard` 36 ms a shard in the worker). The worker builds every
+shard in one `FileImage` it keeps (hashed in memory and saved around the page cache, see
+`shard._write_file`): with the shard written through the page cache and hashed back from it,
+the worker and that hashing were the import's slowest side. An OSError in the worker (a full
+disk) comes back as a value and is raised as `Store.abandon`'s one-line error, exactly as
+in-process, and a worker that died is one line too; the worker asks the kernel to kill it with
+the importing process, so a killed import leaves no shard being written behind it. Both writers
+answer `take` in submit order.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TipError
-from ..util.checksum import file_digest
+from ..util.file_image import FileImage
 from .manifest import ShardInfo
 from .shard import ShardData, write_data
 from .store import Staged, Store
@@ -102,15 +103,21 @@ class _InSlot:
     size: int
 
 
+_image: FileImage | None = None  # the worker's, reused for every shard it writes
+
+
 def _write(task: _Task | _InSlot, slot: memoryview) -> ShardInfo | OSError:
-    """In the worker: write the shard of `task` (without its digest); an OSError is returned
-    (pickled with its errno and text) for the importing process to raise."""
+    """In the worker: write the shard of `task`; an OSError is returned (pickled with its
+    errno and text) for the importing process to raise."""
+    global _image
     if isinstance(task, _InSlot):
         task = pickle.loads(slot[task.start:task.start + task.size])
     if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0 and os.getppid() != task.parent:
         os._exit(1)  # the importer died before the kernel could be asked to kill us with it
+    if _image is None:
+        _image = FileImage(len(slot))
     try:
-        return write_data(task.path, task.shard(slot), task.first_row_id, digest=False)
+        return write_data(task.path, task.shard(slot), task.first_row_id, _image)
     except OSError as exc:
         return exc
 
@@ -143,15 +150,12 @@ class WriterProcess:
         self._pool.submit(task, slot)
 
     def take(self, staged: Staged) -> ShardInfo:
-        """The shard of the oldest submitted append (`staged`), hashed here; raises its write's
-        error (a worker's TipError as it is, an OSError as `Store.abandon`'s)."""
+        """The shard of the oldest submitted append (`staged`); raises its write's error (a
+        worker's TipError as it is, an OSError as `Store.abandon`'s)."""
         _, done = self._pool.take()
-        try:
-            if isinstance(done, OSError):
-                raise done
-            return replace(done, digest=file_digest(staged.path))
-        except OSError as exc:
-            raise self._store.abandon(staged, exc) from exc
+        if isinstance(done, OSError):
+            raise self._store.abandon(staged, done) from done
+        return done
 
     def close(self) -> None:
         self._pool.close()
