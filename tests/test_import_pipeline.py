@@ -1,6 +1,6 @@
 """The fast import path (issue 11): ids hashed in one C-level pass, the next chunk prepared in
-a thread, shards built in memory and saved with O_DIRECT (large ones written by HDF5 into
-reserved disk blocks); the stored bytes and the errors are those of the plain sequential path."""
+a thread, shards written by HDF5 into reserved disk blocks (or built in a writer's image and
+saved with O_DIRECT); the stored data and the errors are those of the plain sequential path."""
 
 from __future__ import annotations
 
@@ -116,6 +116,12 @@ def files_of(path: Path) -> list[bytes]:
         [(path / r.name).read_bytes() for r in m.id_runs]
 
 
+def datasets(shard: Path) -> dict:
+    """Every dataset of a shard file: values, dtype, chunks, checksum filter."""
+    with h5py.File(shard, "r") as f:
+        return {k: (d[()].tolist(), d.dtype.str, d.chunks, d.fletcher32) for k, d in f.items()}
+
+
 COLUMNS = Columns(ids="image_path", labels="label", sources="image_path")
 
 
@@ -192,54 +198,63 @@ def rows_for_shard(n: int = 3000) -> Rows:
                      sources=[f"/s/{i}.jpg" for i in range(n)])
 
 
-def test_a_shard_is_the_same_file_built_in_memory_or_written_into_reserved_blocks(tmp_path,
-                                                                                monkeypatch):
-    """Small shards are built in memory and saved with O_DIRECT (or plainly where refused);
-    above IMAGE_BYTES HDF5 writes into reserved blocks (h5py's sec2 driver lays out its
-    metadata a little differently), without a reservation in memory: the same datasets."""
+def test_a_shard_built_in_an_image_holds_what_one_written_into_reserved_blocks_does(
+        tmp_path, monkeypatch):
+    """With an image (the writer process's) HDF5 builds a shard in memory, saved with O_DIRECT
+    or plainly where refused; without one, or above IMAGE_BYTES, it writes into reserved blocks
+    (h5py's sec2 driver lays out the metadata a little differently), and where nothing can be
+    reserved into a new image: the same datasets, digests of the files' bytes."""
     rows = rows_for_shard()
-    keys = shard_mod.IdKeys.of(rows.ids, id_hash.NEW)
+    data = shard_mod.ShardData.of(rows, shard_mod.IdKeys.of(rows.ids, id_hash.NEW), "float16")
+    image = file_image.FileImage(capacity=1)
 
-    def write(name: str) -> tuple[shard_mod.ShardInfo, bytes]:
-        path = tmp_path / f"000000000000-{name}.h5"
-        info = shard_mod.write_shard(path, rows, 0, "float16", keys)
-        data = path.read_bytes()
-        assert info.digest == f"xxh3_128:{xxhash.xxh3_128(data).hexdigest()}"
-        assert info.nbytes == len(data)
-        return info, data
-
-    def datasets(name: str) -> dict:
-        with h5py.File(tmp_path / f"000000000000-{name}.h5", "r") as f:
-            return {k: (d[()].tolist(), d.dtype.str, d.chunks, d.fletcher32) for k, d in f.items()}
-    _, image = write("aa")
+    def write(name: str, reuse: file_image.FileImage | None = None) -> bytes:
+        path = tmp_path / name
+        info = shard_mod.write_data(path, data, 0, reuse)
+        written = path.read_bytes()
+        assert info.digest == f"xxh3_128:{xxhash.xxh3_128(written).hexdigest()}"
+        assert info.nbytes == len(written)
+        return written
+    in_image, again = write("a.h5", image), write("b.h5", image)  # (the image is reused)
     monkeypatch.setattr(file_image, "_O_DIRECT", 0)
-    _, plain = write("bb")
+    plain = write("c.h5", image)
+    reserved = write("d.h5")
+    assert (tmp_path / "d.h5").stat().st_blocks * 512 < len(reserved) + (1 << 20)
     monkeypatch.setattr(shard_mod, "IMAGE_BYTES", 0)
-    _, reserved = write("cc")
-    assert (tmp_path / "000000000000-cc.h5").stat().st_blocks * 512 < len(reserved) + (1 << 20)
+    too_big = write("e.h5", image)
     monkeypatch.setattr(shard_mod, "reserve", lambda path, nbytes: False)
-    _, memory = write("dd")
-    assert image == plain == memory and image != reserved
-    assert datasets("aa") == datasets("cc")
-    assert datasets("aa")["features"][0] == rows.features.astype(np.float16).tolist()
+    new_image = write("f.h5")
+    assert in_image == again == plain == new_image and reserved == too_big != in_image
+    assert datasets(tmp_path / "a.h5") == datasets(tmp_path / "d.h5")
+    assert datasets(tmp_path / "a.h5")["features"][0] == rows.features.astype(np.float16).tolist()
+    image.close()
 
 
-@pytest.mark.parametrize("where", ["saving the image", "the reservation"])
-def test_a_full_disk_is_one_line_exit_1_and_stores_nothing(tmp_path, monkeypatch, where):
+def test_a_full_disk_at_the_reservation_is_one_line_exit_1_and_stores_nothing(tmp_path,
+                                                                             monkeypatch):
     assert cli("import", npz(tmp_path / "b.npz"), "--store", tmp_path / "s").exit_code == 0
     before = tree(tmp_path / "s")
 
-    def full(*args):
-        raise OSError(errno.ENOSPC, "No space left on device")
-    if where == "the reservation":
-        monkeypatch.setattr(shard_mod, "IMAGE_BYTES", 0)
-        monkeypatch.setattr(shard_mod, "reserve", full)
-    else:
-        monkeypatch.setattr(file_image.os, "pwrite", full)
-        monkeypatch.setattr(file_image, "open", full, raising=False)
+    def full(path, nbytes):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(shard_mod, "reserve", full)
     line = error_line(cli("import", npz(tmp_path / "a.npz"), "--store", tmp_path / "s"), 1)
     assert "disk full while writing store" in line and "No space left" in line
     assert tree(tmp_path / "s") == before
+
+
+def test_a_full_disk_saving_an_image_is_an_oserror_and_leaves_no_file(tmp_path, monkeypatch):
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(file_image.os, "pwrite", full)
+    monkeypatch.setattr(file_image, "open", full, raising=False)
+    rows = rows_for_shard(10)
+    data = shard_mod.ShardData.of(rows, shard_mod.IdKeys.of(rows.ids, id_hash.NEW), "float16")
+    image = file_image.FileImage()
+    with pytest.raises(OSError, match="No space left"):
+        shard_mod.write_data(tmp_path / "a.h5", data, 0, image)
+    assert list(tmp_path.iterdir()) == []
+    image.close()
 
 
 def test_float16_row_norms_are_not_finite_for_rows_with_nan_or_inf():

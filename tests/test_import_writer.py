@@ -20,7 +20,7 @@ import pytest
 import xxhash
 from procs import wait_for_shards
 from test_dumps import DIM, clip_dump, rerun_completes, stored, unit
-from test_import_pipeline import COLUMNS, files_of
+from test_import_pipeline import COLUMNS, datasets
 from test_ingest_errors import cli, error_line, tree
 
 from tipretrieval.errors import BadInput
@@ -57,7 +57,7 @@ def labelled_dump(root: Path, rows: int = 700) -> None:
             root / f"part{part}.parquet", row_group_size=64)
 
 
-def test_the_writer_process_writes_the_bytes_of_the_in_process_writer(tmp_path, monkeypatch):
+def test_the_writer_process_writes_what_the_in_process_writer_does(tmp_path, monkeypatch):
     labelled_dump(tmp_path / "dump")
     submitted = count_calls(monkeypatch, shard_writer.WriterProcess, "submit")
     in_process = count_calls(monkeypatch, Store, "write")
@@ -68,10 +68,14 @@ def test_the_writer_process_writes_the_bytes_of_the_in_process_writer(tmp_path, 
         assert done.rows == 700
     assert len(submitted) == 4 and len(in_process) == 4  # (each store: 200+100, 200+200)
     a, b = Store.open(tmp_path / "sTrue"), Store.open(tmp_path / "sFalse")
-    assert files_of(a.path) == files_of(b.path)
-    assert [s.digest for s in a.manifest.shards] == [
-        f"xxh3_128:{xxhash.xxh3_128((a.path / 'shards' / s.name).read_bytes()).hexdigest()}"
-        for s in a.manifest.shards] == [s.digest for s in b.manifest.shards]
+    assert [datasets(a.path / "shards" / s.name) for s in a.manifest.shards] == \
+        [datasets(b.path / "shards" / s.name) for s in b.manifest.shards]
+    assert [(a.path / r.name).read_bytes() for r in a.manifest.id_runs] == \
+        [(b.path / r.name).read_bytes() for r in b.manifest.id_runs]
+    for x in (a, b):
+        assert [s.digest for s in x.manifest.shards] == [
+            f"xxh3_128:{xxhash.xxh3_128((x.path / 'shards' / s.name).read_bytes()).hexdigest()}"
+            for s in x.manifest.shards]
     assert a.classes == b.classes == [f"class{i}" for i in range(5)]
     assert a.generation == b.generation
     got, want = stored(a.path), stored(b.path)

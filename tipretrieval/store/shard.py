@@ -44,7 +44,7 @@ CACHE_BYTES = 2 * _CHUNK_BYTES + (1 << 20)
 _TEXT_CHUNK = 256 << 10
 _ID_BLOCK = 1 << 16
 ZERO_STRIDE = 16  # rows apart of the all-zero check: below any features chunk's row count
-IMAGE_BYTES = 256 << 20  # shards with up to this much data are built in memory (`_write_file`)
+IMAGE_BYTES = 256 << 20  # the most data of a shard built in a given image (`_write_file`)
 RESTORE = "restore it from a backup or re-import its rows into a new store"
 
 
@@ -224,15 +224,16 @@ def _fill(f: h5py.File, columns: list[_Column]) -> None:
 
 
 def _write_file(tmp: Path, columns: list[_Column], image: FileImage | None) -> str:
-    """Write the shard file at `tmp` and return its digest. Up to IMAGE_BYTES of data (or
-    when disk blocks cannot be reserved) HDF5 builds it in a `FileImage` (`image`, reused, or
-    a new one), hashed in memory and saved around the page cache; a larger shard is written by
-    HDF5 into disk blocks reserved first for more than it can take (data, a 4-byte checksum
-    per chunk, a generous allowance for HDF5's metadata), so that a full disk is an OSError at
-    the reservation, not a failure inside HDF5 (which crashed the process), and then hashed
-    from the page cache. The bytes are the same either way."""
+    """Write the shard file at `tmp` and return its digest. Given a `FileImage` (the import's
+    writer process reuses one) and up to IMAGE_BYTES of data, HDF5 builds the file in it, and
+    it is hashed in memory and saved around the page cache. Otherwise HDF5 writes it into disk
+    blocks reserved first for more than it can take (data, a 4-byte checksum per chunk, a
+    generous allowance for HDF5's metadata), so that a full disk is an OSError at the
+    reservation, not a failure inside HDF5 (which crashed the process), and it is hashed from
+    the page cache; where blocks cannot be reserved it is built in a new image. (A new image
+    per shard made in-process appends slower: its memory is faulted in every time.)"""
     data = sum(c.data.nbytes for c in columns)
-    if data > IMAGE_BYTES:
+    if image is None or data > IMAGE_BYTES:
         with h5py.File(tmp, "w") as f:
             direct = reserve(tmp, data + data // 16 + (1 << 20))
             if direct:

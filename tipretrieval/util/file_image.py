@@ -55,23 +55,29 @@ class FileImage:
     def flush(self) -> None:
         """Nothing to do: the image is saved whole by `save`."""
 
-    def _extend(self, end: int) -> None:
-        """Make the file `end` bytes long if it is shorter, the new bytes zero."""
-        if end <= self._size:
-            return
+    def _room(self, end: int) -> None:
+        """Grow the map (keeping the file's bytes) to hold `end` bytes."""
         if end > len(self._map):
             grown = mmap.mmap(-1, _aligned(max(end, 2 * len(self._map))))
             grown[:self._size] = self._map[:self._size]
             self._map.close()
             self._map = grown
-        self._map[self._size:end] = bytes(end - self._size)  # a reused map holds old bytes
-        self._size = end
+
+    def _extend(self, end: int) -> None:
+        """Make the file `end` bytes long if it is shorter, the new bytes zero (a reused map
+        holds an earlier file's bytes)."""
+        if end > self._size:
+            self._room(end)
+            self._map[self._size:end] = bytes(end - self._size)
+            self._size = end
 
     def write(self, data) -> int:
         n = memoryview(data).nbytes
-        self._extend(self._pos + n)
+        self._extend(self._pos)  # a gap before the data reads as zeros
+        self._room(self._pos + n)
         self._map[self._pos:self._pos + n] = data
         self._pos += n
+        self._size = max(self._size, self._pos)
         return n
 
     def readinto(self, buf) -> int:
@@ -110,6 +116,10 @@ class FileImage:
                 if not (_O_DIRECT and _save_direct(path, blocks, size)):
                     with open(path, "wb") as f:
                         f.write(data)
+        except OSError as exc:
+            if exc.filename is None:  # (as from os.open: the error names the file)
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
+            raise
         finally:
             self._size = size
 
