@@ -80,9 +80,13 @@ def test_a_flipped_bit_in_any_column_is_corrupt_data_on_read(store, dataset):
 
 
 def _rewrite(path: Path, dataset: str, index, value) -> None:
-    """Change stored values through HDF5 (so its checksums stay valid): a bad writer."""
+    """Change stored values through HDF5 (so its checksums stay valid, and the features'
+    chunk hashes are made again): a bad writer."""
     with h5py.File(path, "r+") as f:
         f[dataset][index] = value
+        if dataset == "features":
+            column = shard_mod._Column("features", f["features"][()], f["features"].chunks)
+            f["features_xxh3"][:] = shard_mod.chunk_hashes(column)
 
 
 def test_non_finite_features_and_bad_labels_are_refused_on_every_read_path(store):
@@ -126,17 +130,22 @@ def test_a_batch_checked_while_the_next_is_read_fails_before_it_and_before_the_n
         list(store.iter_rows(100, **fast))
 
 
-def test_a_zeroed_chunk_passes_fletcher32_but_not_the_read_checks(store):
+@pytest.mark.parametrize("hashes", [True, False], ids=["chunk-hashes", "written-before-them"])
+def test_a_zeroed_chunk_passes_fletcher32_but_not_the_read_checks(store, hashes):
     path = shard_path(store, 1)
-    with h5py.File(path, "r") as f:
+    with h5py.File(path, "r+") as f:
         chunk = f["features"].id.get_chunk_info(0)
+        if not hashes:
+            del f["features_xxh3"]  # (the features' chunks stay where they are)
     data = bytearray(path.read_bytes())
     data[chunk.byte_offset:chunk.byte_offset + chunk.size] = bytes(chunk.size)
     path.write_bytes(bytes(data))
-    with pytest.raises(CorruptData, match=f"{path.name} holds all-zero feature vectors"):
+    store = Store.open(store.path)
+    message = "fails its xxh3_64 checksum" if hashes else "holds all-zero feature vectors"
+    with pytest.raises(CorruptData, match=f"{path.name} .*{message}"):
         store.select(split="val")
     with pytest.raises(CorruptData, match="all-zero feature vectors \\(row id 3000\\)"):
-        store.read_range(2990, 3010)
+        store.read_range(2990, 3010)  # (read by HDF5, whose fletcher32 passes)
 
 
 def test_a_zeroed_id_hash_table_or_id_index_never_admits_duplicates(store, caplog):
@@ -426,10 +435,10 @@ def test_every_inf_and_nan_pattern_is_refused_and_the_largest_finite_values_read
     inf, sign = (0x7C00, 0x8000) if dtype == "float16" else (0x7F800000, 0x80000000)
 
     def read_with(pattern: int) -> None:
-        with h5py.File(path, "r+") as f:  # through HDF5, so its checksums stay valid
+        with h5py.File(path, "r") as f:
             x = f["features"][()]
-            x.view(bits)[9, 2] = pattern
-            f["features"][...] = x
+        x.view(bits)[9, 2] = pattern
+        _rewrite(path, "features", ..., x)  # through HDF5, so its checksums stay valid
         list(store.iter_rows(100, columns=("features",), features_dtype=None))
     for pattern in (inf - 1, sign | (inf - 1)):  # the largest finite values
         read_with(pattern)
@@ -531,3 +540,66 @@ def test_a_store_with_non_ascii_class_names_is_sealed_over_its_utf8_text(tmp_pat
     reopened = Store.open(store.path)
     assert reopened.classes == classes and len(reopened) == 20
     reopened.verify()
+
+
+def test_each_features_chunk_hash_is_the_xxh3_of_the_chunk_as_hdf5_stores_it(store):
+    """Checked against HDF5's own stored chunk bytes (the last chunk padded by HDF5)."""
+    for i, rows in ((0, 3000), (1, 500)):
+        with h5py.File(shard_path(store, i), "r") as f:
+            ds, hashes = f["features"], f["features_xxh3"][()]
+            assert ds.fletcher32 and ds.shape[0] == rows
+            stored = [ds.id.read_direct_chunk((c, 0))[1] for c in range(0, rows, ds.chunks[0])]
+        assert len(stored) == len(hashes) > 0
+        assert hashes.tolist() == [xxhash.xxh3_64_intdigest(b[:-4]) for b in stored]
+
+
+@pytest.mark.parametrize("batch", [1, 7, 100, 1024, 4096])
+def test_features_read_from_hashed_chunks_equal_hdf5s_read_at_any_batch_size(store, batch):
+    want = []
+    for i in range(2):
+        with h5py.File(shard_path(store, i), "r") as f:
+            want.append(f["features"][()])
+    want = np.concatenate(want)
+    for options in ({"columns": ("features", "row_ids"), "features_dtype": None}, {}):
+        got = np.concatenate([r.features for r in store.iter_rows(batch, **options)])
+        assert np.array_equal(got, want.astype(got.dtype))
+    part = store.select(row_ids=np.arange(2990, 3010))  # across the two shards
+    assert np.array_equal(part.features, want[2990:3010].astype(part.features.dtype))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["as-stored", "float32"])
+def test_a_flipped_bit_in_a_hashed_chunk_is_caught_without_fletcher32(store, fast):
+    """The store's reader reads hashed chunks as stored: xxh3_64 catches the flip."""
+    path = shard_path(store, 1)
+    flip_in(path, "features", 0.3)
+    options = {"columns": ("features", "row_ids"), "features_dtype": None} if fast else {}
+    with pytest.raises(CorruptData, match=f"shard {path.name} cannot be read \\(a features "
+                       "chunk fails its xxh3_64 checksum") as exc:
+        list(store.iter_rows(256, **options))
+    one_line(exc)
+
+
+def test_a_shard_without_chunk_hashes_reads_the_same_through_fletcher32(store):
+    """Shards written before the chunk hashes: HDF5 reads and checks their features."""
+    before = store.select(with_views=True)
+    path = shard_path(store, 0)
+    with h5py.File(path, "r+") as f:
+        del f["features_xxh3"]
+    store = Store.open(store.path)
+    after = store.select(with_views=True)
+    assert np.array_equal(before.features, after.features)
+    assert np.array_equal(before.views, after.views)
+    flip_in(path, "features", 0.3)
+    with pytest.raises(CorruptData, match="fails its fletcher32 checksum"):
+        store.select()
+
+
+def test_chunk_hashes_of_the_wrong_count_are_corrupt_data(store):
+    path = shard_path(store, 0)
+    with h5py.File(path, "r+") as f:
+        hashes = f["features_xxh3"][()]
+        del f["features_xxh3"]
+        f.create_dataset("features_xxh3", data=hashes[:-1])
+    with pytest.raises(CorruptData, match=f"shard {path.name} has {len(hashes) - 1} features "
+                       "chunk hashes for 3000 rows"):
+        list(store.iter_rows(1000))

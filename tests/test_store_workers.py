@@ -160,7 +160,7 @@ def test_a_damaged_chunk_read_by_a_worker_is_the_same_one_line_corrupt_data(
         for rows in copy.iter_rows(256, workers=2, **fast):
             got.append(len(rows))
     assert str(there.value) == str(here.value) and "\n" not in str(there.value)
-    assert "fletcher32 checksum" in str(there.value) and path.name in str(there.value)
+    assert "xxh3_64 checksum" in str(there.value) and path.name in str(there.value)
     assert sum(got) == 2000 // 256 * 256  # every batch before the one reaching shard 2
     assert submitted and not children()
 

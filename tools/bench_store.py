@@ -3,21 +3,22 @@
 Each read runs in a fresh child process so its peak RSS (VmHWM) can be compared with that
 process's RSS after imports and opening the store (the baseline). Like is compared with like:
 the Store's fastest option (features as stored, plus row ids) with raw h5py reading the
-`features` dataset alone (the I/O floor), and the Store's default `Rows` (ids, labels,
-splits, row ids, float32 features) with raw h5py reading and decoding the same columns by hand
+`features` dataset alone (the I/O floor), and the Store's default `Rows` (ids, labels, splits,
+row ids, float32 features) with raw h5py reading and decoding the same columns by hand
 (features cast with numpy's astype); raw h5py reading the features of the store's own shards
 shows what HDF5's fletcher32 check costs by itself. The raw reads use copies of the shards
 written without checksums (same datasets and chunks, no fletcher32 filter), so the ratios
-include the cost of the store's integrity checks (fletcher32 on every chunk, finite/non-zero
-features, label range). Before every cold read the store shards and the raw copies are evicted
-from the page cache (fsync, then posix_fadvise(DONTNEED) on each file; the system-wide cache
-is left alone for other users), before every warm read both are read once; `fincore` checks
-how much of them is cached at the start of each run. Every read is repeated (`--repeat`,
-kinds interleaved) and its fastest run is reported, with the highest peak RSS of its runs, so
-a busy shared machine skews every kind alike; each kind's least CPU time is shown too, as it
-is less disturbed by other users than wall time, with the share of it spent in the Store
-reader's worker processes (`iter_rows(workers=)`, set with `--workers`; automatic by default:
-in-process on two CPUs or fewer), reaped before the child reports.
+include the cost of the store's integrity checks (each features chunk's xxh3_64 for the shards
+that keep one, fletcher32 on every other chunk, finite/non-zero features, label range). Before
+every cold read the store shards and the raw copies are evicted from the page cache (fsync,
+then posix_fadvise(DONTNEED) on each file; the system-wide cache is left alone for other
+users), before every warm read both are read once; `fincore` checks how much of them is cached
+at the start of each run. Every read is repeated (`--repeat`, kinds interleaved) and its
+fastest run is reported, with the highest peak RSS of its runs, so a busy shared machine skews
+every kind alike; each kind's least CPU time is shown too, as it is less disturbed by other
+users than wall time, with the share of it spent in the Store reader's worker processes
+(`iter_rows(workers=)`, set with `--workers`; automatic by default: in-process on two CPUs or
+fewer), reaped before the child reports.
 
 `--appends N` instead measures what one small append costs as shards accumulate: N appends of
 `--append-rows` rows to a new store (or to one first filled with `--base-rows` rows, in appends
