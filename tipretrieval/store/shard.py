@@ -5,8 +5,8 @@ uncompressed and chunked by a few thousand rows; `labels` int64; `splits` as uin
 the `split_names` list; `ids` and optional `sources` as variable-length UTF-8: all strings
 concatenated in `ids_utf8` (uint8) with the end offset of each row in `ids_end` (int64), so one
 long id costs its own bytes only. Every dataset carries HDF5's fletcher32 checksum, which HDF5
-checks on every chunk it reads: a flipped bit is an error, never a changed value. Shards
-written from this round on also hold `features_xxh3`: the xxh3_64 of each `features` chunk as
+checks on every chunk it reads: a flipped bit is an error, never a changed value. Newer
+shards also hold `features_xxh3`: the xxh3_64 of each `features` chunk as
 stored (the last one padded with zeros, as HDF5 stores it). The store's reader reads such
 chunks as stored and checks them against it, which costs a fifth of HDF5's fletcher32 pass
 (`ShardReader.column_into`); any other HDF5 reader still gets fletcher32. Row ids are
